@@ -1,0 +1,200 @@
+"""Stability of the spectral directions: α_j (Def 16.1), half-window α (§28), Davis–Kahan, and 𝒜.
+
+The per-step perturbation of the sliding-window covariance C = XᵀX is the rank-two update
+ΔC = a aᵀ − b bᵀ (Prop 11.1), whose Frobenius norm the streaming window gets from three dot products
+(:func:`spectral_edge.spectrum.perturbation.delta_c_frobenius`). C and G = X Xᵀ share their non-zero
+eigenvalues, so the Davis–Kahan bounds of the paper, stated for "ΔG", are applied with ‖ΔC‖_F.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+#: Cut-offs of the adiabatic regimes. The paper (Prop 34.3) names the regimes 𝒜 ≪ 1, 𝒜 ~ 1 and 𝒜 ≫ 1
+#: but gives no numbers; these defaults put "~ 1" at one decade either side of 1. They are settable
+#: everywhere a regime is computed (``AdiabaticRegimes(low=..., high=...)``).
+DEFAULT_REGIME_LOW = 0.1
+DEFAULT_REGIME_HIGH = 10.0
+
+GapUnits = Literal["sigma", "lambda"]
+
+
+def stability_coefficients(eigenvalues: np.ndarray, delta_c_fro: float, c: float = 1.0) -> np.ndarray:
+    """α_j = max(0, 1 − c ‖ΔC‖_F² / δ_j²) with δ_j = min_{k≠j} |λ_j − λ_k| (Def 16.1, eq 77).
+
+    α_j is a lower bound on cos²θ_j, the squared cosine between the direction v_j before and after one
+    update, since sin θ_j ≤ ‖ΔC‖_F/δ_j (Davis–Kahan). c = 1 is the paper's constant.
+
+    Conventions for the degenerate cases: ‖ΔC‖_F = 0 gives α = 1 everywhere (nothing moved); δ_j = 0 with
+    ‖ΔC‖_F > 0 gives α_j = 0 (a degenerate direction is not defined).
+
+    Args:
+        eigenvalues: (W,) eigenvalues λ_j of G, any order (the result follows the same order).
+        delta_c_fro: ‖ΔC‖_F of the step, ≥ 0.
+        c: the Davis–Kahan constant, > 0.
+
+    Returns:
+        (W,) float64 array in [0, 1].
+
+    Example:
+        >>> stability_coefficients(np.array([10.0, 4.0, 1.0]), delta_c_fro=1.5).round(4).tolist()
+        [0.9375, 0.75, 0.75]
+    """
+    if c <= 0:
+        raise ValueError(f"c must be > 0, got {c!r}")
+    if delta_c_fro < 0:
+        raise ValueError(f"delta_c_fro must be >= 0, got {delta_c_fro!r}")
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    if delta_c_fro == 0.0:
+        return np.ones_like(lam)
+    separation = nearest_eigenvalue_gaps(lam)
+    alpha = np.zeros_like(lam)
+    positive = separation > 0.0
+    alpha[positive] = 1.0 - c * delta_c_fro**2 / separation[positive] ** 2
+    return np.clip(alpha, 0.0, 1.0)
+
+
+def nearest_eigenvalue_gaps(eigenvalues: np.ndarray) -> np.ndarray:
+    """δ_j = min_{k≠j} |λ_j − λ_k| for every j (Def 16.1). Needs at least 2 eigenvalues."""
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    if lam.shape[0] < 2:
+        raise ValueError(f"need at least 2 eigenvalues, got {lam.shape[0]}")
+    distance = np.abs(lam[:, None] - lam[None, :])  # (W, W)
+    np.fill_diagonal(distance, np.inf)
+    return distance.min(axis=1)
+
+
+def half_window_alignment(gram: np.ndarray) -> np.ndarray:
+    """α_j = |⟨v_j⁽¹⁾, v_j⁽²⁾⟩| between the directions of the two halves of the window (§28).
+
+    The window's updates are split into the older half X₁ (first ⌊W/2⌋ rows) and the newer half X₂; v_j⁽ⁱ⁾
+    is the j-th right singular vector of Xᵢ. No P-dimensional vector is needed: with Gᵢᵢ = u Λ uᵀ for each
+    half and the cross block G₁₂ = X₁X₂ᵀ of the time-ordered Gram matrix,
+    ⟨v_j⁽¹⁾, v_k⁽²⁾⟩ = u_j⁽¹⁾ᵀ G₁₂ u_k⁽²⁾ / (σ_j⁽¹⁾ σ_k⁽²⁾).
+
+    Args:
+        gram: (W, W) Gram matrix in time order, W ≥ 4.
+
+    Returns:
+        (⌊W/2⌋,) float64 array in [0, 1]; a direction that is zero in either half gets α = 0.
+
+    Example:
+        >>> x = np.array([[2.0, 0.0], [0.0, 1.0], [2.0, 0.2], [0.0, 1.0]])  # the newer half turned a little
+        >>> half_window_alignment(x @ x.T).round(3).tolist()
+        [0.991, 0.991]
+    """
+    g = np.asarray(gram, dtype=np.float64)
+    w = g.shape[0]
+    if g.shape != (w, w) or w < 4:
+        raise ValueError(f"half-window alignment needs a (W, W) Gram matrix with W >= 4, got {g.shape}")
+    h = w // 2
+    first, second = slice(0, h), slice(w - h, w)  # with odd W the middle update belongs to neither half
+    lam1, u1 = _descending_eigh(g[first, first])
+    lam2, u2 = _descending_eigh(g[second, second])
+    cross = u1.T @ g[first, second] @ u2  # (h, h) = diag(σ¹) V₁ᵀV₂ diag(σ²)
+    alpha = np.zeros(h)
+    top = max(float(lam1[0]), float(lam2[0]))
+    if top <= 0.0:
+        return alpha
+    # Directions whose eigenvalue is round-off (a half with fewer than h independent updates) are undefined.
+    live = (lam1 > 1e-13 * top) & (lam2 > 1e-13 * top)
+    alpha[live] = np.abs(np.diag(cross)[live]) / np.sqrt(lam1[live] * lam2[live])
+    return np.clip(alpha, 0.0, 1.0)
+
+
+def davis_kahan_bound(delta_c_fro: float, gap_lambda: float) -> float:
+    """‖sin Θ(V_{1:k*}(t), V_{1:k*}(t+1))‖ ≤ ‖ΔC‖_F / g_λ (Cor 9.2, eq 22).
+
+    ``gap_lambda`` is the eigenvalue-unit gap λ_{k*} − λ_{k*+1}. Returns +inf for a zero gap with a
+    non-zero perturbation and 0 when nothing moved. Values ≥ 1 say the bound is void: the top subspace
+    may rotate arbitrarily within one step.
+
+    Example:
+        >>> davis_kahan_bound(0.5, 10.0)
+        0.05
+    """
+    if delta_c_fro == 0.0:
+        return 0.0
+    if gap_lambda <= 0.0:
+        return float("inf")
+    return float(delta_c_fro / gap_lambda)
+
+
+def adiabatic_parameter(
+    delta_c_fro: float,
+    lr: float,
+    *,
+    gap: float,
+    gap_lambda: float | None = None,
+    units: GapUnits = "sigma",
+) -> float:
+    """𝒜 = ‖ΔC‖_F / (η g²), the adiabatic parameter of the abstract and Prop 34.3.
+
+    The paper leaves the unit of g open: ``units="sigma"`` uses Def 8.1's singular-value gap
+    g = σ_{k*} − σ_{k*+1} (the default), ``units="lambda"`` the eigenvalue gap g_λ that appears in the
+    Davis–Kahan bounds. Note that 𝒜 is not scale-free: for Adam-like updates (|δ_i| ≈ η) with
+    ``units="sigma"`` it scales as 1/η, so regime cut-offs tuned for one learning rate need rescaling for
+    another.
+
+    Returns:
+        𝒜 ≥ 0; +inf when the gap is zero and something moved; 0 when nothing moved.
+
+    Example:
+        >>> round(adiabatic_parameter(0.02, 1e-3, gap=5.0), 12)
+        0.8
+    """
+    if lr <= 0:
+        raise ValueError(f"the learning rate must be > 0 to compute 𝒜, got {lr!r}")
+    if units == "sigma":
+        g = gap
+    elif units == "lambda":
+        if gap_lambda is None:
+            raise ValueError("units='lambda' needs gap_lambda")
+        g = gap_lambda
+    else:
+        raise ValueError(f"units must be 'sigma' or 'lambda', got {units!r}")
+    if delta_c_fro == 0.0:
+        return 0.0
+    if g <= 0.0:
+        return float("inf")
+    return float(delta_c_fro / (lr * g * g))
+
+
+@dataclass(frozen=True)
+class AdiabaticRegimes:
+    """Cut-offs that turn 𝒜 into a regime (Prop 34.3): plateau / transition / forgetting.
+
+    Attributes:
+        low: 𝒜 < low is "plateau" (adiabatic: circuits preserved).
+        high: 𝒜 > high is "forgetting" (strongly non-adiabatic: circuits destroyed); in between is
+            "transition" (𝒜 ~ 1: circuits transform).
+    """
+
+    low: float = DEFAULT_REGIME_LOW
+    high: float = DEFAULT_REGIME_HIGH
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.low < self.high:
+            raise ValueError(f"need 0 < low < high for the regime cut-offs, got low={self.low}, high={self.high}")
+
+    def classify(self, adiabatic: float) -> str:
+        """The regime name of one value of 𝒜.
+
+        Example:
+            >>> AdiabaticRegimes().classify(0.01), AdiabaticRegimes().classify(2.0)
+            ('plateau', 'transition')
+        """
+        if adiabatic < self.low:
+            return "plateau"
+        if adiabatic > self.high:
+            return "forgetting"
+        return "transition"
+
+
+def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    sym = 0.5 * (matrix + matrix.T)
+    lam, vec = np.linalg.eigh(sym)
+    return lam[::-1].copy(), vec[:, ::-1].copy()

@@ -1,0 +1,295 @@
+"""The spectrum of one window of updates: σ, k*, the gap ratio R, the gap g, K_95 (Parts I and III).
+
+Everything here is a pure function of the W × W Gram matrix G = X Xᵀ (Def 1.3), computed in float64.
+``analyze_window`` builds G from the (W, P) trajectory matrix X whose rows are the updates δ_t in time order
+(Def 1.2); ``analyze_gram`` starts from G itself, which is what the streaming monitor keeps.
+
+Rank-deficient windows (P < W, repeated or zero updates) have a defined answer and never produce NaN:
+
+* eigenvalues below ``rank_rtol · λ_1`` are round-off and are set to exactly 0, so σ_j = 0 beyond the
+  numerical rank r;
+* the ratio σ_j/σ_{j+1} is +inf at the rank edge (σ_j > 0 = σ_{j+1}) and 1.0 between two zeros;
+* k* is the argmax over the positions inside the rank (j < r), because the ratio to a structural zero is
+  infinite whatever the dynamics; with r = 1 the window is one direction (k* = 1, R = +inf) and with r = 0
+  nothing moved (k* = 1, R = 1, g = 0).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from spectral_edge.errors import NotPositiveSemidefiniteError, SpectrumWarning
+
+#: Default relative tolerance below which an eigenvalue of G counts as zero. Eigenvalues of a float64 Gram
+#: matrix carry an absolute error of about W·eps·λ_1; 1e-13 is a few hundred times that for W ≤ 40.
+DEFAULT_RANK_RTOL = 1e-13
+
+#: The same for a Gram matrix accumulated in float32 (the monitor's default storage): entries carry a
+#: relative error of about 1e-7, so eigenvalues below 1e-6·λ_1 (σ below 1e-3·σ_1) are not resolved.
+FLOAT32_RANK_RTOL = 1e-6
+
+#: A negative eigenvalue below −NEGATIVE_RAISE_RTOL·λ_1 means G is not a Gram matrix at all. Negative
+#: eigenvalues within the round-off level ``rank_rtol·λ_1`` are zeroed silently; those in between are
+#: clipped with a SpectrumWarning.
+NEGATIVE_RAISE_RTOL = 1e-4
+
+
+@dataclass(frozen=True)
+class WindowSpectrum:
+    """The spectrum of one window and the gap statistics read from it.
+
+    Arrays are read-only float64. Positions (``k_star``, ``k95``, ``k_star_weighted``) are 1-based as in
+    the paper.
+
+    Attributes:
+        singular_values: (W,) σ_1 ≥ … ≥ σ_W ≥ 0, the singular values of X (Def 1.3).
+        eigenvalues: (W,) λ_j = σ_j², the eigenvalues of G.
+        eigenvectors: (W, W) orthonormal eigenvectors u_j of G as columns, in the window's time order
+            (the left singular vectors of X); v_j = Xᵀu_j/σ_j.
+        ratios: (W−1,) σ_j/σ_{j+1} (eq 13).
+        k_star: argmax_j σ_j/σ_{j+1} (Def 6.1, eq 13).
+        gap_ratio: R = σ_{k*}/σ_{k*+1} (Def 6.3, eq 15).
+        gap: g = σ_{k*} − σ_{k*+1}, in singular-value units (Def 8.1, eq 18).
+        gap_lambda: g_λ = λ_{k*} − λ_{k*+1} = 2 d̄ g, in eigenvalue units (Cor 9.2).
+        k95: min{k : Σ_{j≤k} λ_j / Σ λ ≥ threshold} (Def 7.1, eq 17); 1 for an all-zero window.
+        k95_threshold: the cumulative-variance threshold used for ``k95``.
+        k_star_weighted: argmax_j (σ_j/Σσ)(σ_j/σ_{j+1}), the author's replication variant (formulas.md §5).
+        gap_ratio_weighted: σ_{k*_w}/σ_{k*_w+1}.
+        g23: λ_2 − λ_3, the dynamical signal in grokking (§27, Table 7); None when W < 3.
+        rank: numerical rank r (number of eigenvalues above ``rank_rtol · λ_1``).
+        effective_rank: exp(−Σ p_j log p_j) with p = λ/Σλ; 0 for an all-zero window.
+        total_variance: Σ λ_j = ‖X‖_F².
+    """
+
+    singular_values: np.ndarray
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    ratios: np.ndarray
+    k_star: int
+    gap_ratio: float
+    gap: float
+    gap_lambda: float
+    k95: int
+    k95_threshold: float
+    k_star_weighted: int
+    gap_ratio_weighted: float
+    g23: float | None
+    rank: int
+    effective_rank: float
+    total_variance: float
+
+    @property
+    def window(self) -> int:
+        """W, the number of updates in the window."""
+        return int(self.singular_values.shape[0])
+
+
+def analyze_window(
+    updates: Any,
+    *,
+    k95_threshold: float = 0.95,
+    rank_rtol: float = DEFAULT_RANK_RTOL,
+) -> WindowSpectrum:
+    """Spectrum of a window of updates given as the (W, P) trajectory matrix X (Def 1.2).
+
+    Args:
+        updates: (W, P) array-like (NumPy array, torch tensor on any device, nested lists), rows are the
+            updates δ_t = θ_t − θ_{t−1} in time order, oldest first. Cast to float64 before any product.
+        k95_threshold: cumulative-variance threshold of K_95 (Def 7.1), in (0, 1].
+        rank_rtol: eigenvalues below ``rank_rtol · λ_1`` count as zero.
+
+    Returns:
+        The :class:`WindowSpectrum` of G = X Xᵀ.
+
+    Example:
+        >>> import numpy as np
+        >>> X = np.diag([4.0, 1.0, 0.5]) @ np.eye(3, 100)
+        >>> spec = analyze_window(X)
+        >>> spec.k_star, spec.gap_ratio, spec.gap
+        (1, 4.0, 3.0)
+    """
+    x = _as_float64_matrix(updates)
+    gram = x @ x.T  # (W, W)
+    return analyze_gram(gram, k95_threshold=k95_threshold, rank_rtol=rank_rtol)
+
+
+def analyze_gram(
+    gram: Any,
+    *,
+    k95_threshold: float = 0.95,
+    rank_rtol: float = DEFAULT_RANK_RTOL,
+) -> WindowSpectrum:
+    """Spectrum of a window given its W × W Gram matrix G = X Xᵀ (Def 1.3).
+
+    G is symmetrised, diagonalised in float64 with ``numpy.linalg.eigh`` (microseconds for W ≤ 40),
+    tiny negative eigenvalues (round-off) are clipped to 0, and σ_j = √λ_j.
+
+    Args:
+        gram: (W, W) symmetric positive semi-definite array-like, rows and columns in time order.
+        k95_threshold: cumulative-variance threshold of K_95 (Def 7.1), in (0, 1].
+        rank_rtol: eigenvalues below ``rank_rtol · λ_1`` count as zero: 1e-13 for a float64 Gram
+            (default), ``FLOAT32_RANK_RTOL`` for one accumulated in float32.
+
+    Raises:
+        ValueError: G is not square, has W < 2, or holds NaN/Inf.
+        NotPositiveSemidefiniteError: an eigenvalue is below −1e-4 λ_1, so G is no Gram matrix.
+
+    Example:
+        >>> import numpy as np
+        >>> analyze_gram(np.diag([9.0, 1.0, 1.0])).k_star
+        1
+    """
+    if not 0.0 < k95_threshold <= 1.0:
+        raise ValueError(f"k95_threshold must be in (0, 1], got {k95_threshold!r}")
+    if not 0.0 <= rank_rtol < 1.0:
+        raise ValueError(f"rank_rtol must be in [0, 1), got {rank_rtol!r}")
+    g = _as_float64_matrix(gram)
+    w = g.shape[0]
+    if g.shape != (w, w):
+        raise ValueError(f"a Gram matrix must be square (W, W), got shape {g.shape}")
+    if w < 2:
+        raise ValueError(f"a window needs at least 2 updates to have a gap, got W={w}")
+    if not np.all(np.isfinite(g)):
+        raise ValueError("the Gram matrix holds NaN or Inf: an update was not finite")
+    g = 0.5 * (g + g.T)
+    evals, evecs = np.linalg.eigh(g)  # ascending
+    evals, evecs = evals[::-1].copy(), evecs[:, ::-1].copy()
+    lam = _clip_eigenvalues(evals, rank_rtol)
+    return _spectrum_from_eigenvalues(lam, evecs, k95_threshold)
+
+
+def gap_statistics(singular_values: np.ndarray) -> tuple[np.ndarray, int, float, int]:
+    """Ratios σ_j/σ_{j+1}, k*, R and the numerical rank from descending singular values.
+
+    Zeros must already be exact (see the module docstring); this never divides by zero.
+
+    Returns:
+        ``(ratios, k_star, gap_ratio, rank)`` with ``k_star`` 1-based.
+    """
+    s = np.asarray(singular_values, dtype=np.float64)
+    rank = int(np.count_nonzero(s > 0.0))
+    num, den = s[:-1], s[1:]
+    ratios = np.ones_like(num)
+    positive = den > 0.0
+    ratios[positive] = num[positive] / den[positive]
+    ratios[(num > 0.0) & ~positive] = np.inf
+    if rank >= 2:
+        k_star = int(np.argmax(ratios[: rank - 1])) + 1
+        gap_ratio = float(ratios[k_star - 1])
+    elif rank == 1:
+        k_star, gap_ratio = 1, float("inf")
+    else:
+        k_star, gap_ratio = 1, 1.0
+    return ratios, k_star, gap_ratio, rank
+
+
+def cumulative_variance_rank(eigenvalues: np.ndarray, threshold: float = 0.95) -> int:
+    """K_95: the fewest leading modes holding ``threshold`` of Σλ (Def 7.1, eq 17).
+
+    Example:
+        >>> cumulative_variance_rank(np.array([90.0, 6.0, 4.0]), 0.95)
+        2
+    """
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    total = lam.sum()
+    if total <= 0.0:
+        return 1
+    cumulative = np.cumsum(lam) / total
+    # A tiny slack so that a share of exactly `threshold` counts despite round-off in the cumsum.
+    return int(np.count_nonzero(cumulative < threshold - 1e-12)) + 1
+
+
+def _spectrum_from_eigenvalues(lam: np.ndarray, evecs: np.ndarray, k95_threshold: float) -> WindowSpectrum:
+    sigma = np.sqrt(lam)
+    ratios, k_star, gap_ratio, rank = gap_statistics(sigma)
+    w = lam.shape[0]
+
+    # Weighted variant k*_w = argmax (σ_j/Σσ)(σ_j/σ_{j+1}) of the author's replication scripts; inside the
+    # rank like k*, so that structural zeros do not win.
+    total_sigma = sigma.sum()
+    if rank >= 2:
+        scores = (sigma[: rank - 1] / total_sigma) * ratios[: rank - 1]
+        k_star_w = int(np.argmax(scores)) + 1
+    else:
+        k_star_w = 1
+    gap_ratio_w = float(ratios[k_star_w - 1]) if rank >= 2 else gap_ratio
+
+    total = float(lam.sum())
+    if total > 0.0:
+        p = lam[lam > 0.0] / total
+        effective_rank = float(np.exp(-np.sum(p * np.log(p))))
+    else:
+        effective_rank = 0.0
+
+    return WindowSpectrum(
+        singular_values=_frozen(sigma),
+        eigenvalues=_frozen(lam),
+        eigenvectors=_frozen(evecs),
+        ratios=_frozen(ratios),
+        k_star=k_star,
+        gap_ratio=gap_ratio,
+        gap=float(sigma[k_star - 1] - sigma[k_star]),
+        gap_lambda=float(lam[k_star - 1] - lam[k_star]),
+        k95=cumulative_variance_rank(lam, k95_threshold),
+        k95_threshold=float(k95_threshold),
+        k_star_weighted=k_star_w,
+        gap_ratio_weighted=gap_ratio_w,
+        g23=float(lam[1] - lam[2]) if w >= 3 else None,
+        rank=rank,
+        effective_rank=effective_rank,
+        total_variance=total,
+    )
+
+
+def _clip_eigenvalues(evals: np.ndarray, rank_rtol: float) -> np.ndarray:
+    """Zero the round-off eigenvalues; warn about, or refuse, clearly negative ones."""
+    top = float(evals[0])
+    if top <= 0.0:
+        if top < 0.0:
+            raise NotPositiveSemidefiniteError(
+                f"the largest eigenvalue of the Gram matrix is negative ({top:.3e}): it is not X Xᵀ"
+            )
+        return np.zeros_like(evals)
+    lowest = float(evals[-1])
+    if lowest < -NEGATIVE_RAISE_RTOL * top:
+        raise NotPositiveSemidefiniteError(
+            f"the Gram matrix has eigenvalue {lowest:.3e} against λ_1 = {top:.3e}; a Gram matrix X Xᵀ "
+            "is positive semi-definite. Pass the Gram of the updates, not a covariance estimate or a "
+            "difference of Grams."
+        )
+    if lowest < -rank_rtol * top:
+        warnings.warn(
+            f"clipped a negative eigenvalue {lowest:.3e} (λ_1 = {top:.3e}) of the Gram matrix to 0; "
+            "it is below the round-off level rank_rtol·λ_1; was G accumulated in lower precision than "
+            "rank_rtol assumes?",
+            SpectrumWarning,
+            stacklevel=3,
+        )
+    lam = evals.copy()
+    lam[lam < rank_rtol * top] = 0.0
+    return lam
+
+
+def _as_float64_matrix(values: Any) -> np.ndarray:
+    """A 2-D float64 NumPy copy of an array-like (torch tensors may live on any device)."""
+    try:
+        import torch
+
+        if isinstance(values, torch.Tensor):
+            values = values.detach().to(device="cpu", dtype=torch.float64).numpy()
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        pass
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"expected a 2-D (W, P) or (W, W) array, got {array.ndim} dimension(s)")
+    return array
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array = np.ascontiguousarray(array, dtype=np.float64)
+    array.setflags(write=False)
+    return array

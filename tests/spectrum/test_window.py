@@ -1,0 +1,149 @@
+"""analyze_window / analyze_gram against a dense float64 SVD of the time-ordered X."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tests.spectrum.synthetic import planted_window, reference_singular_values
+
+from spectral_edge.errors import NotPositiveSemidefiniteError, SpectrumWarning
+from spectral_edge.spectrum.window import analyze_gram, analyze_window, cumulative_variance_rank
+
+SHAPES = [(w, p) for w in (2, 3, 10, 40) for p in (max(w - 1, 1), w + 5, 1_000, 100_000)] + [(10, 1_000_000)]
+
+
+def _reference_stats(s: np.ndarray):
+    ratios = s[:-1] / s[1:]
+    k = int(np.argmax(ratios)) + 1
+    return ratios, k
+
+
+@pytest.mark.parametrize(("w", "p"), [s for s in SHAPES if s[1] >= s[0]])
+def test_random_window_matches_svd(w, p):
+    rng = np.random.default_rng(w * 7919 + p)
+    x = rng.standard_normal((w, p)) * rng.uniform(0.5, 2.0, size=(w, 1))
+    spec = analyze_window(x)
+    s = reference_singular_values(x)
+    np.testing.assert_allclose(spec.singular_values, s, rtol=1e-10, atol=0)
+    ratios, k = _reference_stats(s)
+    np.testing.assert_allclose(spec.ratios, ratios, rtol=1e-10)
+    assert spec.k_star == k
+    assert spec.gap_ratio == pytest.approx(ratios[k - 1], rel=1e-10)
+    assert spec.gap == pytest.approx(s[k - 1] - s[k], rel=1e-8, abs=1e-12 * s[0])
+    assert spec.gap_lambda == pytest.approx(s[k - 1] ** 2 - s[k] ** 2, rel=1e-8, abs=1e-12 * s[0] ** 2)
+    np.testing.assert_allclose(spec.eigenvalues, s**2, rtol=1e-10)
+    if w >= 3:
+        assert spec.g23 == pytest.approx(s[1] ** 2 - s[2] ** 2, rel=1e-8, abs=1e-12 * s[0] ** 2)
+    else:
+        assert spec.g23 is None
+    assert spec.rank == w
+    assert spec.total_variance == pytest.approx(np.sum(x * x), rel=1e-12)
+
+
+@pytest.mark.parametrize("w", [2, 3, 10, 40])
+@pytest.mark.parametrize("planted_k", [1, 2, "last"])
+def test_planted_gap_is_found(w, planted_k):
+    k = w - 1 if planted_k == "last" else min(planted_k, w - 1)
+    # A smooth decay with one jump of 4× after position k: the planted k* is the only large ratio.
+    d = np.concatenate([np.linspace(10.0, 9.0, k), np.linspace(2.0, 1.5, w - k)])
+    x = planted_window(d, n_params=5 * w + 3, seed=w + k)
+    spec = analyze_window(x)
+    np.testing.assert_allclose(spec.singular_values, d, rtol=1e-10)
+    assert spec.k_star == k
+    assert spec.gap_ratio == pytest.approx(d[k - 1] / d[k], rel=1e-10)
+    assert spec.gap == pytest.approx(d[k - 1] - d[k], rel=1e-9)
+
+
+def test_weighted_k_star_and_k95_follow_their_definitions():
+    d = np.array([10.0, 3.0, 2.9, 0.5, 0.49, 0.48])
+    spec = analyze_window(planted_window(d, 50, seed=3))
+    scores = (d[:-1] / d.sum()) * (d[:-1] / d[1:])
+    assert spec.k_star_weighted == int(np.argmax(scores)) + 1
+    assert spec.gap_ratio_weighted == pytest.approx(d[spec.k_star_weighted - 1] / d[spec.k_star_weighted])
+    share = np.cumsum(d**2) / np.sum(d**2)
+    assert spec.k95 == int(np.argmax(share >= 0.95)) + 1
+    assert analyze_window(planted_window(d, 50, seed=3), k95_threshold=0.5).k95 == 1
+    p = d**2 / np.sum(d**2)
+    assert spec.effective_rank == pytest.approx(np.exp(-np.sum(p * np.log(p))), rel=1e-10)
+
+
+def test_torch_and_numpy_inputs_agree_and_gram_path_is_the_same():
+    x = np.random.default_rng(1).standard_normal((10, 300))
+    a = analyze_window(x)
+    b = analyze_window(torch.from_numpy(x).float())
+    c = analyze_gram(x @ x.T)
+    np.testing.assert_allclose(b.singular_values, a.singular_values, rtol=1e-6)
+    np.testing.assert_array_equal(c.singular_values, a.singular_values)
+    assert a.k_star == b.k_star == c.k_star
+
+
+@pytest.mark.parametrize(("w", "p"), [(10, 3), (40, 1), (3, 2), (2, 1)])
+def test_fewer_parameters_than_updates_has_a_defined_answer(w, p):
+    x = np.random.default_rng(w + p).standard_normal((w, p))
+    with np.errstate(all="raise"):
+        spec = analyze_window(x)
+    s = reference_singular_values(x)
+    np.testing.assert_allclose(spec.singular_values[:p], s[:p], rtol=1e-10)
+    assert np.all(spec.singular_values[p:] == 0.0)
+    assert spec.rank == p
+    assert not np.any(np.isnan(spec.ratios))
+    if p < w:
+        assert spec.ratios[p - 1] == np.inf  # the rank edge
+        assert np.all(spec.ratios[p:] == 1.0)  # between two zeros
+    if p >= 2:
+        ratios, k = _reference_stats(s[:p])
+        assert spec.k_star == k and spec.gap_ratio == pytest.approx(ratios[k - 1])
+        assert np.isfinite(spec.gap_ratio)
+    else:
+        assert (spec.k_star, spec.gap_ratio) == (1, np.inf)
+
+
+def test_repeated_and_zero_updates():
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((2, 200))
+    repeated = np.vstack([base[0], base[1], base[0], base[1], base[0]])  # rank 2
+    with np.errstate(all="raise"):
+        spec = analyze_window(repeated)
+        zero = analyze_window(np.zeros((10, 100)))
+    assert spec.rank == 2 and spec.k_star == 1 and np.isfinite(spec.gap_ratio)
+    assert zero.rank == 0 and zero.k_star == 1 and zero.gap_ratio == 1.0 and zero.gap == 0.0
+    assert zero.k95 == 1 and zero.effective_rank == 0.0
+    assert np.all(zero.ratios == 1.0)
+
+
+def test_clipping_of_negative_eigenvalues():
+    x = np.random.default_rng(0).standard_normal((4, 50))
+    g = x @ x.T
+    shifted = g - 1e-7 * np.linalg.eigvalsh(g)[-1] * np.eye(4) - np.min(np.linalg.eigvalsh(g)) * np.eye(4)
+    with pytest.warns(SpectrumWarning, match="clipped a negative eigenvalue"):
+        spec = analyze_gram(shifted)
+    assert spec.singular_values[-1] == 0.0
+    with pytest.raises(NotPositiveSemidefiniteError, match="positive semi-definite"):
+        analyze_gram(np.diag([1.0, -0.5]))
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (np.ones((1, 5)), "at least 2 updates"),
+        (np.ones((2, 3, 4)), "2-D"),
+        (np.array([[1.0, np.nan], [0.0, 1.0]]), "NaN or Inf"),
+    ],
+)
+def test_bad_input_is_a_clear_error(value, match):
+    with pytest.raises(ValueError, match=match):
+        analyze_window(value) if value.ndim != 2 or value.shape[0] < 2 else analyze_gram(value)
+
+
+def test_gram_must_be_square_and_thresholds_valid():
+    with pytest.raises(ValueError, match="square"):
+        analyze_gram(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="k95_threshold"):
+        analyze_window(np.eye(3), k95_threshold=0.0)
+
+
+def test_cumulative_variance_rank_edges():
+    assert cumulative_variance_rank(np.array([1.0, 1.0]), 1.0) == 2
+    assert cumulative_variance_rank(np.array([0.0, 0.0]), 0.95) == 1
+    assert cumulative_variance_rank(np.array([95.0, 5.0]), 0.95) == 1
