@@ -1,0 +1,861 @@
+"""The run store: one SQLite file per run, written while training runs and read by reports.
+
+A run is a directory holding ``run.db``. The database is in WAL mode with ``synchronous=NORMAL``, so a
+reader (a report, a notebook) can read while training writes, and every committed transaction survives a
+killed process: each :meth:`RunStore.add_record`, :meth:`RunStore.add_event` and :meth:`RunStore.add_eval`
+call is one transaction, so a killed run loses at most the write in flight. (A power loss or OS crash may
+lose the last few commits: NORMAL syncs at checkpoints, not at every commit.)
+
+Tables:
+
+* ``meta(key, value)``: ``format``, ``schema_version``, ``created`` (ISO 8601, UTC), and the versions of
+  ``python``, ``torch``, ``numpy``, ``spectral_edge`` ("unknown" when not installed), ``platform``.
+* ``config(id, json, wall_time)``: one JSON document, replaced by each :meth:`RunStore.write_config`.
+* ``records``: one row per :class:`~spectral_edge.tracking.record.SpectralRecord`: ``id``, ``step``,
+  ``wall_time`` (Unix seconds when stored), ``nan_fields``, one column per scalar field (``REAL``,
+  ``INTEGER`` or ``TEXT`` from the field's annotation, else from its value) and one ``JSON TEXT`` column
+  per array or mapping field (``singular_values``, ``ratios``, ``alpha``, ``alpha_half``, ``groups``,
+  ``metrics``). Columns come from :func:`dataclasses.fields`, so a new field needs no change here: a
+  column the table lacks is added with ``ALTER TABLE`` when the first record holding it is appended;
+  older rows read back ``None`` for it.
+* ``events``: one row per :class:`~spectral_edge.tracking.record.SpectralEvent`, columns built the same
+  way (``step``, ``kind``, ``k_before``, ``k_after``, ``ratio_before``, ``ratio_after``, ``message``).
+* ``evals(id, step, name, value, wall_time)``: the user's losses and accuracies, long format.
+
+Non-finite floats: ``±inf`` is stored as an SQL ``REAL`` infinity. SQLite cannot store NaN (it becomes
+``NULL``), so a NaN scalar is stored as ``NULL`` and its name is listed in the row's ``nan_fields`` JSON
+column; the reading methods give it back as ``float('nan')`` while a ``NULL`` not listed there reads back
+as ``None``. Inside JSON columns non-finite floats are the strings ``'inf'``, ``'-inf'``, ``'nan'``, as in
+:meth:`SpectralRecord.to_dict`, and are turned back into floats on reading. In ``evals`` a ``NULL`` value
+is a NaN (an eval value is never ``None``).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import platform
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from spectral_edge._imports import require
+from spectral_edge.errors import RunStoreError
+from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
+
+__all__ = ["DB_NAME", "SCHEMA_VERSION", "RunStore", "export_run"]
+
+#: File name of the database inside a run directory.
+DB_NAME = "run.db"
+#: Version of the table layout; a store written with a newer one is refused.
+SCHEMA_VERSION = 1
+
+_FORMAT = "spectral-edge run"  # meta["format"]: tells a run from any other SQLite file
+_TABLES = ("meta", "config", "records", "events", "evals")
+_JSON_TYPE = "JSON TEXT"  # TEXT affinity (the name contains TEXT), so SQLite never coerces the JSON
+_RESERVED = frozenset({"id", "wall_time", "nan_fields"})  # columns the store itself owns
+_NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+# Prefixes of the flattened columns (export_run, RunStore.record_arrays); other columns use their name.
+_ARRAY_PREFIX = {"singular_values": "sigma", "ratios": "ratio", "alpha": "alpha", "alpha_half": "alpha_half"}
+_MAPPING_PREFIX = {"groups": "group", "metrics": "metric"}
+
+
+class RunStore:
+    """Read and write one run: config, spectral records, events and evaluations, in SQLite (WAL).
+
+    Args:
+        path: the run directory (it holds ``run.db``) or the path of the ``.db`` file itself.
+        mode: ``"w"`` creates a new run (the directory too), ``"a"`` appends to an existing run or creates
+            it, ``"r"`` opens an existing run read-only and never creates it.
+        overwrite: with ``mode="w"``, replace an existing run that already holds records (or a database
+            that is not a run). Without it, ``"w"`` refuses such a file; a run without records, or an
+            empty half-written database, is replaced silently since nothing would be lost.
+
+    Raises:
+        RunStoreError: the run is missing (``"r"``), is not a spectral-edge run or is half-written
+            (created but killed before its tables were), was written by a newer schema, or ``"w"``
+            would overwrite records.
+        ValueError: ``mode`` is not one of ``"w"``, ``"a"``, ``"r"``.
+
+    Every write commits its own transaction, so a reader opened with ``mode="r"`` (in this or another
+    process) sees each record as soon as :meth:`add_record` returns. A read-only reader may leave
+    ``run.db-wal``/``run.db-shm`` beside the database: that is how SQLite readers share a WAL.
+
+    Example:
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> with RunStore(f"{tmp.name}/exp1", mode="w") as store:
+        ...     store.write_config({"lr": 0.1, "window": 10})
+        ...     store.add_eval(100, {"loss": 0.5, "accuracy": 0.75})
+        >>> with RunStore(f"{tmp.name}/exp1", mode="r") as store:
+        ...     print(store.config(), len(store), store.evals()["loss"])
+        {'lr': 0.1, 'window': 10} 0 (array([100]), array([0.5]))
+        >>> tmp.cleanup()
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], mode: Literal["w", "a", "r"] = "a", *, overwrite: bool = False
+    ) -> None:
+        if mode not in ("w", "a", "r"):
+            raise ValueError(f"mode must be 'w' (create), 'a' (append) or 'r' (read-only), got {mode!r}")
+        self.path = _db_path(path)
+        self.mode = mode
+        self.overwrite = overwrite
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._column_types: dict[str, dict[str, str]] = {}  # table -> column -> declared type
+        if mode == "r":
+            self._conn = _open_readonly(self.path)
+            try:
+                _check_schema(self._conn, self.path)
+            except BaseException:
+                self.close()
+                raise
+            return
+        if mode == "w":
+            _clear_for_writing(self.path, overwrite=overwrite)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = _connect(self.path)
+        try:
+            self._setup_writer()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup_writer(self) -> None:
+        conn = self._require_open()
+        tables = _table_names(conn)
+        if tables:  # checked before any PRAGMA, so another program's database is left untouched
+            _check_schema(conn, self.path)
+        journal = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(journal).lower() != "wal":
+            raise RunStoreError(
+                f"could not put {self.path} in WAL mode (SQLite answered journal_mode={journal!r}); the run "
+                "store needs a local filesystem that supports WAL: choose a run directory on a local disk"
+            )
+        conn.execute("PRAGMA synchronous=NORMAL")
+        if not tables:  # a new file, or one killed before its schema was committed: nothing to lose
+            with self._transaction():
+                _create_schema(conn)
+        for table in ("records", "events"):
+            self._column_types[table] = _table_columns(conn, table)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database; safe to call twice. Reads and writes afterwards raise RunStoreError."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RunStore({str(self.path)!r}, mode={self.mode!r})"
+
+    def __len__(self) -> int:
+        """The number of records."""
+        with self._lock:
+            return self._require_open().execute("SELECT COUNT(*) FROM records").fetchone()[0]
+
+    # -- writes ---------------------------------------------------------------------------------------
+
+    def write_config(self, config: Mapping[str, Any] | Any) -> None:
+        """Store the run's configuration, replacing any earlier one.
+
+        Args:
+            config: a mapping, or a dataclass instance (stored as its fields), of JSON-able values:
+                numbers, strings, ``None``, lists, dicts, NumPy scalars and arrays, paths (stored as
+                strings). Non-finite floats are stored as ``'inf'``/``'nan'`` strings and read back as
+                floats.
+        """
+        if dataclasses.is_dataclass(config) and not isinstance(config, type):
+            config = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        if not isinstance(config, Mapping):
+            raise TypeError(f"config must be a mapping or a dataclass instance, got {type(config).__name__}")
+        text = json.dumps(_jsonable(config, "config"), allow_nan=False)
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO config (id, json, wall_time) VALUES (1, ?, ?)", (text, time.time())
+            )
+
+    def add_record(self, record: SpectralRecord, *, wall_time: float | None = None) -> None:
+        """Append one record, committed at once.
+
+        Args:
+            record: a :class:`SpectralRecord` (or an instance of a subclass with extra fields: their
+                columns are added to the table).
+            wall_time: Unix time to store with it; now when ``None``.
+        """
+        if not isinstance(record, SpectralRecord):
+            raise TypeError(f"add_record expects a SpectralRecord, got {type(record).__name__}")
+        self._insert("records", record, wall_time)
+
+    def add_event(self, event: SpectralEvent, *, wall_time: float | None = None) -> None:
+        """Append one event, committed at once (``wall_time`` as in :meth:`add_record`)."""
+        if not isinstance(event, SpectralEvent):
+            raise TypeError(f"add_event expects a SpectralEvent, got {type(event).__name__}")
+        self._insert("events", event, wall_time)
+
+    def add_eval(self, step: int, metrics: Mapping[str, float], *, wall_time: float | None = None) -> None:
+        """Append evaluation values logged at ``step`` (one row per name), committed as one transaction.
+
+        Args:
+            step: optimizer step the values belong to.
+            metrics: name -> value, e.g. ``{"val_loss": 0.31, "val_acc": 0.92}``; NaN is stored as NULL
+                and read back as NaN.
+        """
+        step = _as_int(step, "step")
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"metrics must be a mapping name -> float, got {type(metrics).__name__}")
+        rows = []
+        now = time.time() if wall_time is None else float(wall_time)
+        for name, value in metrics.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"eval names must be non-empty strings, got {name!r}")
+            try:
+                number = float(value)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"eval {name!r} must be a number, got {value!r}") from exc
+            rows.append((step, name, None if math.isnan(number) else number, now))
+        if not rows:
+            return
+        with self._transaction() as conn:
+            conn.executemany("INSERT INTO evals (step, name, value, wall_time) VALUES (?, ?, ?, ?)", rows)
+
+    def _insert(self, table: str, obj: Any, wall_time: float | None) -> None:
+        self._require_writable()
+        values: dict[str, Any] = {"wall_time": time.time() if wall_time is None else float(wall_time)}
+        new_columns: dict[str, str] = {}
+        nan_fields = []
+        known = self._column_types[table]
+        for name, sql_type, value in _row_of(obj):
+            if name not in known:
+                new_columns[name] = sql_type
+            if isinstance(value, float) and math.isnan(value):
+                nan_fields.append(name)
+                value = None
+            values[name] = value
+        values["nan_fields"] = json.dumps(nan_fields) if nan_fields else None
+        names = ", ".join(_quote(n) for n in values)
+        marks = ", ".join("?" for _ in values)
+        with self._transaction() as conn:
+            for name, sql_type in new_columns.items():
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {_quote(name)} {sql_type}")
+            conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", tuple(values.values()))
+        known.update(new_columns)  # only once committed: a rolled-back ALTER added nothing
+
+    # -- reads ----------------------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """The stored configuration (``{}`` when none was written)."""
+        with self._lock:
+            row = self._require_open().execute("SELECT json FROM config WHERE id = 1").fetchone()
+        return {} if row is None else _from_json(json.loads(row[0]), arrays=False)
+
+    def meta(self) -> dict[str, Any]:
+        """Format, schema version (an int), creation time and library versions, as stored."""
+        with self._lock:
+            rows = self._require_open().execute("SELECT key, value FROM meta ORDER BY key").fetchall()
+        out: dict[str, Any] = dict(rows)
+        out["schema_version"] = int(out["schema_version"])
+        return out
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every record in insertion order, as dicts.
+
+        Keys: ``step``, ``wall_time`` and one per stored field. Array fields are float64 NumPy arrays
+        (``alpha_half`` may be ``None``), ``groups`` is ``{name: {"k_star", "gap_ratio",
+        "singular_values"}}``, ``metrics`` is ``{name: float}``; non-finite values are floats again.
+        """
+        return self._read("records", "SELECT * FROM records ORDER BY id")
+
+    def last_record(self) -> dict[str, Any] | None:
+        """The most recently stored record as in :meth:`records`, or ``None`` when there is none."""
+        rows = self._read("records", "SELECT * FROM records ORDER BY id DESC LIMIT 1")
+        return rows[0] if rows else None
+
+    def record_arrays(self) -> dict[str, np.ndarray]:
+        """The records as columns of NumPy arrays, for plotting.
+
+        Returns:
+            ``step``, ``wall_time`` and each scalar column, shape (n,): int64 for integer columns without
+            gaps, float64 for numbers (``None`` and NaN both become NaN), object for text.
+            ``singular_values``, ``ratios``, ``alpha``, ``alpha_half``: (n, W_max) float64, padded with
+            NaN where a record's window is shorter (or ``alpha_half`` is ``None``).
+            ``group.<name>.k_star``, ``group.<name>.gap_ratio`` and ``metric.<name>``: (n,), NaN where a
+            record lacks that group or metric.
+        """
+        rows = self.records()
+        types = self._column_types["records"]
+        out: dict[str, np.ndarray] = {}
+        for name, kind, values in _flatten(rows, types):
+            if kind == "array":
+                width = max((len(v) for v in values if v is not None), default=0)
+                block = np.full((len(values), width), np.nan)
+                for i, v in enumerate(values):
+                    if v is not None:
+                        block[i, : len(v)] = v
+                out[name] = block
+            else:
+                out[name] = _to_numpy(values, kind)
+        return out
+
+    def events(self) -> list[SpectralEvent]:
+        """Every event in insertion order (columns the current :class:`SpectralEvent` lacks are dropped)."""
+        names = {f.name for f in dataclasses.fields(SpectralEvent)}
+        return [
+            SpectralEvent(**{k: v for k, v in row.items() if k in names})
+            for row in self._read("events", "SELECT * FROM events ORDER BY id")
+        ]
+
+    def evals(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """name -> (steps int64 (n,), values float64 (n,)), ordered by step then insertion."""
+        with self._lock:
+            rows = (
+                self._require_open()
+                .execute("SELECT name, step, value FROM evals ORDER BY step, id")
+                .fetchall()
+            )
+        grouped: dict[str, tuple[list[int], list[float]]] = {}
+        for name, step, value in rows:
+            steps, values = grouped.setdefault(name, ([], []))
+            steps.append(step)
+            values.append(math.nan if value is None else value)
+        return {
+            name: (np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64))
+            for name, (steps, values) in grouped.items()
+        }
+
+    def _read(self, table: str, sql: str) -> list[dict[str, Any]]:
+        with self._lock:
+            conn = self._require_open()
+            # Refreshed on every read: a writer in another process may have added columns.
+            types = self._column_types[table] = _table_columns(conn, table)
+            cursor = conn.execute(sql)
+            names = [d[0] for d in cursor.description]
+            rows = cursor.fetchall()
+        out = []
+        for row in rows:
+            raw = dict(zip(names, row, strict=True))
+            nan_fields = set(json.loads(raw["nan_fields"])) if raw.get("nan_fields") else set()
+            item: dict[str, Any] = {}
+            for name in names:
+                value = raw[name]
+                if name in ("id", "nan_fields"):
+                    continue
+                if name in nan_fields:
+                    value = math.nan
+                elif value is not None and types.get(name) == _JSON_TYPE:
+                    value = _from_json(json.loads(value), arrays=True)
+                item[name] = value
+            out.append(item)
+        return out
+
+    # -- plumbing -------------------------------------------------------------------------------------
+
+    def _require_open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RunStoreError(
+                f"the run store {self.path} is closed; open it again with RunStore(path, mode)"
+            )
+        return self._conn
+
+    def _require_writable(self) -> sqlite3.Connection:
+        conn = self._require_open()
+        if self.mode == "r":
+            raise RunStoreError(
+                f"the run store {self.path} was opened read-only (mode='r'); open it with mode='a' to write"
+            )
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._require_writable()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+
+def export_run(
+    run_path: str | os.PathLike[str],
+    fmt: Literal["csv", "parquet"] = "csv",
+    out: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Export a run's records as one flat table, with its evals and events beside it.
+
+    Record columns: ``step``, ``wall_time``, every scalar column, then ``sigma_1 … sigma_W``,
+    ``ratio_1 …``, ``alpha_1 …``, ``alpha_half_1 …`` (as many as the widest record; shorter records are
+    left empty), ``group.<name>.k_star``, ``group.<name>.gap_ratio`` and ``metric.<name>``. Two more files
+    are written next to it, with the same format: ``<stem>_evals.<ext>`` (``step, name, value,
+    wall_time``, long format) and ``<stem>_events.<ext>`` (one row per event). In CSV a missing value is
+    an empty cell and non-finite floats are ``inf``, ``-inf``, ``nan``; in Parquet a missing value is
+    null and NaN stays NaN.
+
+    Args:
+        run_path: the run directory or its ``run.db``.
+        fmt: ``"csv"`` (standard library) or ``"parquet"`` (needs ``pyarrow``: the ``parquet`` extra).
+        out: path of the records file; a directory puts ``records.<ext>`` in it. Defaults to
+            ``records.<ext>`` in the run directory.
+
+    Returns:
+        The path of the records file.
+
+    Example:
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> with RunStore(f"{tmp.name}/exp1", mode="w") as store:
+        ...     store.add_eval(10, {"loss": 0.5})
+        >>> path = export_run(f"{tmp.name}/exp1", "csv")
+        >>> path.name, path.with_name("records_evals.csv").read_text().splitlines()[0]
+        ('records.csv', 'step,name,value,wall_time')
+        >>> tmp.cleanup()
+    """
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"fmt must be 'csv' or 'parquet', got {fmt!r}")
+    writer = _write_csv if fmt == "csv" else _write_parquet
+    if fmt == "parquet":
+        require("pyarrow.parquet", "Parquet export")  # fail before writing anything
+    with RunStore(run_path, mode="r") as store:
+        target = store.path.parent / f"records.{fmt}" if out is None else Path(out)
+        if target.is_dir():
+            target = target / f"records.{fmt}"
+        elif not target.suffix:
+            target = target.with_suffix(f".{fmt}")
+        rows = store.records()
+        columns = []
+        for name, kind, values in _flatten(rows, store._column_types["records"]):
+            if kind == "array":
+                width = max((len(v) for v in values if v is not None), default=0)
+                prefix = _ARRAY_PREFIX.get(name, name)
+                for j in range(width):
+                    cells = [float(v[j]) if v is not None and j < len(v) else None for v in values]
+                    columns.append((f"{prefix}_{j + 1}", "float", cells))
+            else:
+                columns.append((name, kind, values))
+        with store._lock:
+            eval_rows = (
+                store._require_open()
+                .execute("SELECT step, name, value, wall_time FROM evals ORDER BY step, id")
+                .fetchall()
+            )
+        evals = [
+            ("step", "int", [r[0] for r in eval_rows]),
+            ("name", "str", [r[1] for r in eval_rows]),
+            ("value", "float", [math.nan if r[2] is None else r[2] for r in eval_rows]),
+            ("wall_time", "float", [r[3] for r in eval_rows]),
+        ]
+        event_rows = store._read("events", "SELECT * FROM events ORDER BY id")
+        event_types = store._column_types["events"]
+    event_names = [n for n in event_types if n not in ("id", "nan_fields")]
+    events = [
+        (n, _kind_of([r.get(n) for r in event_rows], event_types[n]), [r.get(n) for r in event_rows])
+        for n in event_names
+    ]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    writer(target, columns)
+    writer(target.with_name(f"{target.stem}_evals{target.suffix}"), evals)
+    writer(target.with_name(f"{target.stem}_events{target.suffix}"), events)
+    return target
+
+
+# -- paths and connections ----------------------------------------------------------------------------
+
+
+def _db_path(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        return p / DB_NAME
+    if p.suffix == ".db" or p.is_file():
+        return p
+    return p / DB_NAME
+
+
+def _connect(db: Path) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per write.
+    # check_same_thread=False: a sink thread may write; RunStore serialises access with its lock.
+    return sqlite3.connect(db, timeout=10.0, isolation_level=None, check_same_thread=False)
+
+
+def _open_readonly(db: Path) -> sqlite3.Connection:
+    if not db.is_file():
+        raise RunStoreError(
+            f"no spectral-edge run at {db.parent if db.name == DB_NAME else db}: expected a run directory "
+            f"containing {DB_NAME} (or the path of a {DB_NAME}), as written by RunStore(path, mode='w'); "
+            f"{db} does not exist"
+        )
+    uri = db.resolve().as_uri() + "?mode=ro"
+    try:
+        return sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:  # pragma: no cover - permissions and the like
+        raise RunStoreError(f"could not open the run store {db} read-only: {exc}") from exc
+
+
+def _table_names(conn: sqlite3.Connection) -> set[str]:
+    try:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise RunStoreError(
+            f"{_db_of(conn)} is not an SQLite database ({exc}); expected a spectral-edge run.db"
+        ) from exc
+    return {r[0] for r in rows}
+
+
+def _db_of(conn: sqlite3.Connection) -> str:
+    row = conn.execute("PRAGMA database_list").fetchone()
+    return row[2] if row else "the database"
+
+
+def _check_schema(conn: sqlite3.Connection, db: Path) -> None:
+    tables = _table_names(conn)
+    missing = [t for t in _TABLES if t not in tables]
+    if not tables:
+        raise RunStoreError(
+            f"{db} is an empty database, not a spectral-edge run: it is half-written (the writer was "
+            "killed before creating its tables) or was not made by RunStore. Expected the tables "
+            f"{', '.join(_TABLES)}; remove it or recreate it with RunStore(path, mode='w')"
+        )
+    fmt = None
+    if "meta" in tables:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        fmt = row and row[0]
+    if fmt != _FORMAT or missing:
+        what = f"lacks the tables {', '.join(missing)}" if missing else "has no spectral-edge format marker"
+        raise RunStoreError(
+            f"{db} is not a spectral-edge run: it {what} (found tables: {', '.join(sorted(tables))}). "
+            f"Expected a {DB_NAME} written by RunStore; it may be half-written or another program's "
+            "database. Point at a run directory, or create one with RunStore(path, mode='w')"
+        )
+    version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise RunStoreError(
+            f"{db} has schema version {version}, but this spectral-edge reads up to version "
+            f"{SCHEMA_VERSION}: upgrade spectral-edge (pip install -U spectral-edge)"
+        )
+
+
+def _clear_for_writing(db: Path, *, overwrite: bool) -> None:
+    """For mode='w': remove an existing database unless that would lose records the user did not give up."""
+    if not db.exists():
+        return
+    if not overwrite:
+        conn = _open_readonly(db)
+        try:
+            tables = _table_names(conn)
+            if tables:
+                _check_schema(conn, db)  # a foreign database is never removed without overwrite=True
+                n = conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+                if n:
+                    raise RunStoreError(
+                        f"{db} already holds a run with {n} records; mode='w' would erase them. Use "
+                        "mode='a' to append, overwrite=True to replace it, or another run directory"
+                    )
+        finally:
+            conn.close()
+    for suffix in ("", "-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute(
+        "CREATE TABLE config (id INTEGER PRIMARY KEY CHECK (id = 1), json TEXT NOT NULL, wall_time REAL NOT NULL)"
+    )
+    for table, cls in (("records", SpectralRecord), ("events", SpectralEvent)):
+        columns = [
+            "id INTEGER PRIMARY KEY",
+            "step INTEGER NOT NULL",
+            "wall_time REAL NOT NULL",
+            "nan_fields TEXT",
+        ]
+        for name, sql_type in _annotated_columns(cls):
+            if name != "step":
+                columns.append(f"{_quote(name)} {sql_type}")
+        conn.execute(f"CREATE TABLE {table} ({', '.join(columns)})")
+        conn.execute(f"CREATE INDEX {table}_step ON {table} (step)")
+    conn.execute(
+        "CREATE TABLE evals (id INTEGER PRIMARY KEY, step INTEGER NOT NULL, name TEXT NOT NULL, "
+        "value REAL, wall_time REAL NOT NULL)"
+    )
+    conn.execute("CREATE INDEX evals_name_step ON evals (name, step)")
+    meta = {
+        "format": _FORMAT,
+        "schema_version": str(SCHEMA_VERSION),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "numpy": _version("numpy"),
+        "spectral_edge": _version("spectral-edge"),
+        "platform": platform.platform(),
+    }
+    conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
+
+
+def _table_columns(conn: sqlite3.Connection, table: str) -> dict[str, str]:
+    return {row[1]: row[2] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+# -- dataclass <-> row --------------------------------------------------------------------------------
+
+
+def _annotation_type(annotation: Any) -> str | None:
+    """SQL type for a field annotation: REAL/INTEGER/TEXT for scalars, JSON for containers, None if unsure.
+
+    Annotations are strings under ``from __future__ import annotations``; parsing the text (rather than
+    ``typing.get_type_hints``) also works for dataclasses defined where their names do not resolve.
+    """
+    if isinstance(annotation, str):
+        text = annotation
+    elif isinstance(annotation, type):
+        text = annotation.__name__
+    else:
+        text = str(annotation)
+    text = text.replace("typing.", "").replace("numpy.", "np.").strip()
+    optional = re.fullmatch(r"Optional\[(.*)\]", text)
+    if optional:
+        text = f"{optional[1]} | None"
+    parts = {p.strip() for p in text.split("|")} - {"None", "NoneType"}
+    if parts and parts <= {"bool", "int", "float", "str"}:
+        if parts == {"str"}:
+            return "TEXT"
+        if "str" in parts:
+            return None
+        return "REAL" if "float" in parts else "INTEGER"
+    if re.search(r"ndarray|Mapping|dict|list|tuple|Sequence|ArrayLike", text, re.IGNORECASE):
+        return _JSON_TYPE
+    return None
+
+
+def _annotated_columns(cls: type) -> list[tuple[str, str]]:
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name in _RESERVED:
+            raise RunStoreError(
+                f"{cls.__name__} has a field named {f.name!r}, a column the run store reserves"
+            )
+        sql_type = _annotation_type(f.type)
+        if sql_type is not None:
+            out.append((f.name, sql_type))
+    return out
+
+
+def _row_of(obj: Any) -> list[tuple[str, str, Any]]:
+    """(column, SQL type, value to bind) per field of a dataclass instance; NaN stays a float here."""
+    annotated = dict(_annotated_columns(type(obj)))
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        sql_type = annotated.get(f.name) or _value_type(value)
+        if sql_type is None:  # unknown annotation and a None value: the column's NULL default says it all
+            continue
+        if sql_type == _JSON_TYPE:
+            bound = None if value is None else json.dumps(_jsonable(value, f.name), allow_nan=False)
+        else:
+            bound = value.item() if isinstance(value, np.generic) else value
+            if not (bound is None or isinstance(bound, (bool, int, float, str))):
+                raise TypeError(
+                    f"field {f.name!r} of {type(obj).__name__} should hold a {sql_type} scalar, got "
+                    f"{type(value).__name__}: {value!r}"
+                )
+        out.append((f.name, sql_type, bound))
+    return out
+
+
+def _value_type(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (bool, int, np.bool_, np.integer)):
+        return "INTEGER"
+    if isinstance(value, (float, np.floating)):
+        return "REAL"
+    if isinstance(value, str):
+        return "TEXT"
+    return _JSON_TYPE
+
+
+def _jsonable(value: Any, where: str) -> Any:
+    """Plain JSON values, with non-finite floats as 'inf'/'-inf'/'nan' strings (as SpectralRecord.to_dict)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        number = float(value)
+        return number if math.isfinite(number) else str(number)
+    if isinstance(value, np.ndarray):
+        return [_jsonable(x, where) for x in value.tolist()]
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"{where} has a key {key!r} of type {type(key).__name__}; JSON keys must be strings"
+                )
+            out[key] = _jsonable(item, f"{where}[{key!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(x, f"{where}[{i}]") for i, x in enumerate(value)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _jsonable(getattr(value, f.name), f"{where}.{f.name}") for f in dataclasses.fields(value)
+        }
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(
+        f"cannot store {where} (a {type(value).__name__}) as JSON: use numbers, strings, lists, dicts or "
+        "NumPy arrays (convert tensors with .item() or .tolist() first)"
+    )
+
+
+def _from_json(value: Any, *, arrays: bool) -> Any:
+    """Inverse of :func:`_jsonable`: 'inf'/'nan' strings become floats; numeric lists become float64 arrays."""
+    if isinstance(value, str):
+        return _NONFINITE.get(value, value)
+    if isinstance(value, list):
+        items = [_from_json(x, arrays=arrays) for x in value]
+        if arrays and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in items):
+            return np.asarray(items, dtype=np.float64)
+        return items
+    if isinstance(value, dict):
+        return {k: _from_json(v, arrays=arrays) for k, v in value.items()}
+    return value
+
+
+# -- flattening (record_arrays, export_run) ----------------------------------------------------------
+
+
+def _flatten(rows: Sequence[Mapping[str, Any]], types: Mapping[str, str]) -> list[tuple[str, str, list[Any]]]:
+    """Columns (name, kind, values) of decoded records; kind is int/float/str/object, or array (list of 1-D)."""
+    names = ["step", "wall_time"] + [n for n in types if n not in ("id", "nan_fields", "step", "wall_time")]
+    out: list[tuple[str, str, list[Any]]] = []
+    for name in names:
+        values = [row.get(name) for row in rows]
+        if types.get(name) != _JSON_TYPE:
+            out.append((name, _kind_of(values, types.get(name, "")), values))
+        elif all(v is None or isinstance(v, np.ndarray) for v in values):
+            out.append((name, "array", [None if v is None else np.ravel(v) for v in values]))
+        elif all(v is None or isinstance(v, Mapping) for v in values):
+            prefix = _MAPPING_PREFIX.get(name, name)
+            keys: dict[tuple[str, str], None] = {}  # ordered set: column order is first appearance
+            for v in values:
+                for key, item in (v or {}).items():
+                    if isinstance(item, Mapping):
+                        keys.update({(key, sub): None for sub, x in item.items() if _is_scalar(x)})
+                    elif _is_scalar(item):
+                        keys[(key, "")] = None
+            for outer, inner in keys:
+                cells = [_dig(v, outer, inner) for v in values]
+                label = f"{prefix}.{outer}.{inner}" if inner else f"{prefix}.{outer}"
+                out.append((label, _kind_of(cells, ""), cells))
+        # Any other JSON shape (lists of strings, ...) has no flat form; it stays in records().
+    return out
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _dig(value: Mapping[str, Any] | None, outer: str, inner: str) -> Any:
+    if value is None or outer not in value:
+        return None
+    item = value[outer]
+    if inner:
+        return item.get(inner) if isinstance(item, Mapping) else None
+    return item
+
+
+def _kind_of(values: Sequence[Any], sql_type: str) -> str:
+    present = [v for v in values if v is not None]
+    if sql_type == "TEXT" or (present and all(isinstance(v, str) for v in present)):
+        return "str"
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in present) and present:
+        return "int"
+    if all(isinstance(v, (int, float)) for v in present):
+        return "float"
+    return "object"
+
+
+def _to_numpy(values: list[Any], kind: str) -> np.ndarray:
+    if kind == "int" and all(v is not None for v in values):
+        return np.asarray(values, dtype=np.int64)
+    if kind in ("int", "float"):
+        return np.asarray([math.nan if v is None else v for v in values], dtype=np.float64)
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
+
+
+def _as_int(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    return int(value)
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # shortest exact form; 'inf', '-inf', 'nan' parse back with float()
+    return value
+
+
+def _write_csv(path: Path, columns: Sequence[tuple[str, str, list[Any]]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([name for name, _, _ in columns])
+        n = len(columns[0][2]) if columns else 0
+        for i in range(n):
+            writer.writerow([_csv_cell(values[i]) for _, _, values in columns])
+
+
+def _write_parquet(path: Path, columns: Sequence[tuple[str, str, list[Any]]]) -> None:
+    pa = require("pyarrow", "Parquet export")
+    pq = require("pyarrow.parquet", "Parquet export")
+    types = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
+    arrays, names = [], []
+    for name, kind, values in columns:
+        if kind == "object":  # mixed types: keep a faithful textual form rather than fail the export
+            values, kind = [None if v is None else str(v) for v in values], "str"
+        if kind == "float":
+            values = [None if v is None else float(v) for v in values]
+        arrays.append(pa.array(values, type=types[kind]))
+        names.append(name)
+    pq.write_table(pa.Table.from_arrays(arrays, names=names), path)

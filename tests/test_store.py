@@ -1,0 +1,454 @@
+"""Tests of the run store: round trips, WAL concurrency, crash safety, schema growth, export, errors."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import spectral_edge.store as store_module
+from spectral_edge.errors import RunStoreError
+from spectral_edge.store import RunStore, export_run
+from spectral_edge.tracking.record import GroupSpectrum, SpectralEvent, SpectralRecord
+
+SRC = Path(store_module.__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def make_record(step: int, window: int = 4, **overrides: object) -> SpectralRecord:
+    """A record with arbitrary but distinct numbers; overrides replace any field."""
+    sv = np.linspace(2.0, 0.5, window) * (1.0 + step)
+    values: dict[str, object] = dict(
+        step=step,
+        window=window,
+        singular_values=sv,
+        ratios=sv[:-1] / sv[1:],
+        k_star=1,
+        gap_ratio=1.0 + 0.1 * step,
+        gap=0.25,
+        gap_lambda=0.5,
+        k95=2,
+        k_star_weighted=1,
+        gap_ratio_weighted=1.5,
+        g23=0.3,
+        rank=window,
+        effective_rank=2.5,
+        alpha=np.full(window, 0.9),
+        alpha_half=np.full(window // 2, 0.8),
+        delta_c_fro=0.01 * step,
+        davis_kahan=0.02,
+        adiabatic=0.5,
+        regime="plateau",
+        lr=1e-3,
+        update_norm=0.1,
+        noise_level=0.05,
+        bbp_ratio=3.0,
+        groups={"attn": GroupSpectrum(k_star=2, gap_ratio=4.0, singular_values=sv / 2)},
+        metrics={"loss": 1.0 / (1 + step)},
+    )
+    values.update(overrides)
+    return SpectralRecord(**values)
+
+
+def assert_same(actual: object, expected: object) -> None:
+    """Equality that treats NaN as equal to NaN and compares arrays element-wise."""
+    if isinstance(expected, np.ndarray):
+        assert isinstance(actual, np.ndarray)
+        np.testing.assert_array_equal(actual, expected)
+    elif isinstance(expected, float) and math.isnan(expected):
+        assert isinstance(actual, float) and math.isnan(actual)
+    elif isinstance(expected, GroupSpectrum):
+        assert isinstance(actual, dict)
+        for f in dataclasses.fields(expected):
+            assert_same(actual[f.name], getattr(expected, f.name))
+    elif isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys()
+        for key in expected:
+            assert_same(actual[key], expected[key])
+    else:
+        assert actual == expected and type(actual) is type(expected), (actual, expected)
+
+
+def assert_record(row: dict, record: SpectralRecord) -> None:
+    for f in dataclasses.fields(record):
+        assert_same(row[f.name], getattr(record, f.name))
+
+
+def odd_records() -> list[SpectralRecord]:
+    """Records with inf and NaN in scalars and arrays, None optionals, and a varying window."""
+    inf_sv = np.array([np.inf, 2.0, 1.0, 0.0])
+    return [
+        make_record(0),
+        make_record(
+            1,
+            singular_values=inf_sv,
+            ratios=np.array([np.inf, 2.0, np.inf]),
+            gap_ratio=math.inf,
+            gap=-math.inf,
+            bbp_ratio=math.nan,
+            alpha=np.array([np.nan, 1.0, 0.5, 0.25]),
+            metrics={"loss": math.nan, "acc": math.inf},
+            groups={"mlp": GroupSpectrum(k_star=1, gap_ratio=math.inf, singular_values=inf_sv)},
+        ),
+        make_record(2, window=3, g23=None, adiabatic=None, regime=None, lr=None, alpha_half=None, groups={}),
+    ]
+
+
+def test_records_round_trip_with_arrays_and_nonfinite(tmp_path: Path) -> None:
+    records = odd_records()
+    with RunStore(tmp_path / "run", mode="w") as store:
+        for record in records:
+            store.add_record(record, wall_time=100.0 + record.step)
+        assert len(store) == 3
+    with RunStore(tmp_path / "run", mode="r") as store:
+        rows = store.records()
+        assert len(rows) == 3
+        for row, record in zip(rows, records, strict=True):
+            assert_record(row, record)
+        assert [row["wall_time"] for row in rows] == [100.0, 101.0, 102.0]
+        assert_record(store.last_record(), records[-1])
+
+
+def test_json_columns_match_to_dict_and_nan_is_null(tmp_path: Path) -> None:
+    record = odd_records()[1]
+    with RunStore(tmp_path, mode="w") as store:
+        store.add_record(record)
+    conn = sqlite3.connect(f"{(tmp_path / 'run.db').as_uri()}?mode=ro", uri=True)
+    try:
+        conn.row_factory = sqlite3.Row
+        row = conn.execute("SELECT * FROM records").fetchone()
+    finally:
+        conn.close()
+    expected = record.to_dict()
+    for name in ("singular_values", "ratios", "alpha", "alpha_half", "groups", "metrics"):
+        assert json.loads(row[name]) == expected[name]
+    assert row["gap_ratio"] == math.inf and row["gap"] == -math.inf  # SQL REAL infinities
+    assert row["bbp_ratio"] is None and json.loads(row["nan_fields"]) == ["bbp_ratio"]
+
+
+def test_events_evals_config_meta_round_trip(tmp_path: Path) -> None:
+    events = [
+        SpectralEvent(
+            step=5, kind="gap_opening", k_before=None, k_after=2, ratio_after=math.inf, message="open"
+        ),
+        SpectralEvent(
+            step=9, kind="gap_collapse", k_before=2, k_after=1, ratio_before=math.nan, ratio_after=1.1
+        ),
+    ]
+    config = {"lr": 0.1, "sizes": [64, 64], "max": math.inf, "nested": {"a": None}, "np": np.float32(0.5)}
+    with RunStore(tmp_path, mode="w") as store:
+        store.write_config({"replaced": True})
+        store.write_config(config)
+        for event in events:
+            store.add_event(event)
+        store.add_eval(20, {"val_loss": 0.25, "val_acc": 0.5})
+        store.add_eval(10, {"val_loss": math.nan})
+        store.add_eval(np.int64(30), {"val_loss": np.float32(0.125)})
+    with RunStore(tmp_path, mode="r") as store:
+        got = store.events()
+        assert got[0] == events[0]
+        assert got[1].ratio_before is not None and math.isnan(got[1].ratio_before)
+        assert dataclasses.replace(got[1], ratio_before=None) == dataclasses.replace(
+            events[1], ratio_before=None
+        )
+        assert store.config() == {**config, "np": 0.5}
+        evals = store.evals()
+        assert evals.keys() == {"val_loss", "val_acc"}
+        steps, values = evals["val_loss"]
+        assert steps.dtype == np.int64 and steps.tolist() == [10, 20, 30]
+        np.testing.assert_array_equal(values, [np.nan, 0.25, 0.125])
+        assert evals["val_acc"][1].tolist() == [0.5]
+        meta = store.meta()
+        assert meta["schema_version"] == store_module.SCHEMA_VERSION
+        assert meta["numpy"] == np.__version__
+        assert {"created", "python", "torch", "spectral_edge", "platform"} <= meta.keys()
+
+
+def test_record_arrays_pads_varying_windows_with_nan(tmp_path: Path) -> None:
+    records = odd_records()
+    with RunStore(tmp_path, mode="w") as store:
+        for record in records:
+            store.add_record(record)
+        arrays = store.record_arrays()
+    assert arrays["step"].dtype == np.int64 and arrays["step"].tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(arrays["gap_ratio"], [1.0, math.inf, 1.2])
+    np.testing.assert_array_equal(arrays["g23"], [0.3, 0.3, np.nan])  # None becomes NaN
+    assert arrays["regime"].tolist() == ["plateau", "plateau", None]
+    assert arrays["singular_values"].shape == (3, 4)
+    np.testing.assert_array_equal(arrays["singular_values"][2], [*records[2].singular_values, np.nan])
+    np.testing.assert_array_equal(arrays["alpha_half"][2], [np.nan, np.nan])
+    np.testing.assert_array_equal(arrays["group.attn.k_star"], [2, np.nan, np.nan])
+    np.testing.assert_array_equal(arrays["group.mlp.gap_ratio"], [np.nan, np.inf, np.nan])
+    np.testing.assert_array_equal(arrays["metric.acc"], [np.nan, np.inf, np.nan])
+
+
+def test_wal_mode_is_on(tmp_path: Path) -> None:
+    with RunStore(tmp_path, mode="w") as store:
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    conn = sqlite3.connect(tmp_path / "run.db")
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # stored in the file itself
+    finally:
+        conn.close()
+
+
+def test_reader_sees_commits_while_the_writer_is_open(tmp_path: Path) -> None:
+    with RunStore(tmp_path / "run", mode="w") as writer:
+        writer.add_record(make_record(0))
+        with RunStore(tmp_path / "run" / "run.db", mode="r") as reader:
+            assert len(reader) == 1
+            writer.add_record(make_record(1))
+            writer.add_eval(1, {"loss": 0.5})
+            assert len(reader) == 2
+            assert reader.last_record()["step"] == 1
+            assert reader.evals()["loss"][1].tolist() == [0.5]
+            with pytest.raises(RunStoreError, match=r"read-only \(mode='r'\).*mode='a'"):
+                reader.add_record(make_record(2))
+
+
+_WRITER_SCRIPT = """
+import sys
+from test_store import make_record
+from spectral_edge.store import RunStore
+
+with RunStore(sys.argv[1], mode="w") as store:
+    for step in range(1_000_000):
+        store.add_record(make_record(step))
+        print(step + 1, flush=True)  # printed only after the commit returned
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_killed_writer_keeps_every_committed_record(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)])}
+    with subprocess.Popen(
+        [sys.executable, "-c", _WRITER_SCRIPT, str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as proc:
+        watchdog = threading.Timer(60.0, proc.kill)  # never hang the suite if the writer stalls
+        watchdog.start()
+        try:
+            committed = 0
+            for line in proc.stdout:
+                committed = int(line)
+                if committed >= 25:
+                    break
+            proc.kill()  # SIGKILL: no atexit, no close(), mid-loop
+            proc.wait(timeout=30)
+        finally:
+            watchdog.cancel()
+        stderr = proc.stderr.read()
+    assert committed >= 25, stderr
+    assert proc.returncode == -9
+
+    conn = sqlite3.connect(f"{(run / 'run.db').as_uri()}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+    with RunStore(run, mode="r") as store:
+        n = len(store)
+        # The writer may have committed one more record than it got to print.
+        assert committed <= n <= committed + 1
+        assert [row["step"] for row in store.records()] == list(range(n))
+        assert_record(store.last_record(), make_record(n - 1))
+    with RunStore(run, mode="a") as store:
+        store.add_record(make_record(n))
+        assert len(store) == n + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _RecordWithNewFields(SpectralRecord):
+    """Stands in for a SpectralRecord that gained fields in a later version."""
+
+    sharpness: float = 0.0
+    phase: str | None = None
+    extra_counts: np.ndarray | None = None
+
+
+def test_append_adds_columns_for_new_fields(tmp_path: Path) -> None:
+    with RunStore(tmp_path, mode="w") as store:
+        store.add_record(make_record(0))
+    old = make_record(1)
+    base = {f.name: getattr(old, f.name) for f in dataclasses.fields(old)}
+    newer = _RecordWithNewFields(**base, sharpness=math.nan, phase="rise", extra_counts=np.array([1.0, 2.0]))
+    with RunStore(tmp_path, mode="a") as store:
+        store.add_record(newer)
+        store.add_record(make_record(2))  # an old-style record after the columns exist
+    with RunStore(tmp_path, mode="r") as store:
+        rows = store.records()
+        assert [row["phase"] for row in rows] == [None, "rise", None]
+        assert [row["sharpness"] is None for row in rows] == [True, False, True]
+        assert math.isnan(rows[1]["sharpness"])
+        assert_record(rows[1], newer)
+        arrays = store.record_arrays()
+    assert arrays["extra_counts"].shape == (3, 2)
+    np.testing.assert_array_equal(arrays["sharpness"], [np.nan] * 3)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_export_round_trips_values(tmp_path: Path, fmt: str) -> None:
+    records = odd_records()
+    events = [SpectralEvent(step=1, kind="k_star_shift", k_before=1, k_after=2, ratio_after=math.inf)]
+    with RunStore(tmp_path / "run", mode="w") as store:
+        for record in records:
+            store.add_record(record)
+        store.add_event(events[0])
+        store.add_eval(3, {"val_loss": 0.5, "val_acc": math.nan})
+        arrays = store.record_arrays()
+
+    if fmt == "parquet":
+        pq = pytest.importorskip("pyarrow.parquet")
+        path = export_run(tmp_path / "run", "parquet", out=tmp_path / "out" / "flat.parquet")
+        table = pq.read_table(path).to_pydict()
+        evals = pq.read_table(tmp_path / "out" / "flat_evals.parquet").to_pydict()
+        events_table = pq.read_table(tmp_path / "out" / "flat_events.parquet").to_pydict()
+
+        def column(name: str) -> np.ndarray:
+            return np.array([np.nan if v is None else v for v in table[name]], dtype=float)
+    else:
+        path = export_run(tmp_path / "run")
+        assert path == tmp_path / "run" / "records.csv"
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        table = {name: [row[name] for row in rows] for name in rows[0]}
+        with path.with_name("records_evals.csv").open(newline="") as fh:
+            evals = {k: [row[k] for row in rows_] for rows_ in [list(csv.DictReader(fh))] for k in rows_[0]}
+        with path.with_name("records_events.csv").open(newline="") as fh:
+            events_table = {k: [r[k] for r in rs] for rs in [list(csv.DictReader(fh))] for k in rs[0]}
+
+        def column(name: str) -> np.ndarray:
+            return np.array([np.nan if v == "" else float(v) for v in table[name]])
+
+    width = arrays["singular_values"].shape[1]
+    expected_sigma = [f"sigma_{j}" for j in range(1, width + 1)]
+    assert [name for name in table if name.startswith("sigma_")] == expected_sigma
+    for j in range(width):
+        np.testing.assert_array_equal(column(f"sigma_{j + 1}"), arrays["singular_values"][:, j])
+        np.testing.assert_array_equal(column(f"alpha_{j + 1}"), arrays["alpha"][:, j])
+    expected = {
+        name: arrays[name]
+        for name in (
+            "step",
+            "gap_ratio",
+            "gap",
+            "bbp_ratio",
+            "g23",
+            "group.attn.k_star",
+            "group.mlp.gap_ratio",
+        )
+    }
+    expected.update(
+        {
+            "metric.loss": arrays["metric.loss"],
+            "metric.acc": arrays["metric.acc"],
+            "ratio_3": arrays["ratios"][:, 2],
+            "alpha_half_2": arrays["alpha_half"][:, 1],
+        }
+    )
+    for name, values in expected.items():
+        np.testing.assert_array_equal(column(name), values, err_msg=name)
+    assert [str(v) if v is not None else "" for v in table["regime"]] == ["plateau", "plateau", ""]
+    assert [str(v) for v in evals["name"]] == ["val_loss", "val_acc"]
+    assert float(evals["value"][0]) == 0.5 and math.isnan(float(evals["value"][1]))
+    assert [str(v) for v in events_table["kind"]] == ["k_star_shift"]
+    assert float(events_table["ratio_after"][0]) == math.inf
+
+
+def test_export_rejects_bad_format_before_reading(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"fmt must be 'csv' or 'parquet', got 'xlsx'"):
+        export_run(tmp_path / "does-not-exist", fmt="xlsx")
+
+
+def test_missing_run_is_a_clear_error_and_nothing_is_created(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(RunStoreError, match=r"no spectral-edge run at .*nope.*expected a run directory"):
+        RunStore(missing, mode="r")
+    with pytest.raises(RunStoreError, match="no spectral-edge run"):
+        export_run(missing)
+    assert not missing.exists()
+
+
+def test_half_written_run_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "run.db").touch()  # killed before the schema transaction committed
+    with pytest.raises(RunStoreError, match=r"empty database.*half-written.*mode='w'"):
+        RunStore(tmp_path / "empty", mode="r")
+    with RunStore(tmp_path / "empty", mode="a") as store:  # appending initialises it: nothing to lose
+        store.add_record(make_record(0))
+        assert len(store) == 1
+
+    partial = tmp_path / "partial" / "run.db"
+    partial.parent.mkdir()
+    conn = sqlite3.connect(partial)
+    try:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.commit()
+    finally:
+        conn.close()
+    for mode in ("r", "a", "w"):  # never silently adopted, nor deleted without overwrite=True
+        with pytest.raises(RunStoreError, match=r"is not a spectral-edge run: it lacks the tables config"):
+            RunStore(partial, mode=mode)
+    with RunStore(partial, mode="w", overwrite=True) as store:
+        assert len(store) == 0
+
+    (tmp_path / "text.db").write_text("not a database at all, just some text that is long enough" * 20)
+    with pytest.raises(RunStoreError, match=r"text\.db is not an SQLite database"):
+        RunStore(tmp_path / "text.db", mode="r")
+
+
+def test_mode_w_protects_existing_records(tmp_path: Path) -> None:
+    with RunStore(tmp_path, mode="w") as store:
+        store.write_config({"a": 1})  # a run without records is simply recreated
+    with RunStore(tmp_path, mode="w") as store:
+        assert store.config() == {}
+        store.add_record(make_record(0))
+    with pytest.raises(RunStoreError, match=r"already holds a run with 1 records.*mode='a'.*overwrite=True"):
+        RunStore(tmp_path, mode="w")
+    with RunStore(tmp_path, mode="a") as store:
+        assert len(store) == 1
+    with RunStore(tmp_path, mode="w", overwrite=True) as store:
+        assert len(store) == 0
+
+
+def test_argument_and_state_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"mode must be .* got 'x'"):
+        RunStore(tmp_path, mode="x")  # type: ignore[arg-type]
+    store = RunStore(tmp_path, mode="w")
+    with pytest.raises(TypeError, match="expects a SpectralRecord, got dict"):
+        store.add_record({"step": 1})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="eval 'loss' must be a number"):
+        store.add_eval(1, {"loss": "low"})
+    with pytest.raises(TypeError, match=r"cannot store config\['model'\] \(a object\)"):
+        store.write_config({"model": object()})
+    store.close()
+    store.close()
+    with pytest.raises(RunStoreError, match="is closed"):
+        len(store)
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    with RunStore(tmp_path, mode="w"):
+        pass
+    conn = sqlite3.connect(tmp_path / "run.db")
+    try:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+        conn.commit()
+    finally:
+        conn.close()
+    with pytest.raises(RunStoreError, match=r"schema version 99.*upgrade spectral-edge"):
+        RunStore(tmp_path, mode="r")
