@@ -1,0 +1,556 @@
+"""SpectralMonitor: the online monitor a training loop calls after each optimizer step.
+
+It snapshots the parameters when constructed; each :meth:`SpectralMonitor.step` pushes the update since the
+previous snapshot into an :class:`~spectral_edge.tracking.window.UpdateWindow` and, once W updates are in,
+returns a :class:`~spectral_edge.tracking.record.SpectralRecord` computed from the W × W Gram matrix alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spectral_edge.errors import NonFiniteUpdateError, ParameterLayoutError, SpectrumWarning
+from spectral_edge.spectrum.null import BBPVariant, bbp_ratio, noise_level_from_spectrum
+from spectral_edge.spectrum.stability import (
+    AdiabaticRegimes,
+    GapUnits,
+    adiabatic_parameter,
+    davis_kahan_bound,
+    half_window_alignment,
+    stability_coefficients,
+)
+from spectral_edge.spectrum.window import (
+    DEFAULT_RANK_RTOL,
+    FLOAT32_RANK_RTOL,
+    analyze_gram,
+    gap_statistics,
+    gram_singular_values,
+)
+from spectral_edge.tracking.events import EventDetector, EventThresholds
+from spectral_edge.tracking.record import GroupSpectrum, SpectralEvent, SpectralRecord
+from spectral_edge.tracking.window import ParameterLayout, PushResult, UpdateWindow
+
+logger = logging.getLogger(__name__)
+
+GroupSpec = str | int | Callable[[str], str] | Mapping[str, Sequence[str]] | None
+LearningRate = float | torch.optim.Optimizer | Callable[[], float] | None
+
+
+def group_function(groups: GroupSpec) -> Callable[[str], str]:
+    """The function name → group for a ``groups=`` argument.
+
+    * ``"top"`` (default): the first component of the parameter name (one group per top-level module);
+    * an int d: the first d components (``2`` puts ``blocks.0.*`` and ``blocks.1.*`` apart);
+    * ``None`` or ``"all"``: one group;
+    * a mapping ``{group: [name prefixes]}``: first matching prefix wins, unmatched names go to "other";
+    * a callable: used as it is.
+
+    Example:
+        >>> group_function(2)("blocks.0.attn.q_proj.weight")
+        'blocks.0'
+    """
+    if groups is None or groups == "all":
+        return lambda name: "all"
+    if groups == "top":
+        return lambda name: name.split(".")[0]
+    if isinstance(groups, int) and not isinstance(groups, bool):
+        if groups < 1:
+            raise ValueError(f"a group depth must be >= 1, got {groups}")
+        return lambda name: ".".join(name.split(".")[:groups])
+    if isinstance(groups, Mapping):
+        table = [(prefix, group) for group, prefixes in groups.items() for prefix in prefixes]
+
+        def by_prefix(name: str) -> str:
+            return next((g for prefix, g in table if name == prefix or name.startswith(prefix)), "other")
+
+        return by_prefix
+    if callable(groups):
+        return groups
+    raise ValueError(
+        f"groups must be 'top', 'all', None, an int depth, a mapping of prefixes or a callable, got {groups!r}"
+    )
+
+
+class SpectralMonitor:
+    """Watches the spectrum of the last W parameter updates while a model trains.
+
+    Call :meth:`step` right after each ``optimizer.step()`` (or :meth:`attach` it to the optimizer). The
+    monitor snapshots the trainable parameters when it is constructed; each step takes the update since
+    the previous snapshot. Frozen parameters (``requires_grad=False``) are left out and listed in
+    :attr:`excluded`.
+
+    Args:
+        model_or_params: an ``nn.Module``, an iterable of tensors, of (name, tensor) pairs, or a mapping.
+        window: W ≥ 2, updates per window (the paper uses 10).
+        interval: take updates between snapshots this many steps apart (the paper's windows over
+            checkpoints 200 steps apart use interval=200); records come every ``interval`` steps.
+        lr: learning rate η for 𝒜: a float, the optimizer (its first param group's ``lr`` is read at each
+            record), a zero-argument callable, or None (𝒜 and the regime are then not computed).
+        groups: how to split the parameters into groups with their own Gram (see :func:`group_function`);
+            group Grams come from the same pass and sum to the total.
+        store: a run directory (str/Path, created; an error if it already holds records) or a
+            :class:`~spectral_edge.store.RunStore` (open it with ``mode="a"`` to resume a run).
+        storage_dtype: torch.float32 (default), torch.bfloat16 (half the memory) or torch.float64.
+        storage_device: where the W × P window lives; default the parameters' device.
+        k95_threshold: cumulative-variance threshold of K_95 (Def 7.1).
+        alpha_c: the Davis–Kahan constant c of α_j (Def 16.1).
+        gap_units: units of g in 𝒜: "sigma" (Def 8.1) or "lambda".
+        regimes: cut-offs of the 𝒜 regimes.
+        events: thresholds of the event detectors.
+        bbp_variant: "PW" or "P(W-1)" in d_crit (Prop 4.1).
+        strict: raise on a non-finite update, a changed parameter set or an internal error instead of
+            warning and carrying on.
+        history: records kept in memory (:attr:`records`); the run store keeps all of them.
+        chunk_size: elements per chunk of the push loop (see :class:`UpdateWindow`).
+        config: extra JSON-able settings saved in the run store beside the monitor's own.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> mon = SpectralMonitor(model, window=3, lr=opt)
+        >>> for _ in range(4):
+        ...     opt.zero_grad(); model(torch.randn(8, 4)).pow(2).mean().backward(); opt.step()
+        ...     rec = mon.step(loss=1.0)
+        >>> rec.window, rec.k_star in (1, 2), len(mon.records)
+        (3, True, 2)
+    """
+
+    def __init__(
+        self,
+        model_or_params: torch.nn.Module | Iterable[Any] | Mapping[str, torch.Tensor],
+        *,
+        window: int = 10,
+        interval: int = 1,
+        lr: LearningRate = None,
+        groups: GroupSpec = "top",
+        store: Any = None,
+        storage_dtype: torch.dtype = torch.float32,
+        storage_device: torch.device | str | None = None,
+        k95_threshold: float = 0.95,
+        alpha_c: float = 1.0,
+        gap_units: GapUnits = "sigma",
+        regimes: AdiabaticRegimes | None = None,
+        events: EventThresholds | None = None,
+        bbp_variant: BBPVariant = "PW",
+        strict: bool = False,
+        history: int = 1000,
+        chunk_size: int | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(window, int) or isinstance(window, bool) or window < 2:
+            raise ValueError(f"window must be an int >= 2, got {window!r}")
+        if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
+            raise ValueError(f"interval must be an int >= 1, got {interval!r}")
+        if isinstance(lr, (int, float)) and not isinstance(lr, bool) and not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr!r}")
+        if gap_units not in ("sigma", "lambda"):
+            raise ValueError(f"gap_units must be 'sigma' or 'lambda', got {gap_units!r}")
+        if not 0.0 < k95_threshold <= 1.0:
+            raise ValueError(f"k95_threshold must be in (0, 1], got {k95_threshold!r}")
+        if alpha_c <= 0:
+            raise ValueError(f"alpha_c must be > 0, got {alpha_c!r}")
+        if bbp_variant not in ("PW", "P(W-1)"):
+            raise ValueError(f"bbp_variant must be 'PW' or 'P(W-1)', got {bbp_variant!r}")
+        if history < 0:
+            raise ValueError(f"history must be >= 0, got {history!r}")
+
+        self.window = window
+        self.interval = interval
+        self.lr = lr
+        self.groups = groups
+        self.storage_dtype = storage_dtype
+        self.k95_threshold = k95_threshold
+        self.alpha_c = alpha_c
+        self.gap_units = gap_units
+        self.regimes = regimes or AdiabaticRegimes()
+        self.event_thresholds = events or EventThresholds()
+        self.bbp_variant = bbp_variant
+        self.strict = strict
+        self.chunk_size = chunk_size
+
+        self._module = model_or_params if isinstance(model_or_params, torch.nn.Module) else None
+        self._group_of = group_function(groups)
+        named, self.excluded = _trainable_named_tensors(model_or_params)
+        if not named:
+            raise ValueError(
+                "nothing to monitor: no trainable parameters (all have requires_grad=False, or none were passed)"
+            )
+        if self.excluded:
+            logger.info("spectral-edge: %d frozen parameter tensors are not monitored: %s",
+                        len(self.excluded), ", ".join(self.excluded[:10]))
+        devices = {t.device for _, t in named}
+        if len(devices) > 1 and storage_device is None:
+            raise ValueError(
+                f"parameters live on several devices {sorted(map(str, devices))}; pass storage_device= "
+                "to say where the window should be kept"
+            )
+        self.storage_device = torch.device(storage_device) if storage_device is not None else next(iter(devices))
+        self._build_window(named)
+
+        self.step_count = 0  # optimizer steps seen
+        self._last_push_step = 0
+        self._needs_snapshot = False
+        self._bad_streak: str | None = None  # "nonfinite" / "zero" while such updates keep coming
+        self._warned: set[str] = set()
+        self._pending_metrics: dict[str, float] = {}
+        self.records: deque[SpectralRecord] = deque(maxlen=history)
+        self.events: list[SpectralEvent] = []
+        self.detector = EventDetector(self.event_thresholds)
+        self._hook_handle: Any = None
+
+        self._user_config = dict(config or {})
+        self.store = _open_store(store)
+        self._save_config()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def n_params(self) -> int:
+        """P, the number of monitored scalars."""
+        return self._win.layout.n_params
+
+    @property
+    def last_record(self) -> SpectralRecord | None:
+        return self.records[-1] if self.records else None
+
+    def config(self) -> dict[str, Any]:
+        """The monitor's settings as saved in the run store."""
+        layout = self._win.layout
+        return {
+            "window": self.window,
+            "interval": self.interval,
+            "lr": self.lr if isinstance(self.lr, (int, float)) else type(self.lr).__name__ if self.lr else None,
+            "n_params": layout.n_params,
+            "groups": layout.group_sizes(),
+            "excluded": list(self.excluded),
+            "storage_dtype": str(self.storage_dtype),
+            "storage_device": str(self.storage_device),
+            "window_bytes": self._win.nbytes,
+            "k95_threshold": self.k95_threshold,
+            "alpha_c": self.alpha_c,
+            "gap_units": self.gap_units,
+            "regimes": asdict(self.regimes),
+            "events": asdict(self.event_thresholds),
+            "bbp_variant": self.bbp_variant,
+            "strict": self.strict,
+        }
+
+    def step(self, *, step: int | None = None, **metrics: float) -> SpectralRecord | None:
+        """Take the update since the last snapshot; return a record once the window is full.
+
+        Call right after ``optimizer.step()``. With ``interval=n`` only every n-th call takes an update
+        (the others return None and their metrics are dropped).
+
+        Args:
+            step: the global step to file the record under; default the monitor's own count of calls.
+            **metrics: scalars to keep with the record (loss, accuracy, ...).
+
+        Returns:
+            The :class:`SpectralRecord`, or None (window not full yet, between intervals, or a skipped update).
+        """
+        self.step_count = int(step) if step is not None else self.step_count + 1
+        if self.step_count - self._last_push_step < self.interval:
+            return None
+        self._last_push_step = self.step_count
+        merged = {**self._pending_metrics, **metrics}
+        self._pending_metrics = {}
+        try:
+            return self._step(merged)
+        except (NonFiniteUpdateError, ParameterLayoutError):
+            raise
+        except Exception as exc:
+            if self.strict:
+                raise
+            self._warn_once(
+                f"internal:{type(exc).__name__}",
+                f"spectral-edge skipped step {self.step_count} after an internal error ({exc!r}); "
+                "training is unaffected. Pass strict=True to raise instead.",
+            )
+            return None
+
+    def log_metrics(self, **metrics: float) -> None:
+        """Metrics to attach to the next record (for use with :meth:`attach`, where step() takes none)."""
+        self._pending_metrics.update({k: float(v) for k, v in metrics.items()})
+
+    def log_eval(self, step: int | None = None, **metrics: float) -> None:
+        """Record evaluation metrics (test loss, accuracy, ...) in the run store at ``step``."""
+        if self.store is not None:
+            self.store.add_eval(self.step_count if step is None else int(step), {k: float(v) for k, v in metrics.items()})
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Call :meth:`step` automatically after every ``optimizer.step()`` (a step post-hook).
+
+        Returns:
+            The hook handle; ``handle.remove()`` (or :meth:`detach`) stops monitoring.
+        """
+        self.detach()
+        self._hook_handle = optimizer.register_step_post_hook(lambda opt, args, kwargs: self.step())
+        return self._hook_handle
+
+    def detach(self) -> None:
+        if self._hook_handle is not None:
+            self._hook_handle.remove()
+            self._hook_handle = None
+
+    def close(self) -> None:
+        """Detach from the optimizer and close the run store."""
+        self.detach()
+        if self.store is not None:
+            self.store.close()
+
+    def __enter__(self) -> SpectralMonitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def state_dict(self, *, include_window: bool = True) -> dict[str, Any]:
+        """State to resume from: counters, event-detector state and (by default) the window itself.
+
+        Without the window a resumed monitor re-snapshots and refills W updates before its next record.
+        """
+        return {
+            "version": 1,
+            "step_count": self.step_count,
+            "last_push_step": self._last_push_step,
+            "needs_snapshot": self._needs_snapshot,
+            "detector": self.detector.state_dict(),
+            "window": self._win.state_dict() if include_window else None,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (call after loading the model's own state)."""
+        if state.get("version") != 1:
+            raise ValueError(f"unknown monitor state version {state.get('version')!r}")
+        self.step_count = int(state["step_count"])
+        self._last_push_step = int(state["last_push_step"])
+        self.detector.load_state_dict(state["detector"])
+        if state["window"] is not None:
+            device = self._tensors[0].device
+            self._win.load_state_dict(state["window"], snapshot_device=device)
+            self._needs_snapshot = bool(state["needs_snapshot"])
+        else:
+            self._win.reset()
+            self._win.snapshot(self._tensors)
+            self._needs_snapshot = False
+
+    # ------------------------------------------------------------------ internals
+
+    def _build_window(self, named: list[tuple[str, torch.Tensor]]) -> None:
+        layout, order = ParameterLayout.build(
+            [n for n, _ in named], [tuple(t.shape) for _, t in named], self._group_of
+        )
+        self._tensors = [named[i][1] for i in order]
+        self._ids = [id(t) for t in self._tensors]
+        self._win = UpdateWindow(
+            layout,
+            window=self.window,
+            storage_dtype=self.storage_dtype,
+            storage_device=self.storage_device,
+            chunk_size=self.chunk_size,
+        )
+        self._win.snapshot(self._tensors)
+
+    def _step(self, metrics: dict[str, float]) -> SpectralRecord | None:
+        if self._layout_changed():
+            return None
+        if self._needs_snapshot:
+            self._win.snapshot(self._tensors)
+            self._needs_snapshot = False
+            return None
+        return self._observe(self._tensors, copy=True, metrics=metrics)
+
+    def _observe(self, tensors: Sequence[torch.Tensor], *, copy: bool, metrics: dict[str, float]) -> SpectralRecord | None:
+        """Push θ − θ_prev for ``tensors`` (layout order) and, if the window is full, build and file a record.
+
+        ``copy=False`` keeps ``tensors`` as the next snapshot instead of copying them (offline analysis of
+        checkpoints that do not change once loaded).
+        """
+        pushed = self._win.push(tensors, copy=copy)
+        if pushed.status != "pushed":
+            self._skipped(pushed)
+            return None
+        self._bad_streak = None
+        if not self._win.full:
+            return None
+        record = self._record(pushed, metrics)
+        self.records.append(record)
+        new_events = self.detector.update(record)
+        if self.store is not None:
+            self.store.add_record(record)
+        self._emit(new_events)
+        return record
+
+    def _record(self, pushed: PushResult, metrics: dict[str, float]) -> SpectralRecord:
+        grams = self._win.group_grams()
+        total = sum(grams.values())
+        # Eigenvalues below the precision the Gram was accumulated in are round-off, not directions.
+        rtol = DEFAULT_RANK_RTOL if self._win.compute_dtype == torch.float64 else FLOAT32_RANK_RTOL
+        spec = analyze_gram(total, k95_threshold=self.k95_threshold, rank_rtol=rtol)
+        p = self.n_params
+        dc = float(pushed.delta_c_fro or 0.0)
+        lr = self._current_lr()
+        adiabatic = regime = None
+        if lr is not None and lr > 0:
+            adiabatic = adiabatic_parameter(dc, lr, gap=spec.gap, gap_lambda=spec.gap_lambda, units=self.gap_units)
+            regime = self.regimes.classify(adiabatic)
+        nu = noise_level_from_spectrum(spec.eigenvalues, p)
+        groups: dict[str, GroupSpectrum] = {}
+        if len(grams) > 1:
+            for name, g in grams.items():
+                sigma = gram_singular_values(g, rank_rtol=rtol)
+                _, k, r, _ = gap_statistics(sigma)
+                groups[name] = GroupSpectrum(k_star=k, gap_ratio=r, singular_values=sigma)
+        return SpectralRecord(
+            step=self.step_count,
+            window=self.window,
+            singular_values=spec.singular_values,
+            ratios=spec.ratios,
+            k_star=spec.k_star,
+            gap_ratio=spec.gap_ratio,
+            gap=spec.gap,
+            gap_lambda=spec.gap_lambda,
+            k95=spec.k95,
+            k_star_weighted=spec.k_star_weighted,
+            gap_ratio_weighted=spec.gap_ratio_weighted,
+            g23=spec.g23,
+            rank=spec.rank,
+            effective_rank=spec.effective_rank,
+            alpha=stability_coefficients(spec.eigenvalues, dc, self.alpha_c),
+            alpha_half=half_window_alignment(total) if self.window >= 4 else None,
+            delta_c_fro=dc,
+            davis_kahan=davis_kahan_bound(dc, spec.gap_lambda),
+            adiabatic=adiabatic,
+            regime=regime,
+            lr=lr,
+            update_norm=pushed.update_norm,
+            noise_level=nu,
+            bbp_ratio=bbp_ratio(spec.singular_values, nu, p, self.bbp_variant),
+            groups=groups,
+            metrics={k: float(v) for k, v in metrics.items()},
+        )
+
+    def _current_lr(self) -> float | None:
+        lr = self.lr
+        if lr is None:
+            return None
+        if isinstance(lr, torch.optim.Optimizer):
+            value = lr.param_groups[0]["lr"]
+        elif callable(lr):
+            value = lr()
+        else:
+            value = lr
+        value = float(value.item() if isinstance(value, torch.Tensor) else value)
+        return value if math.isfinite(value) and value > 0 else None
+
+    def _skipped(self, pushed: PushResult) -> None:
+        kind = pushed.status
+        if kind == "nonfinite":
+            # θ_prev now holds the non-finite parameters: take a fresh snapshot before the next update.
+            self._needs_snapshot = True
+            message = (
+                f"update at step {self.step_count} holds NaN or Inf (‖δ‖ = {pushed.update_norm}); it was "
+                "skipped and the window restarts from the next finite snapshot"
+            )
+            if self.strict:
+                raise NonFiniteUpdateError(message + ". Training diverged or a parameter overflowed.")
+            event_kind = "nonfinite_update"
+        else:
+            message = (
+                f"no monitored parameter moved at step {self.step_count}; the zero update was skipped. "
+                "Call step() once per optimizer.step() (with gradient accumulation, only on real steps)."
+            )
+            event_kind = "zero_update"
+        if self._bad_streak != kind:  # one event per run of bad updates, not one per step
+            self._bad_streak = kind
+            self._emit([SpectralEvent(step=self.step_count, kind=event_kind, message=message)])
+            self._warn_once(event_kind, "spectral-edge: " + message)
+
+    def _layout_changed(self) -> bool:
+        if self._module is not None:
+            named, _ = _trainable_named_tensors(self._module)
+            current = [id(t) for _, t in named]
+            changed = sorted(current) != sorted(self._ids)
+        else:
+            named = None
+            changed = False
+        changed = changed or any(
+            tuple(t.shape) != s for t, s in zip(self._tensors, self._win.layout.shapes, strict=True)
+        )
+        if not changed:
+            return False
+        message = (
+            f"the monitored parameters changed at step {self.step_count} (added, removed, replaced or "
+            "reshaped); the window restarts on the new set. Create the monitor after the model is final, "
+            "or a new monitor after changing it."
+        )
+        if self.strict or named is None:
+            raise ParameterLayoutError(message)
+        self._build_window(named)
+        self._emit([SpectralEvent(step=self.step_count, kind="parameters_changed", message=message)])
+        self._warn_once("parameters_changed", "spectral-edge: " + message)
+        self._save_config()
+        return True
+
+    def _save_config(self) -> None:
+        if self.store is not None:
+            self.store.write_config({"monitor": self.config(), "user": self._user_config})
+
+    def _emit(self, events: list[SpectralEvent]) -> None:
+        for event in events:
+            self.events.append(event)
+            if self.store is not None:
+                self.store.add_event(event)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, SpectrumWarning, stacklevel=4)
+
+
+def _trainable_named_tensors(source: Any) -> tuple[list[tuple[str, torch.Tensor]], list[str]]:
+    """(name, tensor) pairs of what requires grad, and the names left out as frozen."""
+    if isinstance(source, torch.nn.Module):
+        items = list(source.named_parameters())
+    elif isinstance(source, Mapping):
+        items = list(source.items())
+    else:
+        items = []
+        for i, item in enumerate(source):
+            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+                items.append(item)
+            elif isinstance(item, torch.Tensor):
+                items.append((f"param_{i}", item))
+            else:
+                raise TypeError(f"cannot monitor item {i} of type {type(item).__name__}: pass tensors or (name, tensor)")
+    named, frozen = [], []
+    for name, tensor in items:
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"parameter {name!r} is a {type(tensor).__name__}, not a tensor")
+        if not tensor.is_floating_point():
+            frozen.append(name)
+        elif isinstance(tensor, torch.nn.Parameter) and not tensor.requires_grad:
+            frozen.append(name)
+        else:
+            named.append((name, tensor))
+    return named, frozen
+
+
+def _open_store(store: Any) -> Any:
+    if store is None:
+        return None
+    if isinstance(store, (str, Path)):
+        from spectral_edge.store import RunStore
+
+        return RunStore(store, mode="w")
+    return store

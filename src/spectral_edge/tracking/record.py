@@ -1,0 +1,130 @@
+"""What the monitor reports: one :class:`SpectralRecord` per full window, and :class:`SpectralEvent` s.
+
+Both are frozen dataclasses of plain CPU values (floats, ints, read-only NumPy arrays), so a record never
+keeps a GPU tensor or an autograd graph alive and can be serialised as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+#: Event kinds, in the order the run store documents them.
+EVENT_KINDS = (
+    "gap_opening",  # gap ratio rose above the opening threshold and stayed (Def 10.6)
+    "gap_collapse",  # gap ratio fell below the collapse threshold and stayed (Def 10.4)
+    "k_star_shift",  # the gap moved to a new position k* and stayed there (§22.1)
+    "regime_change",  # the adiabatic regime changed: plateau / transition / forgetting (Prop 34.3)
+    "nonfinite_update",  # an update held NaN or Inf and was skipped
+    "zero_update",  # the parameters did not move since the last snapshot; nothing was pushed
+    "parameters_changed",  # parameters were added, removed or reshaped; the window restarted
+)
+
+
+@dataclass(frozen=True)
+class GroupSpectrum:
+    """The gap of one parameter group's Gram matrix (groups' Grams sum to the total Gram)."""
+
+    k_star: int
+    gap_ratio: float
+    singular_values: np.ndarray  # (W,) descending
+
+
+@dataclass(frozen=True)
+class SpectralRecord:
+    """Everything the monitor measured on one full window of W updates.
+
+    Field names follow the paper: σ_j are the singular values of the trajectory matrix X (Def 1.2),
+    λ_j = σ_j² the eigenvalues of G = X Xᵀ (Def 1.3); see the README's table for every field.
+    """
+
+    step: int  # optimizer step at which the newest update of the window was taken
+    window: int  # W, the number of updates in the window
+    singular_values: np.ndarray  # (W,) σ_1 ≥ … ≥ σ_W ≥ 0
+    ratios: np.ndarray  # (W-1,) σ_j / σ_{j+1}
+    k_star: int  # 1-based gap position, argmax of ratios (Def 6.1)
+    gap_ratio: float  # R = σ_k* / σ_k*+1 (Def 6.3)
+    gap: float  # g = σ_k* − σ_k*+1 (Def 8.1)
+    gap_lambda: float  # g_λ = λ_k* − λ_k*+1
+    k95: int  # cumulative-variance rank (Def 7.1)
+    k_star_weighted: int  # argmax (σ_j/Σσ)(σ_j/σ_j+1)
+    gap_ratio_weighted: float  # σ/σ ratio at k_star_weighted
+    g23: float | None  # λ2 − λ3 (§27 Table 7); None when W < 3
+    rank: int  # numerical rank of the window
+    effective_rank: float  # exp of the entropy of λ/Σλ
+    alpha: np.ndarray  # (W,) stability coefficients α_j (Def 16.1)
+    alpha_half: np.ndarray | None  # (W//2,) half-window alignment |⟨v_j¹, v_j²⟩| (§28); None when W < 4
+    delta_c_fro: float  # ‖ΔC‖_F of this window's rank-two update (Prop 11.1)
+    davis_kahan: float  # ‖ΔC‖_F / g_λ, bound on sin θ of the top-k* subspace (Cor 9.2)
+    adiabatic: float | None  # 𝒜 = ‖ΔC‖_F / (η g²); None when no learning rate is known
+    regime: str | None  # "plateau" | "transition" | "forgetting" from 𝒜; None without 𝒜
+    lr: float | None  # η used for 𝒜
+    update_norm: float  # ‖δ_t‖ of the newest update
+    noise_level: float  # ν estimated from the bottom half of the spectrum (Prop 4.1)
+    bbp_ratio: float  # σ_W / d_crit with d_crit = ν (P W)^{1/4}; ≫ 1 means BBP is vacuous
+    groups: Mapping[str, GroupSpectrum] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def eigenvalues(self) -> np.ndarray:
+        """λ_j = σ_j², descending, shape (W,)."""
+        return self.singular_values**2
+
+    def scalars(self) -> dict[str, Any]:
+        """The scalar fields as plain Python values (what the run store keeps as columns)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (bool, int, float, str)) or value is None:
+                out[f.name] = value
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: arrays become lists, non-finite floats become strings ('inf')."""
+        out = self.scalars()
+        out = {k: _json_float(v) for k, v in out.items()}
+        out["singular_values"] = _json_list(self.singular_values)
+        out["ratios"] = _json_list(self.ratios)
+        out["alpha"] = _json_list(self.alpha)
+        out["alpha_half"] = None if self.alpha_half is None else _json_list(self.alpha_half)
+        out["groups"] = {
+            name: {
+                "k_star": g.k_star,
+                "gap_ratio": _json_float(g.gap_ratio),
+                "singular_values": _json_list(g.singular_values),
+            }
+            for name, g in self.groups.items()
+        }
+        out["metrics"] = {k: _json_float(v) for k, v in self.metrics.items()}
+        return out
+
+
+@dataclass(frozen=True)
+class SpectralEvent:
+    """A change in the spectrum worth telling the user about (see :data:`EVENT_KINDS`)."""
+
+    step: int
+    kind: str
+    k_before: int | None = None
+    k_after: int | None = None
+    ratio_before: float | None = None
+    ratio_after: float | None = None
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _json_float(getattr(self, f.name)) for f in fields(self)}
+
+
+def _json_float(value: Any) -> Any:
+    """Floats that JSON cannot hold (inf, nan) as strings; everything else unchanged."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _json_list(array: np.ndarray) -> list[Any]:
+    return [_json_float(float(x)) for x in np.asarray(array, dtype=np.float64)]

@@ -1,0 +1,435 @@
+"""UpdateWindow: the last W flattened updates and their Gram matrix, kept incrementally.
+
+The trajectory matrix X (W × P, Def 1.2) lives in one buffer of W rows on the storage device; the Gram
+matrix G = X Xᵀ (W × W, Def 1.3) is kept in float64 on the host, one per parameter group (they sum to the
+total because a dot product over all parameters is the sum of the dot products over disjoint groups).
+
+One push costs one pass over the window (architecture.md, "The data path"): the parameters are walked in
+chunks small enough to stay in cache, and for each chunk
+
+1. a = θ − θ_prev is computed into a chunk-sized scratch buffer and θ_prev ← θ is refreshed,
+2. the W dot products of a with the window's rows (including the oldest row b, about to leave, which gives
+   aᵀb for ‖ΔC‖_F) and ‖a‖² are accumulated, per chunk, in float32 (float64 for float64 storage),
+3. a is written over b's chunk (already consumed) in the storage dtype.
+
+So X is read once, θ once, θ_prev read and written once, and one row written: about (W + 4)·P values for
+W·P in the bare read of the window. The chunk partial sums are added in float64 per group. X·Xᵀ and an SVD
+of X are never computed. With bfloat16 storage the dot products use the rounded values actually stored,
+so the Gram is exactly that of the stored window (up to float32 accumulation within a chunk).
+
+An update that holds NaN/Inf, or is exactly zero, is not pushed. Because b's chunks were overwritten on
+the way, the window then loses its oldest row and has W − 1 updates until the next push refills it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from spectral_edge.spectrum.perturbation import delta_c_frobenius
+
+#: Elements per chunk on a CPU storage device: 2^16 float32 values (256 KiB) keeps θ, θ_prev and the
+#: scratch chunk in L2 while the W window rows stream past. Measured in benchmarks/monitor_step.py.
+CPU_CHUNK = 1 << 16
+#: On an accelerator, chunks only bound the scratch buffer: kernel launches, not cache, set the cost.
+ACCELERATOR_CHUNK = 1 << 24
+
+STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
+
+
+@dataclass(frozen=True)
+class ParameterLayout:
+    """Names, shapes and groups of the monitored tensors, in storage order (each group contiguous).
+
+    Attributes:
+        names: tensor names in storage order.
+        shapes: their shapes.
+        groups: the group name of each tensor.
+        group_names: distinct group names in storage order.
+    """
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    groups: tuple[str, ...]
+    group_names: tuple[str, ...]
+
+    @classmethod
+    def build(
+        cls, names: Sequence[str], shapes: Sequence[Sequence[int]], group_of: Callable[[str], str]
+    ) -> tuple[ParameterLayout, list[int]]:
+        """A layout with each group contiguous, and the permutation from input order to storage order."""
+        if len(names) != len(shapes):
+            raise ValueError(f"got {len(names)} names for {len(shapes)} shapes")
+        if len(set(names)) != len(names):
+            raise ValueError("tensor names must be unique")
+        groups_in = [group_of(n) for n in names]
+        group_names = tuple(dict.fromkeys(groups_in))
+        order = sorted(range(len(names)), key=lambda i: (group_names.index(groups_in[i]), i))
+        layout = cls(
+            names=tuple(names[i] for i in order),
+            shapes=tuple(tuple(int(d) for d in shapes[i]) for i in order),
+            groups=tuple(groups_in[i] for i in order),
+            group_names=group_names,
+        )
+        return layout, order
+
+    @property
+    def numels(self) -> tuple[int, ...]:
+        return tuple(math.prod(s) for s in self.shapes)
+
+    @property
+    def n_params(self) -> int:
+        """P, the total number of scalars."""
+        return sum(self.numels)
+
+    def group_sizes(self) -> dict[str, int]:
+        """Number of scalars per group."""
+        sizes = dict.fromkeys(self.group_names, 0)
+        for g, n in zip(self.groups, self.numels, strict=True):
+            sizes[g] += n
+        return sizes
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What one push did.
+
+    Attributes:
+        status: "pushed", "nonfinite" (NaN/Inf, not pushed) or "zero" (all-zero update, not pushed).
+        update_norm: ‖a‖ of the update (NaN/Inf for a non-finite one).
+        dropped: True if the oldest update b left the window (it was full before this push).
+        delta_c_fro: ‖ΔC‖_F = ‖a aᵀ − b bᵀ‖_F of this push (‖a‖² when nothing was dropped); None unless pushed.
+        added_dot_dropped: aᵀb, None unless pushed and dropped.
+        window_dots: (W,) float64 ⟨x_i, a⟩ with the rows x_i of the window *before* the push, in time order.
+    """
+
+    status: str
+    update_norm: float
+    dropped: bool
+    delta_c_fro: float | None = None
+    added_dot_dropped: float | None = None
+    window_dots: np.ndarray | None = None
+
+
+class UpdateWindow:
+    """Ring buffer of the last W updates with an incrementally maintained float64 Gram matrix.
+
+    Args:
+        layout: the tensors' names, shapes and groups (see :meth:`ParameterLayout.build`), or an int P for
+            a single flat vector in one group called "all".
+        window: W ≥ 2, number of updates kept.
+        storage_dtype: dtype of the stored window: torch.float32 (default), torch.bfloat16 (half the
+            memory; each update rounded to 8 bits of mantissa) or torch.float64 (tests, small models).
+        storage_device: where the W × P buffer lives; default CPU. Put it on the training GPU for speed,
+            or on the CPU to spare GPU memory (each chunk of the update is then copied over).
+        chunk_size: elements per chunk of the push loop; default 2^16 on CPU, 2^24 on accelerators.
+
+    Example:
+        >>> win = UpdateWindow(4, window=2, storage_dtype=torch.float64)
+        >>> win.snapshot([torch.zeros(4)])
+        >>> _ = win.push([torch.tensor([1.0, 0, 0, 0])]); _ = win.push([torch.tensor([1.0, 2, 0, 0])])
+        >>> win.gram().tolist()
+        [[1.0, 0.0], [0.0, 4.0]]
+    """
+
+    def __init__(
+        self,
+        layout: ParameterLayout | int,
+        *,
+        window: int = 10,
+        storage_dtype: torch.dtype = torch.float32,
+        storage_device: torch.device | str | None = None,
+        chunk_size: int | None = None,
+    ) -> None:
+        if isinstance(layout, int):
+            if layout < 1:
+                raise ValueError(f"the number of parameters must be >= 1, got {layout}")
+            layout = ParameterLayout(names=("all",), shapes=((layout,),), groups=("all",), group_names=("all",))
+        if not isinstance(window, int) or isinstance(window, bool) or window < 2:
+            raise ValueError(f"window must be an int >= 2, got {window!r}")
+        if storage_dtype not in STORAGE_DTYPES:
+            raise ValueError(f"storage_dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
+        device = torch.device(storage_device if storage_device is not None else "cpu")
+        if chunk_size is None:
+            chunk_size = CPU_CHUNK if device.type == "cpu" else ACCELERATOR_CHUNK
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+        self.layout = layout
+        self.window = window
+        self.storage_dtype = storage_dtype
+        self.storage_device = device
+        self.chunk_size = chunk_size
+        # Dot products accumulate in float32, or float64 when the window itself is float64.
+        self.compute_dtype = torch.float64 if storage_dtype == torch.float64 else torch.float32
+
+        p = layout.n_params
+        self._x = torch.zeros(window, p, dtype=storage_dtype, device=device)  # (W, P) rows are slots
+        n_groups = len(layout.group_names)
+        self._gram = np.zeros((n_groups, window, window))  # per group, indexed by slot
+        self._order: list[int] = []  # slots of the window, oldest first
+        self._prev: list[torch.Tensor] | None = None  # flat snapshot θ_prev per tensor
+        self._scratch: dict[torch.device, torch.Tensor] = {}
+        self.pushes = 0  # updates pushed since construction
+
+        # The chunk plan: (tensor index, start, stop, first column in X), and each chunk's group.
+        plan: list[tuple[int, int, int, int]] = []
+        chunk_group: list[int] = []
+        offset = 0
+        for t, (numel, group) in enumerate(zip(layout.numels, layout.groups, strict=True)):
+            for lo in range(0, numel, chunk_size):
+                hi = min(lo + chunk_size, numel)
+                plan.append((t, lo, hi, offset + lo))
+                chunk_group.append(layout.group_names.index(group))
+            offset += numel
+        self._plan = plan
+        self._chunk_group = np.asarray(chunk_group, dtype=np.intp)
+        self._partials = torch.zeros(len(plan), window + 1, dtype=self.compute_dtype, device=device)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def count(self) -> int:
+        """Number of updates in the window now (≤ W)."""
+        return len(self._order)
+
+    @property
+    def full(self) -> bool:
+        return len(self._order) == self.window
+
+    @property
+    def has_snapshot(self) -> bool:
+        return self._prev is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held on the storage device by the window rows."""
+        return self._x.element_size() * self._x.nelement()
+
+    def gram(self, group: str | None = None) -> np.ndarray:
+        """The (count, count) Gram matrix of the window in time order, oldest first (a float64 copy).
+
+        Args:
+            group: a group name for that group's Gram; None for the total (sum over groups).
+        """
+        idx = np.asarray(self._order, dtype=np.intp)
+        if group is None:
+            g = self._gram.sum(axis=0)
+        else:
+            g = self._gram[self.layout.group_names.index(group)]
+        return g[np.ix_(idx, idx)].copy()
+
+    def group_grams(self) -> dict[str, np.ndarray]:
+        """Every group's Gram matrix in time order."""
+        return {name: self.gram(name) for name in self.layout.group_names}
+
+    def updates(self) -> torch.Tensor:
+        """The (count, P) window in time order, oldest first, as stored (a copy; for checks and analysis)."""
+        return self._x[self._order].clone()
+
+    def reset(self) -> None:
+        """Forget the window and the snapshot; the next call must be :meth:`snapshot`."""
+        self._x.zero_()
+        self._gram[:] = 0.0
+        self._order.clear()
+        self._prev = None
+
+    # ------------------------------------------------------------------ pushing
+
+    def snapshot(self, tensors: Sequence[torch.Tensor], *, copy: bool = True) -> None:
+        """Take θ_prev: the reference the next :meth:`push` subtracts.
+
+        Args:
+            tensors: current values in layout order.
+            copy: copy them (a live model's parameters change in place); ``False`` keeps references, for
+                tensors that will not change (checkpoints loaded from disk).
+        """
+        flat = self._flatten(tensors)
+        self._prev = [t.detach().clone() if copy else t for t in flat]
+
+    def push(self, tensors: Sequence[torch.Tensor], *, copy: bool = True) -> PushResult:
+        """Push the update δ = θ − θ_prev and make θ the new snapshot (one pass over the window).
+
+        Args:
+            tensors: current values θ in layout order.
+            copy: as for :meth:`snapshot`.
+        """
+        if self._prev is None:
+            raise RuntimeError("push() needs a snapshot first: call snapshot(tensors) at the start")
+        flat = self._flatten(tensors)
+        result = self._push(flat, self._prev, refresh_snapshot=copy)
+        if not copy:
+            self._prev = list(flat)
+        return result
+
+    def push_update(self, update: Any) -> PushResult:
+        """Push an explicit update δ: a flat (P,) array-like, or a sequence of tensors in layout order.
+
+        Example:
+            >>> win = UpdateWindow(3, window=2, storage_dtype=torch.float64)
+            >>> win.push_update([1.0, 0.0, 0.0]).status
+            'pushed'
+        """
+        if isinstance(update, (list, tuple)) and update and isinstance(update[0], torch.Tensor):
+            flat = self._flatten(update)
+        else:
+            vector = torch.as_tensor(np.asarray(update) if not isinstance(update, torch.Tensor) else update)
+            vector = vector.detach().reshape(-1)
+            if vector.numel() != self.layout.n_params:
+                raise ValueError(f"update has {vector.numel()} elements, the layout has P={self.layout.n_params}")
+            flat = list(torch.split(vector, list(self.layout.numels)))
+        return self._push(flat, None, refresh_snapshot=False)
+
+    def _push(
+        self, current: list[torch.Tensor], previous: list[torch.Tensor] | None, *, refresh_snapshot: bool
+    ) -> PushResult:
+        w = self.window
+        dropping = len(self._order) == w
+        target = self._order[0] if dropping else self._free_slot()
+        partials = self._partials
+        x = self._x
+        row = x[target]
+        upcast = self.storage_dtype != self.compute_dtype
+
+        for i, (t, lo, hi, col) in enumerate(self._plan):
+            theta = current[t][lo:hi]
+            a = self._scratch_for(theta.device)[: hi - lo]
+            if previous is None:
+                a.copy_(theta)
+            else:
+                old = previous[t][lo:hi]
+                if theta.dtype == self.compute_dtype:
+                    torch.sub(theta, old, out=a)
+                else:  # e.g. bfloat16 parameters: subtract in float32 so that small updates survive
+                    torch.sub(theta.to(self.compute_dtype), old.to(self.compute_dtype), out=a)
+                if refresh_snapshot:
+                    old.copy_(theta)
+            if a.device != self.storage_device:
+                a = a.to(self.storage_device)
+            cols = slice(col, col + hi - lo)
+            if upcast:
+                stored = a.to(self.storage_dtype)  # what the window will hold
+                a = stored.to(self.compute_dtype)
+                torch.mv(x[:, cols].to(self.compute_dtype), a, out=partials[i, :w])
+                torch.dot(a, a, out=partials[i, w])
+                row[cols].copy_(stored)
+            else:
+                torch.mv(x[:, cols], a, out=partials[i, :w])
+                torch.dot(a, a, out=partials[i, w])
+                row[cols].copy_(a)
+
+        chunk_rows = partials.to(device="cpu", dtype=torch.float64).numpy()  # (n_chunks, W + 1)
+        group_rows = np.zeros((len(self.layout.group_names), w + 1))
+        np.add.at(group_rows, self._chunk_group, chunk_rows)
+        total = group_rows.sum(axis=0)
+        added_sq = float(total[w])
+
+        if not math.isfinite(added_sq) or added_sq == 0.0:
+            status = "zero" if added_sq == 0.0 else "nonfinite"
+            # The target slot now holds the rejected update (and b is gone if it was the oldest): clear it.
+            x[target].zero_()
+            self._gram[:, target, :] = 0.0
+            self._gram[:, :, target] = 0.0
+            if dropping:
+                self._order.pop(0)
+            norm = math.sqrt(added_sq) if added_sq >= 0.0 else float("nan")
+            return PushResult(status=status, update_norm=norm, dropped=dropping)
+
+        idx = np.asarray(self._order, dtype=np.intp)
+        window_dots = total[idx].copy()  # ⟨x_i, a⟩ in time order, before the push
+        if dropping:
+            dropped_sq = float(self._gram[:, target, target].sum())
+            a_dot_b = float(total[target])
+            dc = delta_c_frobenius(added_sq, dropped_sq, a_dot_b)
+            self._order.pop(0)
+        else:
+            a_dot_b, dc = None, added_sq  # ΔC = a aᵀ: ‖ΔC‖_F = ‖a‖²
+
+        # Row and column `target` of each group's Gram: dots with the slots still in the window, ‖a‖² on
+        # the diagonal, zeros against empty slots.
+        keep = np.zeros(w, dtype=bool)
+        keep[self._order] = True
+        new_rows = np.where(keep[None, :], group_rows[:, :w], 0.0)
+        new_rows[:, target] = group_rows[:, w]
+        self._gram[:, target, :] = new_rows
+        self._gram[:, :, target] = new_rows
+        self._order.append(target)
+        self.pushes += 1
+        return PushResult(
+            status="pushed",
+            update_norm=math.sqrt(added_sq),
+            dropped=dropping,
+            delta_c_fro=dc,
+            added_dot_dropped=a_dot_b,
+            window_dots=window_dots,
+        )
+
+    # ------------------------------------------------------------------ persistence
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: the window rows (time order), the Grams and the snapshot."""
+        idx = np.asarray(self._order, dtype=np.intp)
+        return {
+            "window": self.window,
+            "n_params": self.layout.n_params,
+            "names": list(self.layout.names),
+            "storage_dtype": str(self.storage_dtype),
+            "rows": self._x[self._order].to("cpu").clone(),
+            "grams": torch.from_numpy(self._gram[:, idx][:, :, idx].copy()),
+            "prev": None if self._prev is None else [p.detach().to("cpu").clone() for p in self._prev],
+            "pushes": self.pushes,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, snapshot_device: torch.device | str | None = None) -> None:
+        """Restore :meth:`state_dict` output saved from a window of the same W and layout.
+
+        Args:
+            state: the saved state.
+            snapshot_device: where the snapshot θ_prev goes (the parameters' device); default the storage device.
+        """
+        if state["window"] != self.window or state["n_params"] != self.layout.n_params:
+            raise ValueError(
+                f"state is for W={state['window']}, P={state['n_params']}; this window has "
+                f"W={self.window}, P={self.layout.n_params}"
+            )
+        if list(state["names"]) != list(self.layout.names):
+            raise ValueError("state was saved for a different set or order of tensors")
+        rows = state["rows"]
+        n = rows.shape[0]
+        self.reset()
+        self._x[:n].copy_(rows.to(self.storage_device, self.storage_dtype))
+        self._order = list(range(n))
+        self._gram[:, :n, :n] = state["grams"].numpy()
+        if state["prev"] is not None:
+            device = torch.device(snapshot_device) if snapshot_device is not None else self.storage_device
+            self._prev = [p.to(device) for p in state["prev"]]
+        self.pushes = int(state["pushes"])
+
+    # ------------------------------------------------------------------ helpers
+
+    def _flatten(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if len(tensors) != len(self.layout.names):
+            raise ValueError(f"expected {len(self.layout.names)} tensors in layout order, got {len(tensors)}")
+        flat = []
+        for t, name, numel in zip(tensors, self.layout.names, self.layout.numels, strict=True):
+            if t.numel() != numel:
+                raise ValueError(f"tensor {name!r} has {t.numel()} elements, the layout says {numel}")
+            flat.append(t.detach().reshape(-1))
+        return flat
+
+    def _free_slot(self) -> int:
+        used = set(self._order)
+        return next(s for s in range(self.window) if s not in used)
+
+    def _scratch_for(self, device: torch.device) -> torch.Tensor:
+        buf = self._scratch.get(device)
+        if buf is None:
+            size = min(self.chunk_size, max(self.layout.numels))
+            buf = torch.empty(size, dtype=self.compute_dtype, device=device)
+            self._scratch[device] = buf
+        return buf
