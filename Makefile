@@ -1,0 +1,39 @@
+# Two commands for a fresh machine: `make demo` (the monitored grokking run) and `make test`.
+# Both create .venv and install the pinned dependencies first; nothing else needs to be installed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# torch is pinned to the CPU build this project is developed and tested with.
+TORCH := torch==2.13.0
+
+.PHONY: setup demo test test-slow bench lint clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "spectral-edge needs Python >= 3.10"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/spectral-edge demo
+
+test: setup
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -m slow -q
+
+bench: setup
+	$(BIN)/python benchmarks/monitor_step.py
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,107 @@
+"""``spectral-edge``: a thin command-line dispatch over the library.
+
+Examples::
+
+    spectral-edge demo                       # the monitored grokking run (about 5 minutes on 2 CPU cores)
+    spectral-edge demo --weight-decay 0      # the control: the same budget, no grokking
+    spectral-edge demo --preset smoke        # a few seconds, for a first look
+    spectral-edge export runs/grokking-div-p97-wd1-seed42 --format csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from spectral_edge.errors import SpectralEdgeError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spectral-edge",
+        description="Watch the spectrum of a network's recent updates and detect phase transitions.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Examples::", 1)[1],
+    )
+    from spectral_edge import __version__
+
+    parser.add_argument("--version", action="version", version=f"spectral-edge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="train a small transformer to grok modular arithmetic with the monitor at every step",
+        description="Train the grokking recipe with the spectral monitor at every step, then print the "
+        "grokking step, the spectral events, the run store and a figure.",
+    )
+    demo.add_argument("--preset", default="default", help="recipe preset: default or smoke (default: %(default)s)")
+    demo.add_argument("--weight-decay", type=float, default=None, help="override the AdamW weight decay (0 = control)")
+    demo.add_argument("--seed", type=int, default=None, help="override the seed")
+    demo.add_argument("--max-steps", type=int, default=None, help="override the step budget")
+    demo.add_argument("--window", type=int, default=10, help="W, updates per window (default: %(default)s)")
+    demo.add_argument("--interval", type=int, default=1, help="steps between snapshots (default: %(default)s)")
+    demo.add_argument("--out", type=Path, default=None, help="run directory (default: runs/grokking-...)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.add_argument("--no-figure", action="store_true", help="do not draw spectrum.png")
+
+    export = sub.add_parser(
+        "export",
+        help="export a run's records, evaluations and events to CSV or Parquet",
+        description="Flatten a run store into records/evals/events tables.",
+    )
+    export.add_argument("run", type=Path, help="run directory (or its run.db)")
+    export.add_argument("--format", choices=("csv", "parquet"), default="csv", help="default: %(default)s")
+    export.add_argument("--out", type=Path, default=None, help="output file or directory (default: the run directory)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "export":
+            return _export(args)
+    except (SpectralEdgeError, FileNotFoundError, ValueError) as exc:
+        print(f"spectral-edge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown commands first
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from spectral_edge.experiments.demo import format_summary, run_demo
+    from spectral_edge.experiments.grokking import PRESETS
+
+    if args.preset not in PRESETS:
+        raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
+    overrides = {
+        "weight_decay": args.weight_decay,
+        "seed": args.seed,
+        "max_steps": args.max_steps,
+    }
+    config = dataclasses.replace(PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None})
+    result = run_demo(
+        config,
+        args.out,
+        window=args.window,
+        interval=args.interval,
+        progress=not args.no_progress,
+        figure=not args.no_figure,
+    )
+    print(format_summary(config, result))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from spectral_edge.store import export_run
+
+    path = export_run(args.run, args.format, args.out)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
