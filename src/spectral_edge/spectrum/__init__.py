@@ -34,6 +34,7 @@ from spectral_edge.spectrum.window import (
     analyze_window,
     cumulative_variance_rank,
     gap_statistics,
+    gram_singular_values,
 )
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "analyze_window",
     "analyze_gram",
     "gap_statistics",
+    "gram_singular_values",
     "cumulative_variance_rank",
     # stability (Parts IV, VI) and the adiabatic parameter
     "stability_coefficients",

@@ -162,6 +162,22 @@ def analyze_gram(
     return _spectrum_from_eigenvalues(lam, evecs, k95_threshold)
 
 
+def gram_singular_values(gram: Any, *, rank_rtol: float = DEFAULT_RANK_RTOL) -> np.ndarray:
+    """Only σ_1 ≥ … ≥ σ_W of a Gram matrix (no eigenvectors): the cheap path for per-group spectra.
+
+    Clips and zeroes eigenvalues exactly as :func:`analyze_gram` does.
+
+    Example:
+        >>> gram_singular_values(np.diag([4.0, 9.0])).tolist()
+        [3.0, 2.0]
+    """
+    g = _as_float64_matrix(gram)
+    if g.shape[0] != g.shape[1] or g.shape[0] < 2 or not np.all(np.isfinite(g)):
+        raise ValueError(f"expected a finite (W, W) Gram matrix with W >= 2, got shape {g.shape}")
+    lam = np.linalg.eigvalsh(0.5 * (g + g.T))[::-1].copy()
+    return np.sqrt(_clip_eigenvalues(lam, rank_rtol))
+
+
 def gap_statistics(singular_values: np.ndarray) -> tuple[np.ndarray, int, float, int]:
     """Ratios σ_j/σ_{j+1}, k*, R and the numerical rank from descending singular values.
 
