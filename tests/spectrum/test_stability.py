@@ -123,7 +123,13 @@ def test_adiabatic_parameter_and_units():
 
 
 def test_regimes():
-    regimes = AdiabaticRegimes(low=0.5, high=2.0)
+    # By default the regime reads the dimensionless η·𝒜; scale="none" reads 𝒜 itself.
+    assert [AdiabaticRegimes().classify(a, lr=1e-3) for a in (50.0, 500.0, 5e4)] == [
+        "plateau", "transition", "forgetting"
+    ]
+    with pytest.raises(ValueError, match="needs the learning rate"):
+        AdiabaticRegimes().classify(1.0)
+    regimes = AdiabaticRegimes(low=0.5, high=2.0, scale="none")
     assert [regimes.classify(a) for a in (0.1, 0.5, 1.0, 2.0, 3.0, np.inf)] == [
         "plateau", "transition", "transition", "transition", "forgetting", "forgetting"
     ]

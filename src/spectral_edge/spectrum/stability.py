@@ -14,8 +14,8 @@ from typing import Literal
 import numpy as np
 
 #: Cut-offs of the adiabatic regimes. The paper (Prop 34.3) names the regimes 𝒜 ≪ 1, 𝒜 ~ 1 and 𝒜 ≫ 1
-#: but gives no numbers; these defaults put "~ 1" at one decade either side of 1. They are settable
-#: everywhere a regime is computed (``AdiabaticRegimes(low=..., high=...)``).
+#: but gives no numbers; these defaults put "~ 1" at one decade either side of 1, applied to η·𝒜 (see
+#: AdiabaticRegimes). They are settable everywhere a regime is computed.
 DEFAULT_REGIME_LOW = 0.1
 DEFAULT_REGIME_HIGH = 10.0
 
@@ -167,29 +167,44 @@ def adiabatic_parameter(
 class AdiabaticRegimes:
     """Cut-offs that turn 𝒜 into a regime (Prop 34.3): plateau / transition / forgetting.
 
+    The paper names the regimes 𝒜 ≪ 1, 𝒜 ~ 1 and 𝒜 ≫ 1 without numbers. 𝒜 = ‖ΔC‖_F/(η g²) as written is
+    not dimensionless when g is in σ units: for Adam-like updates it grows as 1/η (about 150 at η = 1e-3 on
+    the demo), so fixed cut-offs would say "forgetting" at every step of a healthy run. By default
+    (``scale="lr"``) the regime is therefore read from the dimensionless η·𝒜 = ‖ΔC‖_F/g², the per-step
+    change of the window covariance against the squared gap; ``scale="none"`` compares 𝒜 itself.
+
     Attributes:
-        low: 𝒜 < low is "plateau" (adiabatic: circuits preserved).
-        high: 𝒜 > high is "forgetting" (strongly non-adiabatic: circuits destroyed); in between is
-            "transition" (𝒜 ~ 1: circuits transform).
+        low: below this (η·𝒜 or 𝒜) is "plateau": adiabatic, circuits preserved.
+        high: above this is "forgetting": strongly non-adiabatic, circuits destroyed; in between is
+            "transition" (circuits transform).
+        scale: "lr" (default) or "none", as above.
     """
 
     low: float = DEFAULT_REGIME_LOW
     high: float = DEFAULT_REGIME_HIGH
+    scale: Literal["lr", "none"] = "lr"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.low < self.high:
             raise ValueError(f"need 0 < low < high for the regime cut-offs, got low={self.low}, high={self.high}")
+        if self.scale not in ("lr", "none"):
+            raise ValueError(f"scale must be 'lr' or 'none', got {self.scale!r}")
 
-    def classify(self, adiabatic: float) -> str:
-        """The regime name of one value of 𝒜.
+    def classify(self, adiabatic: float, lr: float | None = None) -> str:
+        """The regime name of one value of 𝒜 computed with learning rate ``lr``.
 
         Example:
-            >>> AdiabaticRegimes().classify(0.01), AdiabaticRegimes().classify(2.0)
-            ('plateau', 'transition')
+            >>> AdiabaticRegimes().classify(50.0, lr=1e-3), AdiabaticRegimes(scale="none").classify(50.0)
+            ('plateau', 'forgetting')
         """
-        if adiabatic < self.low:
+        value = adiabatic
+        if self.scale == "lr":
+            if lr is None or not lr > 0:
+                raise ValueError("scale='lr' needs the learning rate the value of 𝒜 was computed with")
+            value = adiabatic * lr
+        if value < self.low:
             return "plateau"
-        if adiabatic > self.high:
+        if value > self.high:
             return "forgetting"
         return "transition"
 

@@ -403,7 +403,7 @@ class SpectralMonitor:
         adiabatic = regime = None
         if lr is not None and lr > 0:
             adiabatic = adiabatic_parameter(dc, lr, gap=spec.gap, gap_lambda=spec.gap_lambda, units=self.gap_units)
-            regime = self.regimes.classify(adiabatic)
+            regime = self.regimes.classify(adiabatic, lr)
         nu = noise_level_from_spectrum(spec.eigenvalues, p)
         groups: dict[str, GroupSpectrum] = {}
         if len(grams) > 1:
