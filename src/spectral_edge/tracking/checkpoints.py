@@ -20,6 +20,9 @@ from spectral_edge.tracking.record import SpectralRecord
 
 #: Keys under which training scripts commonly nest the model's state dict inside a checkpoint.
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module")
+#: Suffixes of the buffers that torch modules update during training (BatchNorm running statistics).
+#: They are not parameters, the online monitor does not see them, and they are left out offline too.
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 #: File names looked for inside a checkpoint directory (HF Trainer's checkpoint-N layout among them).
 _FILES_IN_DIR = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "checkpoint.pt")
 
@@ -29,7 +32,8 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Accepts ``torch.save`` files (plain state dicts, or dicts nesting one under ``state_dict``/``model``),
     ``.safetensors`` files (needs the ``safetensors`` extra), and directories holding one of
-    ``model.safetensors``, ``pytorch_model.bin``, ``model.pt``.
+    ``model.safetensors``, ``pytorch_model.bin``, ``model.pt``. BatchNorm running statistics
+    (:data:`BUFFER_SUFFIXES`) are left out: they are buffers, not parameters.
     """
     path = Path(path)
     if path.is_dir():
@@ -51,7 +55,11 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(raw, Mapping):
         raise ValueError(f"{path} holds a {type(raw).__name__}, not a state dict of tensors")
-    tensors = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    tensors = {
+        k: v
+        for k, v in raw.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not k.endswith(BUFFER_SUFFIXES)
+    }
     if not tensors:
         raise ValueError(f"{path} holds no floating-point tensors")
     return tensors
@@ -77,6 +85,7 @@ def analyze_checkpoints(
     *,
     window: int = 10,
     steps: Sequence[int] | None = None,
+    names: Iterable[str] | None = None,
     **monitor_kwargs: Any,
 ) -> list[SpectralRecord]:
     """Records from a sequence of checkpoints, as the online monitor would have produced them.
@@ -85,7 +94,10 @@ def analyze_checkpoints(
         paths: checkpoint files or directories in training order (at least ``window + 1`` of them).
         window: W, updates per window.
         steps: the step of each checkpoint; default read from the paths (:func:`step_from_path`), or
-            0, 1, 2, … when a path names none.
+            0, 1, 2, … when a path names none or the numbers read do not increase.
+        names: the tensors to analyse (e.g. ``[n for n, p in model.named_parameters() if p.requires_grad]``
+            to match an online monitor exactly); default every floating-point tensor but BatchNorm
+            statistics.
         **monitor_kwargs: passed to :class:`SpectralMonitor` (``lr``, ``groups``, ``store``, …).
 
     Returns:
@@ -99,13 +111,15 @@ def analyze_checkpoints(
         )
     if steps is None:
         found = [step_from_path(p) for p in paths]
-        steps = found if all(s is not None for s in found) else list(range(len(paths)))
+        increasing = all(s is not None for s in found) and all(a < b for a, b in zip(found, found[1:]))
+        steps = found if increasing else list(range(len(paths)))
     if len(steps) != len(paths):
         raise ValueError(f"got {len(steps)} steps for {len(paths)} checkpoints")
     if "interval" in monitor_kwargs:
         raise ValueError("interval does not apply to checkpoints: pass every n-th path instead")
 
-    first = load_state_dict(paths[0])
+    wanted = None if names is None else list(names)
+    first = _select(load_state_dict(paths[0]), wanted, paths[0])
     monitor = SpectralMonitor(first, window=window, storage_device="cpu", **monitor_kwargs)
     names = list(monitor._win.layout.names)
     monitor._win.snapshot([first[n] for n in names], copy=False)  # keep the loaded tensors, not a copy
@@ -115,7 +129,7 @@ def analyze_checkpoints(
     records = []
     try:
         for path, step in zip(paths[1:], steps[1:], strict=True):
-            state = load_state_dict(path)
+            state = _select(load_state_dict(path), wanted, path)
             if set(state) != set(names):
                 missing = sorted(set(names) - set(state))[:5]
                 extra = sorted(set(state) - set(names))[:5]
@@ -123,6 +137,12 @@ def analyze_checkpoints(
                     f"{path} does not hold the same tensors as {paths[0]}: missing {missing}, extra {extra}. "
                     "All checkpoints must come from the same model."
                 )
+            for name, shape in zip(names, monitor._win.layout.shapes, strict=True):
+                if tuple(state[name].shape) != shape:
+                    raise ValueError(
+                        f"{path}: tensor {name!r} has shape {tuple(state[name].shape)}, {paths[0]} has {shape}. "
+                        "All checkpoints must come from the same model."
+                    )
             monitor.step_count = int(step)
             record = monitor._observe([state[n] for n in names], copy=False, metrics={})
             if record is not None:
@@ -130,3 +150,12 @@ def analyze_checkpoints(
     finally:
         monitor.close()
     return records
+
+
+def _select(state: dict[str, torch.Tensor], names: list[str] | None, path: Path) -> dict[str, torch.Tensor]:
+    if names is None:
+        return state
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise ValueError(f"{path} has no tensor named {missing[:5]}; it holds {sorted(state)[:5]} …")
+    return {n: state[n] for n in names}

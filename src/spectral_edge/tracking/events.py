@@ -73,10 +73,11 @@ class _Debounced:
         return None if previous[0] is None else previous
 
     def state_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        # Settings (persistence) are not state: a resumed detector keeps its own configuration.
+        return {k: v for k, v in self.__dict__.items() if k != "persistence"}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({k: v for k, v in state.items() if k != "persistence"})
 
 
 class EventDetector:

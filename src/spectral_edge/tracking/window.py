@@ -303,10 +303,14 @@ class UpdateWindow:
                 a.copy_(theta)
             else:
                 old = previous[t][lo:hi]
-                if theta.dtype == self.compute_dtype:
+                # Subtract in the wider of the parameters' dtype and the compute dtype, then round only δ:
+                # bfloat16 parameters are widened first (their difference is exact in float32, not in
+                # bfloat16), float64 parameters are subtracted in float64.
+                wide = torch.promote_types(theta.dtype, self.compute_dtype)
+                if theta.dtype == wide:
                     torch.sub(theta, old, out=a)
-                else:  # e.g. bfloat16 parameters: subtract in float32 so that small updates survive
-                    torch.sub(theta.to(self.compute_dtype), old.to(self.compute_dtype), out=a)
+                else:
+                    torch.sub(theta.to(wide), old.to(wide), out=a)
                 if refresh_snapshot:
                     old.copy_(theta)
             if a.device != self.storage_device:
@@ -372,21 +376,27 @@ class UpdateWindow:
     # ------------------------------------------------------------------ persistence
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: the window rows (time order), the Grams and the snapshot."""
+        """Everything needed to resume: the window rows (time order, as stored), the Grams and the snapshot."""
         idx = np.asarray(self._order, dtype=np.intp)
         return {
             "window": self.window,
             "n_params": self.layout.n_params,
             "names": list(self.layout.names),
+            "groups": list(self.layout.groups),
             "storage_dtype": str(self.storage_dtype),
-            "rows": self._x[self._order].to("cpu").clone(),
             "grams": torch.from_numpy(self._gram[:, idx][:, :, idx].copy()),
+            "rows": self._x[self._order].to("cpu").clone(),
             "prev": None if self._prev is None else [p.detach().to("cpu").clone() for p in self._prev],
             "pushes": self.pushes,
         }
 
     def load_state_dict(self, state: dict[str, Any], *, snapshot_device: torch.device | str | None = None) -> None:
-        """Restore :meth:`state_dict` output saved from a window of the same W and layout.
+        """Restore :meth:`state_dict` output saved from a window of the same W and tensors.
+
+        With the same tensors, groups and storage dtype the saved Grams are taken as they are, so a resumed
+        window continues bit for bit. Otherwise (another ``groups=`` or ``storage_dtype``) the rows are
+        cast to this window's dtype and every group's Gram is recomputed from them in float64 (one X·Xᵀ,
+        once), so the Gram always equals that of the stored window.
 
         Args:
             state: the saved state.
@@ -397,17 +407,31 @@ class UpdateWindow:
                 f"state is for W={state['window']}, P={state['n_params']}; this window has "
                 f"W={self.window}, P={self.layout.n_params}"
             )
-        if list(state["names"]) != list(self.layout.names):
-            raise ValueError("state was saved for a different set or order of tensors")
+        saved_names = list(state["names"])
+        if sorted(saved_names) != sorted(self.layout.names):
+            raise ValueError("state was saved for a different set of tensors")
+        # The saved rows follow the saved tensor order; permute their columns into this layout's order.
+        saved_cols = dict(zip(saved_names, _column_ranges(state_numels(state, self.layout)), strict=True))
         rows = state["rows"]
+        if saved_names != list(self.layout.names):
+            rows = torch.cat([rows[:, slice(*saved_cols[n])] for n in self.layout.names], dim=1)
         n = rows.shape[0]
         self.reset()
         self._x[:n].copy_(rows.to(self.storage_device, self.storage_dtype))
         self._order = list(range(n))
-        self._gram[:, :n, :n] = state["grams"].numpy()
+        same_layout = saved_names == list(self.layout.names) and list(state.get("groups", [])) == list(self.layout.groups)
+        if same_layout and state.get("storage_dtype") == str(self.storage_dtype) and "grams" in state:
+            self._gram[:, :n, :n] = state["grams"].numpy()
+        else:
+            stored = self._x[:n].to(device="cpu", dtype=torch.float64)
+            for g, (lo, hi) in enumerate(self._group_columns()):
+                block = stored[:, lo:hi]
+                self._gram[g, :n, :n] = (block @ block.T).numpy()
         if state["prev"] is not None:
             device = torch.device(snapshot_device) if snapshot_device is not None else self.storage_device
-            self._prev = [p.to(device) for p in state["prev"]]
+            by_name = dict(zip(saved_names, state["prev"], strict=True))
+            # clone: the snapshot is refreshed in place on every push and must not alias the caller's state.
+            self._prev = [by_name[name].to(device).clone() for name in self.layout.names]
         self.pushes = int(state["pushes"])
 
     # ------------------------------------------------------------------ helpers
@@ -422,6 +446,15 @@ class UpdateWindow:
             flat.append(t.detach().reshape(-1))
         return flat
 
+    def _group_columns(self) -> list[tuple[int, int]]:
+        """Column range of each group in X (groups are contiguous in storage order)."""
+        ranges, offset = [], 0
+        sizes = self.layout.group_sizes()
+        for name in self.layout.group_names:
+            ranges.append((offset, offset + sizes[name]))
+            offset += sizes[name]
+        return ranges
+
     def _free_slot(self) -> int:
         used = set(self._order)
         return next(s for s in range(self.window) if s not in used)
@@ -433,3 +466,19 @@ class UpdateWindow:
             buf = torch.empty(size, dtype=self.compute_dtype, device=device)
             self._scratch[device] = buf
         return buf
+
+
+def state_numels(state: dict[str, Any], layout: ParameterLayout) -> list[int]:
+    """Element counts of the saved tensors, in the saved order (taken from the saved snapshot or layout)."""
+    if state.get("prev") is not None:
+        return [p.numel() for p in state["prev"]]
+    numel = dict(zip(layout.names, layout.numels, strict=True))
+    return [numel[name] for name in state["names"]]
+
+
+def _column_ranges(numels: list[int]) -> list[tuple[int, int]]:
+    ranges, offset = [], 0
+    for n in numels:
+        ranges.append((offset, offset + n))
+        offset += n
+    return ranges
