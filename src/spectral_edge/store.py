@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -661,7 +662,9 @@ def _annotation_type(annotation: Any) -> str | None:
     return None
 
 
-def _annotated_columns(cls: type) -> list[tuple[str, str]]:
+@functools.lru_cache(maxsize=None)
+def _annotated_columns(cls: type) -> tuple[tuple[str, str], ...]:
+    """Column name and SQL type of each annotated field; cached per class (it runs once per record)."""
     out = []
     for f in dataclasses.fields(cls):
         if f.name in _RESERVED:
@@ -671,7 +674,7 @@ def _annotated_columns(cls: type) -> list[tuple[str, str]]:
         sql_type = _annotation_type(f.type)
         if sql_type is not None:
             out.append((f.name, sql_type))
-    return out
+    return tuple(out)
 
 
 def _row_of(obj: Any) -> list[tuple[str, str, Any]]:
