@@ -45,7 +45,12 @@ def median_time(fn: Callable[[], object], repeats: int, before: Callable[[], obj
 def bench_size(n_params: int, repeats: int) -> dict[str, float]:
     torch.manual_seed(0)
     # Four tensors, as a model would have, with one very large one.
-    sizes = [n_params // 2, n_params // 4, n_params // 8, n_params - n_params // 2 - n_params // 4 - n_params // 8]
+    sizes = [
+        n_params // 2,
+        n_params // 4,
+        n_params // 8,
+        n_params - n_params // 2 - n_params // 4 - n_params // 8,
+    ]
     params = [torch.nn.Parameter(torch.randn(s)) for s in sizes]
     steps = [[torch.randn(s) * 1e-3 for s in sizes] for _ in range(3)]
     monitor = SpectralMonitor(params, window=WINDOW, lr=1e-3, groups=None)
@@ -85,7 +90,9 @@ def bench_demo_overhead(steps: int, blocks: int) -> dict[str, float]:
 
     config = PRESETS["default"]
     data, model = make_data(config), build_model(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=config.betas)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=config.betas
+    )
     monitor = SpectralMonitor(model, window=WINDOW, lr=opt)
     gen = torch.Generator().manual_seed(0)
     n_train = data.train_x.shape[0]
@@ -134,7 +141,9 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, W = {WINDOW}, float32 window")
-    print(f"{'P':>8} | {'monitor':>9} {'floor':>8} {'(a) /floor':>10} | {'(b) vs XXᵀ32':>12} {'vs XXᵀ64':>9} {'vs SVD':>8}")
+    print(
+        f"{'P':>8} | {'monitor':>9} {'floor':>8} {'(a) /floor':>10} | {'(b) vs XXᵀ32':>12} {'vs XXᵀ64':>9} {'vs SVD':>8}"
+    )
     rows = []
     for p in args.sizes:
         r = bench_size(int(p), args.repeats)

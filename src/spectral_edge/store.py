@@ -662,7 +662,7 @@ def _annotation_type(annotation: Any) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _annotated_columns(cls: type) -> tuple[tuple[str, str], ...]:
     """Column name and SQL type of each annotated field; cached per class (it runs once per record)."""
     out = []

@@ -52,7 +52,7 @@ def test_delta_c_of_nearly_parallel_updates_stays_within_its_conditioning():
 def _exact_and_predicted(eps: float, seed: int = 0):
     """A window X, its oldest row b leaving and a ≈ b + ε·noise entering: ΔC is O(ε)."""
     rng = np.random.default_rng(seed)
-    w, p = 6, 40
+    p = 40
     x = planted_window([20.0, 12.0, 7.0, 4.0, 2.0, 1.0], p, seed=seed)
     b = x[0]
     a = b + eps * rng.standard_normal(p)

@@ -37,7 +37,9 @@ def test_alpha_matches_definition_with_dense_delta_c(w):
     expected = np.clip(1.0 - dc**2 / separation**2, 0.0, 1.0)
     np.testing.assert_allclose(stability_coefficients(lam, dc), expected, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(nearest_eigenvalue_gaps(lam), separation, rtol=1e-12)
-    np.testing.assert_allclose(stability_coefficients(lam, dc, c=0.25), np.clip(1 - 0.25 * dc**2 / separation**2, 0, 1))
+    np.testing.assert_allclose(
+        stability_coefficients(lam, dc, c=0.25), np.clip(1 - 0.25 * dc**2 / separation**2, 0, 1)
+    )
 
 
 def test_alpha_lower_bounds_the_squared_cosine_of_each_direction():
@@ -109,11 +111,13 @@ def test_adiabatic_parameter_and_units():
     s = np.linalg.svd(after, compute_uv=False)
     k = spec.k_star
     eta = 3e-4
-    assert adiabatic_parameter(dc, eta, gap=spec.gap) == pytest.approx(dc / (eta * (s[k - 1] - s[k]) ** 2), rel=1e-9)
-    lam_gap = s[k - 1] ** 2 - s[k] ** 2
-    assert adiabatic_parameter(dc, eta, gap=spec.gap, gap_lambda=spec.gap_lambda, units="lambda") == pytest.approx(
-        dc / (eta * lam_gap**2), rel=1e-9
+    assert adiabatic_parameter(dc, eta, gap=spec.gap) == pytest.approx(
+        dc / (eta * (s[k - 1] - s[k]) ** 2), rel=1e-9
     )
+    lam_gap = s[k - 1] ** 2 - s[k] ** 2
+    assert adiabatic_parameter(
+        dc, eta, gap=spec.gap, gap_lambda=spec.gap_lambda, units="lambda"
+    ) == pytest.approx(dc / (eta * lam_gap**2), rel=1e-9)
     assert adiabatic_parameter(0.0, eta, gap=0.0) == 0.0
     assert adiabatic_parameter(1.0, eta, gap=0.0) == np.inf
     with pytest.raises(ValueError, match="learning rate"):
@@ -125,13 +129,20 @@ def test_adiabatic_parameter_and_units():
 def test_regimes():
     # By default the regime reads the dimensionless η·𝒜; scale="none" reads 𝒜 itself.
     assert [AdiabaticRegimes().classify(a, lr=1e-3) for a in (50.0, 500.0, 5e4)] == [
-        "plateau", "transition", "forgetting"
+        "plateau",
+        "transition",
+        "forgetting",
     ]
     with pytest.raises(ValueError, match="needs the learning rate"):
         AdiabaticRegimes().classify(1.0)
     regimes = AdiabaticRegimes(low=0.5, high=2.0, scale="none")
     assert [regimes.classify(a) for a in (0.1, 0.5, 1.0, 2.0, 3.0, np.inf)] == [
-        "plateau", "transition", "transition", "transition", "forgetting", "forgetting"
+        "plateau",
+        "transition",
+        "transition",
+        "transition",
+        "forgetting",
+        "forgetting",
     ]
     with pytest.raises(ValueError, match="0 < low < high"):
         AdiabaticRegimes(low=2.0, high=1.0)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.spectrum.synthetic import planted_window, reference_singular_values
 
 from spectral_edge.errors import NotPositiveSemidefiniteError, SpectrumWarning
 from spectral_edge.spectrum.window import analyze_gram, analyze_window, cumulative_variance_rank
+from tests.spectrum.synthetic import planted_window, reference_singular_values
 
 SHAPES = [(w, p) for w in (2, 3, 10, 40) for p in (max(w - 1, 1), w + 5, 1_000, 100_000)] + [(10, 1_000_000)]
 

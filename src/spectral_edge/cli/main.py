@@ -37,12 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the grokking recipe with the spectral monitor at every step, then print the "
         "grokking step, the spectral events, the run store and a figure.",
     )
-    demo.add_argument("--preset", default="default", help="recipe preset: default or smoke (default: %(default)s)")
-    demo.add_argument("--weight-decay", type=float, default=None, help="override the AdamW weight decay (0 = control)")
+    demo.add_argument(
+        "--preset", default="default", help="recipe preset: default or smoke (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--weight-decay", type=float, default=None, help="override the AdamW weight decay (0 = control)"
+    )
     demo.add_argument("--seed", type=int, default=None, help="override the seed")
     demo.add_argument("--max-steps", type=int, default=None, help="override the step budget")
     demo.add_argument("--window", type=int, default=10, help="W, updates per window (default: %(default)s)")
-    demo.add_argument("--interval", type=int, default=1, help="steps between snapshots (default: %(default)s)")
+    demo.add_argument(
+        "--interval", type=int, default=1, help="steps between snapshots (default: %(default)s)"
+    )
     demo.add_argument("--out", type=Path, default=None, help="run directory (default: runs/grokking-...)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.add_argument("--no-figure", action="store_true", help="do not draw spectrum.png")
@@ -54,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("run", type=Path, help="run directory (or its run.db)")
     export.add_argument("--format", choices=("csv", "parquet"), default="csv", help="default: %(default)s")
-    export.add_argument("--out", type=Path, default=None, help="output file or directory (default: the run directory)")
+    export.add_argument(
+        "--out", type=Path, default=None, help="output file or directory (default: the run directory)"
+    )
     return parser
 
 
@@ -82,7 +90,9 @@ def _demo(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "max_steps": args.max_steps,
     }
-    config = dataclasses.replace(PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None})
+    config = dataclasses.replace(
+        PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None}
+    )
     result = run_demo(
         config,
         args.out,

@@ -49,8 +49,13 @@ def plot_run(run: str | Path, out: str | Path | None = None, *, title: str | Non
     cmap = plt.get_cmap("viridis")
     w = sigma.shape[1]
     for j in range(w):
-        ax_s.plot(steps, np.where(sigma[:, j] > 0, sigma[:, j], np.nan), lw=0.9, color=cmap(j / max(w - 1, 1)),
-                  label=f"σ{j + 1}" if j in (0, 1, 2, w - 1) else None)
+        ax_s.plot(
+            steps,
+            np.where(sigma[:, j] > 0, sigma[:, j], np.nan),
+            lw=0.9,
+            color=cmap(j / max(w - 1, 1)),
+            label=f"σ{j + 1}" if j in (0, 1, 2, w - 1) else None,
+        )
     ax_s.set_yscale("log")
     ax_s.set_ylabel("singular values σ_j of X")
     ax_s.legend(loc="upper right", fontsize=8, ncol=4)
@@ -71,13 +76,21 @@ def plot_run(run: str | Path, out: str | Path | None = None, *, title: str | Non
         label = event.kind.replace("_", " ") if event.kind not in seen else None
         seen.add(event.kind)
         for ax in (ax_r, ax_a):
-            ax.axvline(event.step, color=color, ls="--", lw=1.0, alpha=0.8, label=label if ax is ax_r else None)
+            ax.axvline(
+                event.step, color=color, ls="--", lw=1.0, alpha=0.8, label=label if ax is ax_r else None
+            )
     ax_r.legend(loc="upper left", fontsize=8)
 
     for name, style in (("test_acc", "-"), ("train_acc", ":")):
         if name in evals:
             s, v = evals[name]
-            ax_a.plot(s, v, style, color="tab:red" if name == "test_acc" else "tab:gray", label=name.replace("_", " "))
+            ax_a.plot(
+                s,
+                v,
+                style,
+                color="tab:red" if name == "test_acc" else "tab:gray",
+                label=name.replace("_", " "),
+            )
     ax_a.set_ylim(-0.02, 1.02)
     ax_a.set_ylabel("accuracy")
     ax_a.set_xlabel("optimizer step")

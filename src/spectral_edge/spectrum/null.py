@@ -64,7 +64,9 @@ def adam_noise_level(lr: float, batch_size: int) -> float:
     return float(lr / math.sqrt(batch_size))
 
 
-def bbp_ratio(singular_values: np.ndarray, noise_level: float, n_params: int, variant: BBPVariant = "PW") -> float:
+def bbp_ratio(
+    singular_values: np.ndarray, noise_level: float, n_params: int, variant: BBPVariant = "PW"
+) -> float:
     """σ_W / d_crit (eq 6): how far the weakest direction sits above the BBP threshold.
 
     Values ≫ 1 mean every direction of the window is signal and the BBP threshold is vacuous; +inf when
@@ -99,7 +101,9 @@ def null_max_ratio_samples(window: int, n_params: int, n_samples: int = 20_000, 
         (n_samples,) float64 array of maximal adjacent ratios.
     """
     if window < 2 or n_params < 1 or n_samples < 1:
-        raise ValueError(f"need window >= 2, n_params >= 1, n_samples >= 1, got {window}, {n_params}, {n_samples}")
+        raise ValueError(
+            f"need window >= 2, n_params >= 1, n_samples >= 1, got {window}, {n_params}, {n_samples}"
+        )
     return _null_samples_cached(int(window), int(n_params), int(n_samples), int(seed))
 
 
@@ -144,7 +148,9 @@ def null_max_ratio_quantile(
     return float(np.quantile(null_max_ratio_samples(window, n_params, n_samples, seed), q))
 
 
-def null_p_value(gap_ratio: float, window: int, n_params: int, n_samples: int = 20_000, seed: int = 0) -> float:
+def null_p_value(
+    gap_ratio: float, window: int, n_params: int, n_samples: int = 20_000, seed: int = 0
+) -> float:
     """P(max ratio ≥ ``gap_ratio`` | isotropic noise), with the +1 correction of a Monte Carlo test."""
     samples = null_max_ratio_samples(window, n_params, n_samples, seed)
     return float((np.count_nonzero(samples >= gap_ratio) + 1) / (samples.shape[0] + 1))
@@ -167,7 +173,9 @@ class KrylovCheck:
     satisfied: bool | None
 
 
-def krylov_bound(hessian_eigenvalues: np.ndarray, lr: float, window: int, k_star: int | None = None) -> KrylovCheck:
+def krylov_bound(
+    hessian_eigenvalues: np.ndarray, lr: float, window: int, k_star: int | None = None
+) -> KrylovCheck:
     """k* ≤ #{j : h_j ≳ 1/(ηW)} (Prop 5.5, eq 12).
 
     Over W steps the mode-j component of the update varies as (1 − ηh_j)^s, which changes appreciably only

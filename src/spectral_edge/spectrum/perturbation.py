@@ -43,11 +43,15 @@ def delta_c_frobenius(added_sq_norm: float, dropped_sq_norm: float, added_dot_dr
         True
     """
     norms = math.sqrt(max(added_sq_norm, 0.0) * max(dropped_sq_norm, 0.0))
-    radicand = (added_sq_norm - dropped_sq_norm) ** 2 + 2.0 * (norms - added_dot_dropped) * (norms + added_dot_dropped)
+    radicand = (added_sq_norm - dropped_sq_norm) ** 2 + 2.0 * (norms - added_dot_dropped) * (
+        norms + added_dot_dropped
+    )
     return math.sqrt(max(radicand, 0.0))
 
 
-def project_on_directions(eigenvalues: np.ndarray, eigenvectors: np.ndarray, window_dots: np.ndarray) -> np.ndarray:
+def project_on_directions(
+    eigenvalues: np.ndarray, eigenvectors: np.ndarray, window_dots: np.ndarray
+) -> np.ndarray:
     """⟨v_j, y⟩ for every direction v_j = Xᵀu_j/σ_j of the window, from the dot products X y.
 
     Args:

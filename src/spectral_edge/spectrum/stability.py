@@ -186,7 +186,9 @@ class AdiabaticRegimes:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.low < self.high:
-            raise ValueError(f"need 0 < low < high for the regime cut-offs, got low={self.low}, high={self.high}")
+            raise ValueError(
+                f"need 0 < low < high for the regime cut-offs, got low={self.low}, high={self.high}"
+            )
         if self.scale not in ("lr", "none"):
             raise ValueError(f"scale must be 'lr' or 'none', got {self.scale!r}")
 

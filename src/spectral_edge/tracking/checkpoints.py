@@ -111,7 +111,9 @@ def analyze_checkpoints(
         )
     if steps is None:
         found = [step_from_path(p) for p in paths]
-        increasing = all(s is not None for s in found) and all(a < b for a, b in zip(found, found[1:]))
+        increasing = all(s is not None for s in found) and all(
+            a < b for a, b in zip(found, found[1:], strict=False)
+        )
         steps = found if increasing else list(range(len(paths)))
     if len(steps) != len(paths):
         raise ValueError(f"got {len(steps)} steps for {len(paths)} checkpoints")

@@ -116,8 +116,12 @@ class EventDetector:
                 kind = "gap_opening" if gap_state == "open" else "gap_collapse"
                 events.append(
                     SpectralEvent(
-                        step=record.step, kind=kind, k_before=self._k_at_gap_change, k_after=k,
-                        ratio_before=change[1], ratio_after=r,
+                        step=record.step,
+                        kind=kind,
+                        k_before=self._k_at_gap_change,
+                        k_after=k,
+                        ratio_before=change[1],
+                        ratio_after=r,
                         message=f"gap ratio {change[1]:.3g} → {r:.3g} at k* = {k}",
                     )
                 )
@@ -128,8 +132,13 @@ class EventDetector:
         if change is not None:
             events.append(
                 SpectralEvent(
-                    step=record.step, kind="k_star_shift", k_before=change[0], k_after=k,
-                    ratio_before=change[1], ratio_after=r, message=f"k* moved from {change[0]} to {k}",
+                    step=record.step,
+                    kind="k_star_shift",
+                    k_before=change[0],
+                    k_after=k,
+                    ratio_before=change[1],
+                    ratio_after=r,
+                    message=f"k* moved from {change[0]} to {k}",
                 )
             )
 
@@ -137,8 +146,12 @@ class EventDetector:
         if change is not None:
             events.append(
                 SpectralEvent(
-                    step=record.step, kind="regime_change", k_before=None, k_after=k,
-                    ratio_before=change[1], ratio_after=r,
+                    step=record.step,
+                    kind="regime_change",
+                    k_before=None,
+                    k_after=k,
+                    ratio_before=change[1],
+                    ratio_after=r,
                     message=f"adiabatic regime {change[0]} → {record.regime}",
                 )
             )

@@ -16,7 +16,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from spectral_edge.errors import NonFiniteUpdateError, ParameterLayoutError, SpectrumWarning
@@ -186,15 +185,20 @@ class SpectralMonitor:
                 "nothing to monitor: no trainable parameters (all have requires_grad=False, or none were passed)"
             )
         if self.excluded:
-            logger.info("spectral-edge: %d frozen parameter tensors are not monitored: %s",
-                        len(self.excluded), ", ".join(self.excluded[:10]))
+            logger.info(
+                "spectral-edge: %d frozen parameter tensors are not monitored: %s",
+                len(self.excluded),
+                ", ".join(self.excluded[:10]),
+            )
         devices = {t.device for _, t in named}
         if len(devices) > 1 and storage_device is None:
             raise ValueError(
                 f"parameters live on several devices {sorted(map(str, devices))}; pass storage_device= "
                 "to say where the window should be kept"
             )
-        self.storage_device = torch.device(storage_device) if storage_device is not None else next(iter(devices))
+        self.storage_device = (
+            torch.device(storage_device) if storage_device is not None else next(iter(devices))
+        )
         self._build_window(named)
 
         self.step_count = 0  # optimizer steps seen
@@ -229,7 +233,11 @@ class SpectralMonitor:
         return {
             "window": self.window,
             "interval": self.interval,
-            "lr": self.lr if isinstance(self.lr, (int, float)) else type(self.lr).__name__ if self.lr else None,
+            "lr": self.lr
+            if isinstance(self.lr, (int, float))
+            else type(self.lr).__name__
+            if self.lr
+            else None,
             "n_params": layout.n_params,
             "groups": layout.group_sizes(),
             "excluded": list(self.excluded),
@@ -285,7 +293,9 @@ class SpectralMonitor:
     def log_eval(self, step: int | None = None, **metrics: float) -> None:
         """Record evaluation metrics (test loss, accuracy, ...) in the run store at ``step``."""
         if self.store is not None:
-            self.store.add_eval(self.step_count if step is None else int(step), {k: float(v) for k, v in metrics.items()})
+            self.store.add_eval(
+                self.step_count if step is None else int(step), {k: float(v) for k, v in metrics.items()}
+            )
 
     def attach(self, optimizer: torch.optim.Optimizer) -> Any:
         """Call :meth:`step` automatically after every ``optimizer.step()`` (a step post-hook).
@@ -370,7 +380,9 @@ class SpectralMonitor:
             return None
         return self._observe(self._tensors, copy=True, metrics=metrics)
 
-    def _observe(self, tensors: Sequence[torch.Tensor], *, copy: bool, metrics: dict[str, float]) -> SpectralRecord | None:
+    def _observe(
+        self, tensors: Sequence[torch.Tensor], *, copy: bool, metrics: dict[str, float]
+    ) -> SpectralRecord | None:
         """Push θ − θ_prev for ``tensors`` (layout order) and, if the window is full, build and file a record.
 
         ``copy=False`` keeps ``tensors`` as the next snapshot instead of copying them (offline analysis of
@@ -402,7 +414,9 @@ class SpectralMonitor:
         lr = self._current_lr()
         adiabatic = regime = None
         if lr is not None and lr > 0:
-            adiabatic = adiabatic_parameter(dc, lr, gap=spec.gap, gap_lambda=spec.gap_lambda, units=self.gap_units)
+            adiabatic = adiabatic_parameter(
+                dc, lr, gap=spec.gap, gap_lambda=spec.gap_lambda, units=self.gap_units
+            )
             regime = self.regimes.classify(adiabatic, lr)
         nu = noise_level_from_spectrum(spec.eigenvalues, p)
         groups: dict[str, GroupSpectrum] = {}
@@ -532,7 +546,9 @@ def _trainable_named_tensors(source: Any) -> tuple[list[tuple[str, torch.Tensor]
             elif isinstance(item, torch.Tensor):
                 items.append((f"param_{i}", item))
             else:
-                raise TypeError(f"cannot monitor item {i} of type {type(item).__name__}: pass tensors or (name, tensor)")
+                raise TypeError(
+                    f"cannot monitor item {i} of type {type(item).__name__}: pass tensors or (name, tensor)"
+                )
     named, frozen = [], []
     for name, tensor in items:
         if not isinstance(tensor, torch.Tensor):

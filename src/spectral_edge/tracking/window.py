@@ -149,7 +149,9 @@ class UpdateWindow:
         if isinstance(layout, int):
             if layout < 1:
                 raise ValueError(f"the number of parameters must be >= 1, got {layout}")
-            layout = ParameterLayout(names=("all",), shapes=((layout,),), groups=("all",), group_names=("all",))
+            layout = ParameterLayout(
+                names=("all",), shapes=((layout,),), groups=("all",), group_names=("all",)
+            )
         if not isinstance(window, int) or isinstance(window, bool) or window < 2:
             raise ValueError(f"window must be an int >= 2, got {window!r}")
         if storage_dtype not in STORAGE_DTYPES:
@@ -281,7 +283,9 @@ class UpdateWindow:
             vector = torch.as_tensor(np.asarray(update) if not isinstance(update, torch.Tensor) else update)
             vector = vector.detach().reshape(-1)
             if vector.numel() != self.layout.n_params:
-                raise ValueError(f"update has {vector.numel()} elements, the layout has P={self.layout.n_params}")
+                raise ValueError(
+                    f"update has {vector.numel()} elements, the layout has P={self.layout.n_params}"
+                )
             flat = list(torch.split(vector, list(self.layout.numels)))
         return self._push(flat, None, refresh_snapshot=False)
 
@@ -390,7 +394,9 @@ class UpdateWindow:
             "pushes": self.pushes,
         }
 
-    def load_state_dict(self, state: dict[str, Any], *, snapshot_device: torch.device | str | None = None) -> None:
+    def load_state_dict(
+        self, state: dict[str, Any], *, snapshot_device: torch.device | str | None = None
+    ) -> None:
         """Restore :meth:`state_dict` output saved from a window of the same W and tensors.
 
         With the same tensors, groups and storage dtype the saved Grams are taken as they are, so a resumed
@@ -419,7 +425,9 @@ class UpdateWindow:
         self.reset()
         self._x[:n].copy_(rows.to(self.storage_device, self.storage_dtype))
         self._order = list(range(n))
-        same_layout = saved_names == list(self.layout.names) and list(state.get("groups", [])) == list(self.layout.groups)
+        same_layout = saved_names == list(self.layout.names) and list(state.get("groups", [])) == list(
+            self.layout.groups
+        )
         if same_layout and state.get("storage_dtype") == str(self.storage_dtype) and "grams" in state:
             self._gram[:, :n, :n] = state["grams"].numpy()
         else:
