@@ -12,8 +12,13 @@ import torch
 
 from spectral_edge.tracking.events import EventDetector, EventThresholds
 
-# open when R >= 1.5, collapsed when R < 1.2, in between: no evidence (the state is kept)
+# These tests fix their own cut-offs: open when R >= 1.5, collapsed when R < 1.2, in between no
+# evidence (the state is kept). The library's defaults are checked in test_default_thresholds.
 OPEN, BAND, SHUT = 2.0, 1.35, 1.05
+
+
+def T(**kwargs) -> EventThresholds:  # noqa: N802 - reads as a constructor
+    return EventThresholds(**{"open_ratio": 1.5, "collapse_ratio": 1.2, **kwargs})
 
 
 def stream(ratios, *, k=1, regime=None, start=0, step=10):
@@ -43,7 +48,7 @@ def kinds(events):
 
 
 def test_gap_opening_then_collapse_fire_once_each_with_their_values():
-    det = EventDetector(EventThresholds(persistence=3, k_star_persistence=100))
+    det = EventDetector(T(persistence=3, k_star_persistence=100))
     ratios = [1.10, 1.00, 1.15, 1.12] + [1.60, 1.70, 1.80, 1.90, 2.00] + [1.10, 1.05, 1.00, 1.02]
     ks = [3, 3, 3, 2] + [2, 2, 2, 2, 2] + [4, 4, 4, 4]
     records = stream(ratios, k=ks)
@@ -69,15 +74,15 @@ def test_gap_opening_then_collapse_fire_once_each_with_their_values():
 
 def test_first_state_is_learned_silently():
     for ratios in ([OPEN] * 10, [SHUT] * 10, [BAND] * 10, [OPEN, BAND, OPEN, OPEN, BAND, OPEN]):
-        det = EventDetector()
+        det = EventDetector(T(persistence=3, k_star_persistence=5))
         assert feed(det, stream(ratios, k=2, regime="plateau")) == []
     # ... including when the first records disagree before settling.
-    det = EventDetector(EventThresholds(persistence=3))
+    det = EventDetector(T(persistence=3))
     assert feed(det, stream([OPEN, SHUT, OPEN, OPEN, SHUT, SHUT, SHUT, SHUT])) == []
 
 
 def test_oscillation_inside_the_hysteresis_band_does_not_fire():
-    det = EventDetector(EventThresholds(persistence=1, k_star_persistence=1))
+    det = EventDetector(T(persistence=1, k_star_persistence=1))
     # R moves between 1.21 and 1.49: never beyond either threshold.
     ratios = [SHUT] + [1.21, 1.49, 1.30, 1.45, 1.25, 1.49999, 1.2] * 4
     assert feed(det, stream(ratios)) == []
@@ -91,7 +96,7 @@ def test_oscillation_inside_the_hysteresis_band_does_not_fire():
 
 @pytest.mark.parametrize("persistence", [2, 3, 5])
 def test_flicker_shorter_than_persistence_does_not_fire(persistence):
-    det = EventDetector(EventThresholds(persistence=persistence, k_star_persistence=100))
+    det = EventDetector(T(persistence=persistence, k_star_persistence=100))
     ratios = [SHUT] * persistence
     burst = [OPEN] * (persistence - 1)
     for _ in range(5):
@@ -105,14 +110,14 @@ def test_flicker_shorter_than_persistence_does_not_fire(persistence):
 
 def test_band_records_neither_confirm_nor_break_a_candidate():
     """Inside the band there is no evidence: the run of open records continues across it."""
-    det = EventDetector(EventThresholds(persistence=3, k_star_persistence=100))
+    det = EventDetector(T(persistence=3, k_star_persistence=100))
     feed(det, stream([SHUT] * 3))
     events = feed(det, stream([OPEN, BAND, OPEN, BAND, BAND, OPEN]))
     assert [(i, e.kind) for i, e in events] == [(5, "gap_opening")]
 
 
 def test_infinite_ratio_counts_as_open_and_nan_as_no_evidence():
-    det = EventDetector(EventThresholds(persistence=2, k_star_persistence=100))
+    det = EventDetector(T(persistence=2, k_star_persistence=100))
     feed(det, stream([SHUT, SHUT]))
     assert feed(det, stream([math.nan, math.inf, math.nan])) == []
     events = feed(det, stream([math.inf]))
@@ -124,7 +129,7 @@ def test_infinite_ratio_counts_as_open_and_nan_as_no_evidence():
 
 
 def test_k_star_shift_needs_k_star_persistence_records():
-    det = EventDetector(EventThresholds(persistence=3, k_star_persistence=5))
+    det = EventDetector(T(persistence=3, k_star_persistence=5))
     ratios = [OPEN] * 30  # the gap state never changes
     ks = [1] * 5 + [2] * 4 + [1] + [2] * 4 + [3] + [2] * 5 + [2] * 3 + [3] * 5 + [3] * 2
     records = stream(ratios, k=ks, start=100, step=1)
@@ -139,7 +144,7 @@ def test_k_star_shift_needs_k_star_persistence_records():
 
 
 def test_k_star_shift_with_persistence_one_fires_on_every_change():
-    det = EventDetector(EventThresholds(persistence=1, k_star_persistence=1))
+    det = EventDetector(T(persistence=1, k_star_persistence=1))
     events = feed(det, stream([OPEN] * 5, k=[1, 2, 2, 1, 3]))
     assert [(e.k_before, e.k_after) for _, e in events] == [(1, 2), (2, 1), (1, 3)]
 
@@ -148,7 +153,7 @@ def test_k_star_shift_with_persistence_one_fires_on_every_change():
 
 
 def test_regime_changes():
-    det = EventDetector(EventThresholds(persistence=2, k_star_persistence=100))
+    det = EventDetector(T(persistence=2, k_star_persistence=100))
     regimes = (
         ["plateau"] * 3 + ["transition"] + ["plateau"] + ["transition"] * 3 + [None] * 2 + ["forgetting"] * 2
     )
@@ -162,7 +167,7 @@ def test_regime_changes():
 
 
 def test_all_detectors_can_fire_on_the_same_record():
-    det = EventDetector(EventThresholds(persistence=1, k_star_persistence=1))
+    det = EventDetector(T(persistence=1, k_star_persistence=1))
     feed(det, stream([SHUT], k=1, regime="plateau"))
     events = feed(det, stream([OPEN], k=2, regime="transition"))
     assert sorted(kinds(events)) == ["gap_opening", "k_star_shift", "regime_change"]
@@ -175,7 +180,7 @@ def test_all_detectors_can_fire_on_the_same_record():
 @pytest.mark.parametrize("via_file", [False, True])
 def test_state_dict_round_trip_continues_the_stream(cut, via_file):
     """Cut anywhere (mid-candidate included): the resumed detector emits what the straight one would."""
-    thresholds = EventThresholds(persistence=3, k_star_persistence=4)
+    thresholds = T(persistence=3, k_star_persistence=4)
     ratios = [SHUT] * 3 + [OPEN, OPEN, BAND, OPEN, OPEN] + [SHUT] * 4 + [OPEN] * 2 + [SHUT] * 3 + [OPEN] * 7
     ks = [1] * 6 + [2] * 8 + [3] * 6 + [1] * 4
     regimes = ["plateau"] * 9 + ["transition"] * 10 + ["forgetting"] * 5
@@ -202,7 +207,7 @@ def test_state_dict_round_trip_continues_the_stream(cut, via_file):
 
 
 def test_state_dict_is_a_snapshot():
-    det = EventDetector(EventThresholds(persistence=2))
+    det = EventDetector(T(persistence=2))
     feed(det, stream([SHUT, SHUT, OPEN]))
     state = det.state_dict()
     frozen = copy.deepcopy(state)
@@ -230,7 +235,8 @@ def test_bad_thresholds(kwargs, match):
 
 def test_default_thresholds():
     t = EventThresholds()
-    assert (t.open_ratio, t.collapse_ratio, t.persistence, t.k_star_persistence) == (1.5, 1.2, 3, 5)
+    assert (t.open_ratio, t.collapse_ratio, t.persistence, t.k_star_persistence) == (3.0, 1.5, 5, 10)
+    assert (t.k_star_margin, t.regime_margin) == (0.02, 2.0)
     assert EventDetector().thresholds == t
 
 
@@ -244,9 +250,9 @@ def test_loaded_state_does_not_override_the_configured_persistence():
     do follow the new config: a mix of both). Fix: leave ``persistence`` out of the debouncer's state
     (save only stable/stable_ratio/candidate/count), or raise ValueError when it differs.
     """
-    old = EventDetector(EventThresholds(persistence=1, k_star_persistence=1))
+    old = EventDetector(T(persistence=1, k_star_persistence=1))
     feed(old, stream([SHUT, SHUT]))
-    new = EventDetector(EventThresholds(persistence=5, k_star_persistence=5))
+    new = EventDetector(T(persistence=5, k_star_persistence=5))
     try:
         new.load_state_dict(old.state_dict())
     except ValueError:
@@ -254,3 +260,38 @@ def test_loaded_state_does_not_override_the_configured_persistence():
     assert new.thresholds.persistence == 5
     events = feed(new, stream([OPEN] * 5))
     assert [i for i, _ in events] == [4], "the gap opening must need 5 records, as configured"
+
+
+def _rec(step, k, ratios, adiabatic=None, lr=None, regime=None):
+    return SimpleNamespace(
+        step=step, k_star=k, gap_ratio=ratios[k - 1], ratios=ratios, adiabatic=adiabatic, lr=lr, regime=regime
+    )
+
+
+def test_k_star_needs_to_beat_the_current_position_by_the_margin():
+    det = EventDetector(T(k_star_persistence=2, k_star_margin=0.1))
+    start = [_rec(i, 1, [1.8, 1.3, 1.1]) for i in range(3)]  # k* = 1 learned silently
+    near = [_rec(10 + i, 2, [1.60, 1.65, 1.1]) for i in range(5)]  # argmax 2, but only 3% above position 1
+    far = [_rec(20 + i, 2, [1.40, 1.80, 1.1]) for i in range(3)]  # 29% above: a real shift
+    events = feed(det, start + near + far)
+    assert [(i, e.kind, e.k_before, e.k_after) for i, e in events if e.kind == "k_star_shift"] == [
+        (len(start) + len(near) + 1, "k_star_shift", 1, 2)
+    ]
+
+
+def test_regime_needs_to_cross_its_cut_off_by_the_margin():
+    # Default cut-offs 0.1 and 10 on η·𝒜 with margin 2: entering "forgetting" from "transition" needs
+    # η𝒜 > 20, leaving it needs η𝒜 < 5.
+    det = EventDetector(T(persistence=2, regime_margin=2.0))
+    lr = 1e-3
+
+    def at(step, eta_a):
+        return _rec(step, 1, [2.0, 1.1], adiabatic=eta_a / lr, lr=lr, regime="unused")
+
+    values = [1.0] * 3 + [12.0, 15.0, 18.0] * 2 + [30.0] * 2 + [7.0] * 3 + [4.0] * 2
+    events = [e for _, e in feed(det, [at(i, v) for i, v in enumerate(values)]) if e.kind == "regime_change"]
+    assert [e.message for e in events] == [
+        "adiabatic regime transition → forgetting",
+        "adiabatic regime forgetting → transition",
+    ]
+    assert [e.step for e in events] == [10, 15]

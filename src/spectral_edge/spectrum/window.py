@@ -163,19 +163,31 @@ def analyze_gram(
 
 
 def gram_singular_values(gram: Any, *, rank_rtol: float = DEFAULT_RANK_RTOL) -> np.ndarray:
-    """Only σ_1 ≥ … ≥ σ_W of a Gram matrix (no eigenvectors): the cheap path for per-group spectra.
+    """Only σ_1 ≥ … ≥ σ_W of a Gram matrix, or of a stack of them (no eigenvectors).
 
-    Clips and zeroes eigenvalues exactly as :func:`analyze_gram` does.
+    The cheap path for per-group spectra: a (n, W, W) stack is diagonalised in one call. Eigenvalues are
+    clipped and zeroed exactly as :func:`analyze_gram` does.
+
+    Args:
+        gram: (W, W) or (n, W, W) symmetric positive semi-definite array.
+        rank_rtol: as for :func:`analyze_gram`.
+
+    Returns:
+        (W,) or (n, W) descending singular values.
 
     Example:
         >>> gram_singular_values(np.diag([4.0, 9.0])).tolist()
         [3.0, 2.0]
     """
-    g = _as_float64_matrix(gram)
-    if g.shape[0] != g.shape[1] or g.shape[0] < 2 or not np.all(np.isfinite(g)):
-        raise ValueError(f"expected a finite (W, W) Gram matrix with W >= 2, got shape {g.shape}")
-    lam = np.linalg.eigvalsh(0.5 * (g + g.T))[::-1].copy()
-    return np.sqrt(_clip_eigenvalues(lam, rank_rtol))
+    g = np.asarray(gram, dtype=np.float64)
+    if g.ndim not in (2, 3) or g.shape[-1] != g.shape[-2] or g.shape[-1] < 2 or not np.all(np.isfinite(g)):
+        raise ValueError(
+            f"expected finite (W, W) or (n, W, W) Gram matrices with W >= 2, got shape {g.shape}"
+        )
+    lam = np.linalg.eigvalsh(0.5 * (g + np.swapaxes(g, -1, -2)))[..., ::-1]
+    if g.ndim == 2:
+        return np.sqrt(_clip_eigenvalues(lam.copy(), rank_rtol))
+    return np.stack([np.sqrt(_clip_eigenvalues(row.copy(), rank_rtol)) for row in lam])
 
 
 def gap_statistics(singular_values: np.ndarray) -> tuple[np.ndarray, int, float, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from spectral_edge.spectrum.stability import AdiabaticRegimes
 from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
 
 
@@ -17,19 +18,32 @@ from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
 class EventThresholds:
     """When the detectors fire. Defaults are documented in the README's event table.
 
+    The paper defines gap opening and collapse (Defs 10.4, 10.6) without numbers. The defaults were chosen
+    by looking at the demo's grokking run (W = 10, AdamW): a noisy Adam trajectory keeps R between about
+    1.5 and 2.8 for thousands of steps, so "open" means a gap well above that band (σ_k* ≥ 3 σ_k*+1, nine
+    times the variance) and "collapsed" a ratio that no longer separates the directions. Set them for
+    your setting; the author's SED code uses a collapse threshold τ = 1.20 for σ2/σ3 on TinyStories.
+
     Attributes:
-        open_ratio: the gap counts as open when R ≥ open_ratio (Def 10.6, gap opening). 1.5 sits above the
-            noise floor 1 + 2W^{-2/3} ≈ 1.43 of the author's SED code at W = 10.
-        collapse_ratio: the gap counts as collapsed when R < collapse_ratio (Def 10.4); 1.20 is the
-            collapse threshold τ of the author's SED code. Between the two the state is kept (hysteresis).
+        open_ratio: the gap counts as open when R ≥ open_ratio (Def 10.6, gap opening).
+        collapse_ratio: the gap counts as collapsed when R < collapse_ratio (Def 10.4). Between the two
+            the state is kept (hysteresis).
         persistence: consecutive records a new gap state or regime must hold before it is reported.
         k_star_persistence: consecutive records a new k* must hold before a k* shift is reported.
+        k_star_margin: hysteresis of the argmax: a record counts for a new position k only if its ratio
+            σ_k/σ_{k+1} beats the ratio at the current k* by this relative margin, so two nearly equal
+            ratios trading places do not flicker.
+        regime_margin: hysteresis of the adiabatic regimes, a factor in η𝒜: leaving a regime needs the
+            value to cross the cut-off by this factor (e.g. plateau → transition above low·m, back below
+            low/m).
     """
 
-    open_ratio: float = 1.5
-    collapse_ratio: float = 1.2
-    persistence: int = 3
-    k_star_persistence: int = 5
+    open_ratio: float = 3.0
+    collapse_ratio: float = 1.5
+    persistence: int = 5
+    k_star_persistence: int = 10
+    k_star_margin: float = 0.02
+    regime_margin: float = 2.0
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.collapse_ratio < self.open_ratio:
@@ -40,6 +54,10 @@ class EventThresholds:
         if self.persistence < 1 or self.k_star_persistence < 1:
             raise ValueError(
                 f"persistence values must be >= 1, got {self.persistence} and {self.k_star_persistence}"
+            )
+        if self.k_star_margin < 0 or self.regime_margin < 1:
+            raise ValueError(
+                f"need k_star_margin >= 0 and regime_margin >= 1, got {self.k_star_margin} and {self.regime_margin}"
             )
 
 
@@ -84,15 +102,18 @@ class EventDetector:
     """Turns a stream of :class:`SpectralRecord` into :class:`SpectralEvent` s.
 
     Example:
-        >>> det = EventDetector(EventThresholds(persistence=1, k_star_persistence=1))
+        >>> det = EventDetector(EventThresholds(open_ratio=1.5, collapse_ratio=1.2, persistence=1, k_star_persistence=1))
         >>> class R:  # a stand-in with the three fields the detector reads
         ...     def __init__(self, step, k, r): self.step, self.k_star, self.gap_ratio, self.regime = step, k, r, None
         >>> [e.kind for s, r in enumerate([1.1, 1.1, 2.0, 1.05]) for e in det.update(R(s, 1, r))]
         ['gap_opening', 'gap_collapse']
     """
 
-    def __init__(self, thresholds: EventThresholds | None = None) -> None:
+    def __init__(
+        self, thresholds: EventThresholds | None = None, regimes: AdiabaticRegimes | None = None
+    ) -> None:
         self.thresholds = thresholds or EventThresholds()
+        self.regimes = regimes or AdiabaticRegimes()
         self._gap = _Debounced(self.thresholds.persistence)
         self._k_star = _Debounced(self.thresholds.k_star_persistence)
         self._regime = _Debounced(self.thresholds.persistence)
@@ -128,7 +149,7 @@ class EventDetector:
             if self._gap.stable == gap_state:
                 self._k_at_gap_change = k
 
-        change = self._k_star.update(k, r)
+        change = self._k_star.update(self._k_star_candidate(record), r)
         if change is not None:
             events.append(
                 SpectralEvent(
@@ -142,7 +163,7 @@ class EventDetector:
                 )
             )
 
-        change = self._regime.update(record.regime, r)
+        change = self._regime.update(self._regime_candidate(record), r)
         if change is not None:
             events.append(
                 SpectralEvent(
@@ -152,10 +173,36 @@ class EventDetector:
                     k_after=k,
                     ratio_before=change[1],
                     ratio_after=r,
-                    message=f"adiabatic regime {change[0]} → {record.regime}",
+                    message=f"adiabatic regime {change[0]} → {self._regime.stable}",
                 )
             )
         return events
+
+    def _k_star_candidate(self, record: SpectralRecord) -> int:
+        """k* of the record, unless its ratio does not beat the current k*'s by the margin (hysteresis)."""
+        stable = self._k_star.stable
+        ratios = getattr(record, "ratios", None)
+        if stable is None or ratios is None or record.k_star == stable or stable > len(ratios):
+            return record.k_star
+        if ratios[record.k_star - 1] >= (1.0 + self.thresholds.k_star_margin) * ratios[stable - 1]:
+            return record.k_star
+        return stable
+
+    def _regime_candidate(self, record: SpectralRecord) -> str | None:
+        """The record's regime, with the cut-offs widened by the margin away from the current regime."""
+        adiabatic, lr = getattr(record, "adiabatic", None), getattr(record, "lr", None)
+        if adiabatic is None:
+            return record.regime
+        value = adiabatic * lr if self.regimes.scale == "lr" and lr else adiabatic
+        low, high, m = self.regimes.low, self.regimes.high, self.thresholds.regime_margin
+        stable = self._regime.stable
+        if stable == "plateau":
+            return "plateau" if value <= low * m else ("forgetting" if value > high * m else "transition")
+        if stable == "forgetting":
+            return "forgetting" if value >= high / m else ("plateau" if value < low / m else "transition")
+        if stable == "transition":
+            return "plateau" if value < low / m else ("forgetting" if value > high * m else "transition")
+        return self.regimes.classify(adiabatic, lr)  # nothing learned yet: the plain cut-offs
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from spectral_edge.errors import NonFiniteUpdateError, ParameterLayoutError, SpectrumWarning
@@ -40,6 +42,9 @@ from spectral_edge.tracking.record import GroupSpectrum, SpectralEvent, Spectral
 from spectral_edge.tracking.window import ParameterLayout, PushResult, UpdateWindow
 
 logger = logging.getLogger(__name__)
+
+#: Pushes between two checks that the module's parameter set is still the one being monitored.
+LAYOUT_CHECK_EVERY = 50
 
 GroupSpec = str | int | Callable[[str], str] | Mapping[str, Sequence[str]] | None
 LearningRate = float | torch.optim.Optimizer | Callable[[], float] | None
@@ -204,12 +209,15 @@ class SpectralMonitor:
         self.step_count = 0  # optimizer steps seen
         self._last_push_step = 0
         self._needs_snapshot = False
+        self._pushes_since_check = 0
+        self._registry_changed = False
+        self._registry_hooks = _watch_registrations(self) if self._module is not None else []
         self._bad_streak: str | None = None  # "nonfinite" / "zero" while such updates keep coming
         self._warned: set[str] = set()
         self._pending_metrics: dict[str, float] = {}
         self.records: deque[SpectralRecord] = deque(maxlen=history)
         self.events: list[SpectralEvent] = []
-        self.detector = EventDetector(self.event_thresholds)
+        self.detector = EventDetector(self.event_thresholds, self.regimes)
         self._hook_handle: Any = None
 
         self._user_config = dict(config or {})
@@ -315,6 +323,9 @@ class SpectralMonitor:
     def close(self) -> None:
         """Detach from the optimizer and close the run store."""
         self.detach()
+        for handle in self._registry_hooks:
+            handle.remove()
+        self._registry_hooks = []
         if self.store is not None:
             self.store.close()
 
@@ -372,8 +383,15 @@ class SpectralMonitor:
         self._win.snapshot(self._tensors)
 
     def _step(self, metrics: dict[str, float]) -> SpectralRecord | None:
-        if self._layout_changed():
-            return None
+        # Walking the module tree costs ~0.1 ms, too much for every step. Registering a parameter or a
+        # submodule anywhere sets _registry_changed (global torch hooks), which triggers the walk at the
+        # next push; deletions, which no hook sees, are caught by the walk every LAYOUT_CHECK_EVERY pushes.
+        self._pushes_since_check += 1
+        if self._registry_changed or self._pushes_since_check >= LAYOUT_CHECK_EVERY:
+            self._registry_changed = False
+            self._pushes_since_check = 0
+            if self._layout_changed():
+                return None
         if self._needs_snapshot:
             self._win.snapshot(self._tensors)
             self._needs_snapshot = False
@@ -421,8 +439,8 @@ class SpectralMonitor:
         nu = noise_level_from_spectrum(spec.eigenvalues, p)
         groups: dict[str, GroupSpectrum] = {}
         if len(grams) > 1:
-            for name, g in grams.items():
-                sigma = gram_singular_values(g, rank_rtol=rtol)
+            sigmas = gram_singular_values(np.stack(list(grams.values())), rank_rtol=rtol)  # (n_groups, W)
+            for name, sigma in zip(grams, sigmas, strict=True):
                 _, k, r, _ = gap_statistics(sigma)
                 groups[name] = GroupSpectrum(k_star=k, gap_ratio=r, singular_values=sigma)
         return SpectralRecord(
@@ -530,6 +548,25 @@ class SpectralMonitor:
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, SpectrumWarning, stacklevel=4)
+
+
+def _watch_registrations(monitor: SpectralMonitor) -> list[Any]:
+    """Global torch hooks that flag the monitor when any module registers a parameter or a submodule.
+
+    The hooks hold only a weak reference, so a monitor that is dropped without close() is still freed.
+    """
+    ref = weakref.ref(monitor)
+
+    def flag(*args: Any) -> None:
+        target = ref()
+        if target is not None:
+            target._registry_changed = True
+
+    module_mod = torch.nn.modules.module
+    return [
+        module_mod.register_module_parameter_registration_hook(flag),
+        module_mod.register_module_module_registration_hook(flag),
+    ]
 
 
 def _trainable_named_tensors(source: Any) -> tuple[list[tuple[str, torch.Tensor]], list[str]]:

@@ -33,9 +33,10 @@ import torch
 
 from spectral_edge.spectrum.perturbation import delta_c_frobenius
 
-#: Elements per chunk on a CPU storage device: 2^16 float32 values (256 KiB) keeps θ, θ_prev and the
-#: scratch chunk in L2 while the W window rows stream past. Measured in benchmarks/monitor_step.py.
-CPU_CHUNK = 1 << 16
+#: Elements per chunk on a CPU storage device: 2^18 float32 values (1 MiB) keep θ, θ_prev and the
+#: scratch chunk in a 2 MiB L2 while the W window rows stream past, and make few enough torch calls that
+#: a model of many small tensors is not dominated by call overhead (benchmarks/monitor_step.py).
+CPU_CHUNK = 1 << 18
 #: On an accelerator, chunks only bound the scratch buffer: kernel launches, not cache, set the cost.
 ACCELERATOR_CHUNK = 1 << 24
 
@@ -127,7 +128,7 @@ class UpdateWindow:
             memory; each update rounded to 8 bits of mantissa) or torch.float64 (tests, small models).
         storage_device: where the W × P buffer lives; default CPU. Put it on the training GPU for speed,
             or on the CPU to spare GPU memory (each chunk of the update is then copied over).
-        chunk_size: elements per chunk of the push loop; default 2^16 on CPU, 2^24 on accelerators.
+        chunk_size: elements per chunk of the push loop; default 2^18 on CPU, 2^24 on accelerators.
 
     Example:
         >>> win = UpdateWindow(4, window=2, storage_dtype=torch.float64)
@@ -175,21 +176,51 @@ class UpdateWindow:
         n_groups = len(layout.group_names)
         self._gram = np.zeros((n_groups, window, window))  # per group, indexed by slot
         self._order: list[int] = []  # slots of the window, oldest first
-        self._prev: list[torch.Tensor] | None = None  # flat snapshot θ_prev per tensor
+        # θ_prev per piece of the plan (flat, in the parameters' dtype and device); a pack also has a spare
+        # buffer of its size, so that θ is gathered into the spare and the two are swapped: no copy back.
+        self._prev: list[torch.Tensor] | None = None
+        self._spare: list[torch.Tensor | None] = []
+        self._flat_key: list[tuple[int, int]] | None = None  # (id, data_ptr) of the tensors last flattened
+        self._flat_cache: list[torch.Tensor] = []
         self._scratch: dict[torch.device, torch.Tensor] = {}
         self.pushes = 0  # updates pushed since construction
 
-        # The chunk plan: (tensor index, start, stop, first column in X), and each chunk's group.
-        plan: list[tuple[int, int, int, int]] = []
+        # The plan: pieces of the flat parameter vector, each (tensor indices, start, stop, first column
+        # in X). A large tensor is cut into chunks of `chunk_size`; consecutive small tensors of one group
+        # are packed into one piece, so that a model with many biases and norms costs a few torch calls
+        # per piece rather than per tensor. Pieces never straddle a group, so each group's dot products
+        # are sums over its own pieces.
+        plan: list[tuple[str, tuple[int, ...], int, int, int]] = []
         chunk_group: list[int] = []
         offset = 0
+        pack: list[int] = []
+        pack_size = pack_col = 0
+
+        def close_pack() -> None:
+            nonlocal pack, pack_size
+            if pack:
+                plan.append(("pack", tuple(pack), 0, pack_size, pack_col))
+                chunk_group.append(layout.group_names.index(layout.groups[pack[0]]))
+            pack, pack_size = [], 0
+
         for t, (numel, group) in enumerate(zip(layout.numels, layout.groups, strict=True)):
-            for lo in range(0, numel, chunk_size):
-                hi = min(lo + chunk_size, numel)
-                plan.append((t, lo, hi, offset + lo))
-                chunk_group.append(layout.group_names.index(group))
+            if pack and (layout.groups[pack[0]] != group or pack_size + numel > chunk_size):
+                close_pack()
+            if numel < chunk_size:
+                if not pack:
+                    pack_col = offset
+                pack.append(t)
+                pack_size += numel
+            else:
+                close_pack()
+                for lo in range(0, numel, chunk_size):
+                    hi = min(lo + chunk_size, numel)
+                    plan.append(("slice", (t,), lo, hi, offset + lo))
+                    chunk_group.append(layout.group_names.index(group))
             offset += numel
+        close_pack()
         self._plan = plan
+        self._max_piece = max(hi - lo for _, _, lo, hi, _ in plan)
         self._chunk_group = np.asarray(chunk_group, dtype=np.intp)
         self._partials = torch.zeros(len(plan), window + 1, dtype=self.compute_dtype, device=device)
 
@@ -239,7 +270,7 @@ class UpdateWindow:
         self._x.zero_()
         self._gram[:] = 0.0
         self._order.clear()
-        self._prev = None
+        self._prev, self._spare = None, []
 
     # ------------------------------------------------------------------ pushing
 
@@ -248,11 +279,22 @@ class UpdateWindow:
 
         Args:
             tensors: current values in layout order.
-            copy: copy them (a live model's parameters change in place); ``False`` keeps references, for
-                tensors that will not change (checkpoints loaded from disk).
+            copy: copy them (a live model's parameters change in place); ``False`` keeps references where
+                it can, for tensors that will not change (checkpoints loaded from disk).
         """
         flat = self._flatten(tensors)
-        self._prev = [t.detach().clone() if copy else t for t in flat]
+        prev: list[torch.Tensor] = []
+        spare: list[torch.Tensor | None] = []
+        for kind, idx, lo, hi, _ in self._plan:
+            if kind == "pack":
+                gathered = torch.cat([flat[t] for t in idx])
+                prev.append(gathered)
+                spare.append(torch.empty_like(gathered))
+            else:
+                part = flat[idx[0]][lo:hi]
+                prev.append(part.clone() if copy else part)
+                spare.append(None)
+        self._prev, self._spare = prev, spare
 
     def push(self, tensors: Sequence[torch.Tensor], *, copy: bool = True) -> PushResult:
         """Push the update δ = θ − θ_prev and make θ the new snapshot (one pass over the window).
@@ -263,11 +305,7 @@ class UpdateWindow:
         """
         if self._prev is None:
             raise RuntimeError("push() needs a snapshot first: call snapshot(tensors) at the start")
-        flat = self._flatten(tensors)
-        result = self._push(flat, self._prev, refresh_snapshot=copy)
-        if not copy:
-            self._prev = list(flat)
-        return result
+        return self._push(self._flatten(tensors), from_snapshot=True, keep_references=not copy)
 
     def push_update(self, update: Any) -> PushResult:
         """Push an explicit update δ: a flat (P,) array-like, or a sequence of tensors in layout order.
@@ -287,11 +325,9 @@ class UpdateWindow:
                     f"update has {vector.numel()} elements, the layout has P={self.layout.n_params}"
                 )
             flat = list(torch.split(vector, list(self.layout.numels)))
-        return self._push(flat, None, refresh_snapshot=False)
+        return self._push(flat, from_snapshot=False, keep_references=False)
 
-    def _push(
-        self, current: list[torch.Tensor], previous: list[torch.Tensor] | None, *, refresh_snapshot: bool
-    ) -> PushResult:
+    def _push(self, current: list[torch.Tensor], *, from_snapshot: bool, keep_references: bool) -> PushResult:
         w = self.window
         dropping = len(self._order) == w
         target = self._order[0] if dropping else self._free_slot()
@@ -300,23 +336,11 @@ class UpdateWindow:
         row = x[target]
         upcast = self.storage_dtype != self.compute_dtype
 
-        for i, (t, lo, hi, col) in enumerate(self._plan):
-            theta = current[t][lo:hi]
-            a = self._scratch_for(theta.device)[: hi - lo]
-            if previous is None:
-                a.copy_(theta)
+        for i, (kind, idx, lo, hi, col) in enumerate(self._plan):
+            if kind == "pack":
+                a = self._delta_of_pack(current, i, idx, hi, from_snapshot)
             else:
-                old = previous[t][lo:hi]
-                # Subtract in the wider of the parameters' dtype and the compute dtype, then round only δ:
-                # bfloat16 parameters are widened first (their difference is exact in float32, not in
-                # bfloat16), float64 parameters are subtracted in float64.
-                wide = torch.promote_types(theta.dtype, self.compute_dtype)
-                if theta.dtype == wide:
-                    torch.sub(theta, old, out=a)
-                else:
-                    torch.sub(theta.to(wide), old.to(wide), out=a)
-                if refresh_snapshot:
-                    old.copy_(theta)
+                a = self._delta_of_slice(current, i, idx[0], lo, hi, from_snapshot, keep_references)
             if a.device != self.storage_device:
                 a = a.to(self.storage_device)
             cols = slice(col, col + hi - lo)
@@ -377,6 +401,51 @@ class UpdateWindow:
             window_dots=window_dots,
         )
 
+    def _delta_of_slice(
+        self,
+        current: list[torch.Tensor],
+        i: int,
+        t: int,
+        lo: int,
+        hi: int,
+        from_snapshot: bool,
+        keep_references: bool,
+    ) -> torch.Tensor:
+        """δ for elements [lo, hi) of tensor t (piece i), in the scratch buffer; refreshes the snapshot."""
+        theta = current[t][lo:hi]
+        a = self._scratch_for(theta.device)[: hi - lo]
+        if not from_snapshot:
+            a.copy_(theta)
+            return a
+        assert self._prev is not None
+        old = self._prev[i]
+        _subtract(theta, old, out=a)
+        if keep_references:
+            self._prev[i] = theta
+        else:
+            old.copy_(theta)
+        return a
+
+    def _delta_of_pack(
+        self, current: list[torch.Tensor], i: int, idx: tuple[int, ...], size: int, from_snapshot: bool
+    ) -> torch.Tensor:
+        """δ of several whole small tensors (piece i): gather θ into the spare, subtract, swap."""
+        thetas = [current[t] for t in idx]
+        a = self._scratch_for(thetas[0].device)[:size]
+        if not from_snapshot:
+            if all(th.dtype == a.dtype for th in thetas):
+                torch.cat(thetas, out=a)
+            else:
+                a.copy_(torch.cat(thetas))
+            return a
+        assert self._prev is not None
+        old, gathered = self._prev[i], self._spare[i]
+        assert gathered is not None
+        torch.cat(thetas, out=gathered)
+        _subtract(gathered, old, out=a)
+        self._prev[i], self._spare[i] = gathered, old
+        return a
+
     # ------------------------------------------------------------------ persistence
 
     def state_dict(self) -> dict[str, Any]:
@@ -390,7 +459,9 @@ class UpdateWindow:
             "storage_dtype": str(self.storage_dtype),
             "grams": torch.from_numpy(self._gram[:, idx][:, :, idx].copy()),
             "rows": self._x[self._order].to("cpu").clone(),
-            "prev": None if self._prev is None else [p.detach().to("cpu").clone() for p in self._prev],
+            "prev": None
+            if self._prev is None
+            else [p.to("cpu").clone() for p in self._snapshot_per_tensor()],
             "pushes": self.pushes,
         }
 
@@ -438,21 +509,44 @@ class UpdateWindow:
         if state["prev"] is not None:
             device = torch.device(snapshot_device) if snapshot_device is not None else self.storage_device
             by_name = dict(zip(saved_names, state["prev"], strict=True))
-            # clone: the snapshot is refreshed in place on every push and must not alias the caller's state.
-            self._prev = [by_name[name].to(device).clone() for name in self.layout.names]
+            # copy=True: the snapshot is refreshed in place on every push and must not alias the caller's state.
+            self.snapshot([by_name[name].to(device) for name in self.layout.names], copy=True)
         self.pushes = int(state["pushes"])
 
     # ------------------------------------------------------------------ helpers
 
     def _flatten(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Flat views of ``tensors``; the views of a live model's parameters are made once and reused
+        for as long as each parameter keeps its identity and storage."""
         if len(tensors) != len(self.layout.names):
             raise ValueError(f"expected {len(self.layout.names)} tensors in layout order, got {len(tensors)}")
+        key = [(id(t), t.data_ptr()) for t in tensors]
+        if key == self._flat_key:
+            return self._flat_cache
         flat = []
         for t, name, numel in zip(tensors, self.layout.names, self.layout.numels, strict=True):
             if t.numel() != numel:
                 raise ValueError(f"tensor {name!r} has {t.numel()} elements, the layout says {numel}")
             flat.append(t.detach().reshape(-1))
+        # Only views can be reused: a non-contiguous tensor's reshape is a copy that would go stale.
+        if all(f.data_ptr() == t.data_ptr() for f, t in zip(flat, tensors, strict=True)):
+            self._flat_key, self._flat_cache = key, flat
+        else:
+            self._flat_key, self._flat_cache = None, []
         return flat
+
+    def _snapshot_per_tensor(self) -> list[torch.Tensor]:
+        """θ_prev as one flat tensor per layout tensor (the pieces put back together)."""
+        assert self._prev is not None
+        parts: list[list[torch.Tensor]] = [[] for _ in self.layout.names]
+        numels = self.layout.numels
+        for (kind, idx, _, _, _), prev in zip(self._plan, self._prev, strict=True):
+            if kind == "pack":
+                for t, part in zip(idx, torch.split(prev, [numels[t] for t in idx]), strict=True):
+                    parts[t].append(part)
+            else:
+                parts[idx[0]].append(prev)
+        return [p[0] if len(p) == 1 else torch.cat(p) for p in parts]
 
     def _group_columns(self) -> list[tuple[int, int]]:
         """Column range of each group in X (groups are contiguous in storage order)."""
@@ -470,8 +564,7 @@ class UpdateWindow:
     def _scratch_for(self, device: torch.device) -> torch.Tensor:
         buf = self._scratch.get(device)
         if buf is None:
-            size = min(self.chunk_size, max(self.layout.numels))
-            buf = torch.empty(size, dtype=self.compute_dtype, device=device)
+            buf = torch.empty(self._max_piece, dtype=self.compute_dtype, device=device)
             self._scratch[device] = buf
         return buf
 
@@ -490,3 +583,16 @@ def _column_ranges(numels: list[int]) -> list[tuple[int, int]]:
         ranges.append((offset, offset + n))
         offset += n
     return ranges
+
+
+def _subtract(theta: torch.Tensor, old: torch.Tensor, *, out: torch.Tensor) -> None:
+    """out = θ − θ_prev in the wider of the parameters' dtype and ``out``'s, rounding only the difference.
+
+    bfloat16 parameters are widened first (their difference is exact in float32, not in bfloat16);
+    float64 parameters are subtracted in float64 and only δ is rounded to float32.
+    """
+    wide = torch.promote_types(theta.dtype, out.dtype)
+    if theta.dtype == wide:
+        torch.sub(theta, old, out=out)
+    else:
+        torch.sub(theta.to(wide), old.to(wide), out=out)
