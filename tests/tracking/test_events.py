@@ -236,7 +236,7 @@ def test_bad_thresholds(kwargs, match):
 def test_default_thresholds():
     t = EventThresholds()
     assert (t.open_ratio, t.collapse_ratio, t.persistence, t.k_star_persistence) == (3.0, 1.5, 5, 10)
-    assert (t.k_star_margin, t.regime_margin) == (0.02, 2.0)
+    assert (t.k_star_margin, t.regime_margin, t.regime_smoothing) == (0.02, 2.0, 50)
     assert EventDetector().thresholds == t
 
 
@@ -282,7 +282,7 @@ def test_k_star_needs_to_beat_the_current_position_by_the_margin():
 def test_regime_needs_to_cross_its_cut_off_by_the_margin():
     # Default cut-offs 0.1 and 10 on η·𝒜 with margin 2: entering "forgetting" from "transition" needs
     # η𝒜 > 20, leaving it needs η𝒜 < 5.
-    det = EventDetector(T(persistence=2, regime_margin=2.0))
+    det = EventDetector(T(persistence=2, regime_margin=2.0, regime_smoothing=1))
     lr = 1e-3
 
     def at(step, eta_a):
@@ -295,3 +295,14 @@ def test_regime_needs_to_cross_its_cut_off_by_the_margin():
         "adiabatic regime forgetting → transition",
     ]
     assert [e.step for e in events] == [10, 15]
+
+
+def test_regime_reads_the_median_over_recent_records():
+    # Isolated spikes of η𝒜 (the gap touching zero for one step) do not move a smoothed regime.
+    det = EventDetector(T(persistence=1, regime_smoothing=5))
+    lr = 1e-3
+    values = [1.0] * 10 + [500.0, 1.0, 1.0, 800.0, 1.0, 1.0] * 3 + [500.0] * 6
+    records = [_rec(i, 1, [2.0, 1.1], adiabatic=v / lr, lr=lr) for i, v in enumerate(values)]
+    events = [e for _, e in feed(det, records) if e.kind == "regime_change"]
+    # At step 29 the last five values are 800, 1, 1, 500, 500: the median reaches the spikes.
+    assert [(e.step, e.message) for e in events] == [(29, "adiabatic regime transition → forgetting")]

@@ -7,8 +7,11 @@ learned silently from its first records; only changes are events.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from spectral_edge.spectrum.stability import AdiabaticRegimes
 from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
@@ -36,6 +39,9 @@ class EventThresholds:
         regime_margin: hysteresis of the adiabatic regimes, a factor in η𝒜: leaving a regime needs the
             value to cross the cut-off by this factor (e.g. plateau → transition above low·m, back below
             low/m).
+        regime_smoothing: the regime is read from the median of 𝒜 over this many latest records (five
+            windows at W = 10): 𝒜 of one step is heavy-tailed, shooting up whenever the gap g touches 0,
+            while a regime is a property of a stretch of training.
     """
 
     open_ratio: float = 3.0
@@ -44,6 +50,7 @@ class EventThresholds:
     k_star_persistence: int = 10
     k_star_margin: float = 0.02
     regime_margin: float = 2.0
+    regime_smoothing: int = 50
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.collapse_ratio < self.open_ratio:
@@ -55,6 +62,8 @@ class EventThresholds:
             raise ValueError(
                 f"persistence values must be >= 1, got {self.persistence} and {self.k_star_persistence}"
             )
+        if self.regime_smoothing < 1:
+            raise ValueError(f"regime_smoothing must be >= 1, got {self.regime_smoothing}")
         if self.k_star_margin < 0 or self.regime_margin < 1:
             raise ValueError(
                 f"need k_star_margin >= 0 and regime_margin >= 1, got {self.k_star_margin} and {self.regime_margin}"
@@ -118,6 +127,7 @@ class EventDetector:
         self._k_star = _Debounced(self.thresholds.k_star_persistence)
         self._regime = _Debounced(self.thresholds.persistence)
         self._k_at_gap_change: int | None = None
+        self._recent_adiabatic: deque[float] = deque(maxlen=self.thresholds.regime_smoothing)
 
     def update(self, record: SpectralRecord) -> list[SpectralEvent]:
         """Feed the next record; return the events it completes (often none)."""
@@ -193,7 +203,8 @@ class EventDetector:
         adiabatic, lr = getattr(record, "adiabatic", None), getattr(record, "lr", None)
         if adiabatic is None:
             return record.regime
-        value = adiabatic * lr if self.regimes.scale == "lr" and lr else adiabatic
+        self._recent_adiabatic.append(adiabatic * lr if self.regimes.scale == "lr" and lr else adiabatic)
+        value = float(np.median(self._recent_adiabatic))
         low, high, m = self.regimes.low, self.regimes.high, self.thresholds.regime_margin
         stable = self._regime.stable
         if stable == "plateau":
@@ -202,7 +213,13 @@ class EventDetector:
             return "forgetting" if value >= high / m else ("plateau" if value < low / m else "transition")
         if stable == "transition":
             return "plateau" if value < low / m else ("forgetting" if value > high * m else "transition")
-        return self.regimes.classify(adiabatic, lr)  # nothing learned yet: the plain cut-offs
+        return (
+            self.regimes.classify(value, None)
+            if self.regimes.scale == "none" or not lr
+            else (
+                self.regimes.classify(value / lr, lr)  # nothing learned yet: the plain cut-offs
+            )
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -210,6 +227,7 @@ class EventDetector:
             "k_star": self._k_star.state_dict(),
             "regime": self._regime.state_dict(),
             "k_at_gap_change": self._k_at_gap_change,
+            "recent_adiabatic": list(self._recent_adiabatic),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -217,3 +235,5 @@ class EventDetector:
         self._k_star.load_state_dict(state["k_star"])
         self._regime.load_state_dict(state["regime"])
         self._k_at_gap_change = state["k_at_gap_change"]
+        self._recent_adiabatic.clear()
+        self._recent_adiabatic.extend(state.get("recent_adiabatic", []))
