@@ -423,7 +423,7 @@ class SpectralMonitor:
 
     def _record(self, pushed: PushResult, metrics: dict[str, float]) -> SpectralRecord:
         grams = self._win.group_grams()
-        total = sum(grams.values())
+        total = np.sum(list(grams.values()), axis=0) if len(grams) > 1 else next(iter(grams.values()))
         # Eigenvalues below the precision the Gram was accumulated in are round-off, not directions.
         rtol = DEFAULT_RANK_RTOL if self._win.compute_dtype == torch.float64 else FLOAT32_RANK_RTOL
         spec = analyze_gram(total, k95_threshold=self.k95_threshold, rank_rtol=rtol)

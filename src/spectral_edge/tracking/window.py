@@ -258,8 +258,10 @@ class UpdateWindow:
         return g[np.ix_(idx, idx)].copy()
 
     def group_grams(self) -> dict[str, np.ndarray]:
-        """Every group's Gram matrix in time order."""
-        return {name: self.gram(name) for name in self.layout.group_names}
+        """Every group's Gram matrix in time order (one gather for all of them)."""
+        idx = np.asarray(self._order, dtype=np.intp)
+        stacked = self._gram[:, idx[:, None], idx[None, :]]  # (n_groups, count, count), a copy
+        return dict(zip(self.layout.group_names, stacked, strict=True))
 
     def updates(self) -> torch.Tensor:
         """The (count, P) window in time order, oldest first, as stored (a copy; for checks and analysis)."""
