@@ -135,6 +135,14 @@ class EventDetector:
         r, k = record.gap_ratio, record.k_star
         events: list[SpectralEvent] = []
 
+        def event(kind: str, k_before: int | None, ratio_before: float | None, message: str) -> None:
+            events.append(
+                SpectralEvent(
+                    step=record.step, kind=kind, k_before=k_before, k_after=k,
+                    ratio_before=ratio_before, ratio_after=r, message=message,
+                )
+            )  # fmt: skip
+
         if r >= t.open_ratio:
             gap_state: str | None = "open"
         elif r < t.collapse_ratio:
@@ -145,47 +153,19 @@ class EventDetector:
             change = self._gap.update(gap_state, r)
             if change is not None:
                 kind = "gap_opening" if gap_state == "open" else "gap_collapse"
-                events.append(
-                    SpectralEvent(
-                        step=record.step,
-                        kind=kind,
-                        k_before=self._k_at_gap_change,
-                        k_after=k,
-                        ratio_before=change[1],
-                        ratio_after=r,
-                        message=f"gap ratio {change[1]:.3g} → {r:.3g} at k* = {k}",
-                    )
+                event(
+                    kind, self._k_at_gap_change, change[1], f"gap ratio {change[1]:.3g} → {r:.3g} at k* = {k}"
                 )
             if self._gap.stable == gap_state:
                 self._k_at_gap_change = k
 
         change = self._k_star.update(self._k_star_candidate(record), r)
         if change is not None:
-            events.append(
-                SpectralEvent(
-                    step=record.step,
-                    kind="k_star_shift",
-                    k_before=change[0],
-                    k_after=k,
-                    ratio_before=change[1],
-                    ratio_after=r,
-                    message=f"k* moved from {change[0]} to {k}",
-                )
-            )
+            event("k_star_shift", change[0], change[1], f"k* moved from {change[0]} to {k}")
 
         change = self._regime.update(self._regime_candidate(record), r)
         if change is not None:
-            events.append(
-                SpectralEvent(
-                    step=record.step,
-                    kind="regime_change",
-                    k_before=None,
-                    k_after=k,
-                    ratio_before=change[1],
-                    ratio_after=r,
-                    message=f"adiabatic regime {change[0]} → {self._regime.stable}",
-                )
-            )
+            event("regime_change", None, change[1], f"adiabatic regime {change[0]} → {self._regime.stable}")
         return events
 
     def _k_star_candidate(self, record: SpectralRecord) -> int:

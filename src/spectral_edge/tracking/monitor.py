@@ -39,7 +39,7 @@ from spectral_edge.spectrum.window import (
 )
 from spectral_edge.tracking.events import EventDetector, EventThresholds
 from spectral_edge.tracking.record import GroupSpectrum, SpectralEvent, SpectralRecord
-from spectral_edge.tracking.window import ParameterLayout, PushResult, UpdateWindow
+from spectral_edge.tracking.window import ParameterLayout, PushResult, UpdateWindow, check_window
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +151,7 @@ class SpectralMonitor:
         chunk_size: int | None = None,
         config: Mapping[str, Any] | None = None,
     ) -> None:
-        if not isinstance(window, int) or isinstance(window, bool) or window < 2:
-            raise ValueError(f"window must be an int >= 2, got {window!r}")
+        check_window(window)
         if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
             raise ValueError(f"interval must be an int >= 1, got {interval!r}")
         if isinstance(lr, (int, float)) and not isinstance(lr, bool) and not lr > 0:

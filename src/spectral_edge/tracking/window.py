@@ -43,6 +43,12 @@ ACCELERATOR_CHUNK = 1 << 24
 STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 
 
+def check_window(window: object) -> None:
+    """Raise a clear ValueError unless ``window`` is an int W ≥ 2 (a gap needs two updates)."""
+    if not isinstance(window, int) or isinstance(window, bool) or window < 2:
+        raise ValueError(f"window must be an int >= 2, got {window!r}")
+
+
 @dataclass(frozen=True)
 class ParameterLayout:
     """Names, shapes and groups of the monitored tensors, in storage order (each group contiguous).
@@ -153,8 +159,7 @@ class UpdateWindow:
             layout = ParameterLayout(
                 names=("all",), shapes=((layout,),), groups=("all",), group_names=("all",)
             )
-        if not isinstance(window, int) or isinstance(window, bool) or window < 2:
-            raise ValueError(f"window must be an int >= 2, got {window!r}")
+        check_window(window)
         if storage_dtype not in STORAGE_DTYPES:
             raise ValueError(f"storage_dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
         device = torch.device(storage_device if storage_device is not None else "cpu")
