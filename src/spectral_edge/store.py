@@ -245,8 +245,21 @@ class RunStore:
         values: dict[str, Any] = {"wall_time": time.time() if wall_time is None else float(wall_time)}
         new_columns: dict[str, str] = {}
         nan_fields = []
+        rows = _row_of(obj)  # JSON encoding outside the lock
+        # The column cache is read and extended under the lock: two writer threads must not both add a column.
+        with self._lock:
+            self._insert_locked(table, rows, values, new_columns, nan_fields)
+
+    def _insert_locked(
+        self,
+        table: str,
+        rows: list[tuple[str, str, Any]],
+        values: dict[str, Any],
+        new_columns: dict[str, str],
+        nan_fields: list[str],
+    ) -> None:
         known = self._column_types[table]
-        for name, sql_type, value in _row_of(obj):
+        for name, sql_type, value in rows:
             if name not in known:
                 new_columns[name] = sql_type
             if isinstance(value, float) and math.isnan(value):

@@ -146,3 +146,10 @@ def test_regimes():
     ]
     with pytest.raises(ValueError, match="0 < low < high"):
         AdiabaticRegimes(low=2.0, high=1.0)
+
+
+def test_include_zero_gives_the_covariance_bound_when_p_exceeds_w():
+    # C = XᵀX also has the eigenvalue 0 when P > W: the smallest λ_j is then closer to 0 than to λ_{j-1}.
+    lam = np.array([10.0, 4.0, 1.0])
+    assert stability_coefficients(lam, 1.5)[2] == pytest.approx(0.75)  # the paper's Def 16.1 on G
+    assert stability_coefficients(lam, 1.5, include_zero=True)[2] == 0.0  # 1 − 1.5²/1² < 0

@@ -290,10 +290,11 @@ def test_regime_needs_to_cross_its_cut_off_by_the_margin():
 
     values = [1.0] * 3 + [12.0, 15.0, 18.0] * 2 + [30.0] * 2 + [7.0] * 3 + [4.0] * 2
     events = [e for _, e in feed(det, [at(i, v) for i, v in enumerate(values)]) if e.kind == "regime_change"]
-    assert [e.message for e in events] == [
+    assert [e.message.split(" (")[0] for e in events] == [
         "adiabatic regime transition → forgetting",
         "adiabatic regime forgetting → transition",
     ]
+    assert events[0].ratio_after == 30.0  # regime events carry the smoothed η𝒜, not gap ratios
     assert [e.step for e in events] == [10, 15]
 
 
@@ -305,4 +306,14 @@ def test_regime_reads_the_median_over_recent_records():
     records = [_rec(i, 1, [2.0, 1.1], adiabatic=v / lr, lr=lr) for i, v in enumerate(values)]
     events = [e for _, e in feed(det, records) if e.kind == "regime_change"]
     # At step 29 the last five values are 800, 1, 1, 500, 500: the median reaches the spikes.
-    assert [(e.step, e.message) for e in events] == [(29, "adiabatic regime transition → forgetting")]
+    assert [(e.step, e.message) for e in events] == [
+        (29, "adiabatic regime transition → forgetting (median η𝒜 500)")
+    ]
+
+
+def test_a_run_that_starts_inside_the_band_reports_its_first_opening():
+    # Regression: R stayed in the hysteresis band for the whole start, so the first clear state was
+    # taken silently as the starting state and the opening went unreported.
+    det = EventDetector(T(persistence=3, k_star_persistence=100))
+    events = feed(det, stream([BAND] * 200 + [OPEN] * 5 + [SHUT] * 5))
+    assert kinds(events) == ["gap_opening", "gap_collapse"]

@@ -878,3 +878,45 @@ def test_records_and_events_reach_the_run_store(tmp_path):
         assert store.config()["monitor"]["window"] == window
     finally:
         store.close()
+
+
+def test_interval_counts_calls_whatever_the_step_numbers():
+    # Regression: with 0-based step numbers the first call returned early, so the first window row
+    # spanned two optimizer steps. The interval now counts calls; step= only labels the record.
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.zeros(3))
+    mon = SpectralMonitor([p], window=2, storage_dtype=torch.float64)
+    for step, delta in enumerate([[1.0, 0, 0], [0, 2.0, 0]]):
+        with torch.no_grad():
+            p.add_(torch.tensor(delta))
+        record = mon.step(step=step)
+    assert record is not None and record.step == 1
+    np.testing.assert_array_equal(mon._win.updates().numpy(), [[1.0, 0, 0], [0, 2.0, 0]])
+
+
+def test_reshaped_tensor_list_restarts_without_raising():
+    # Regression: a monitor built from a list of tensors raised ParameterLayoutError into training
+    # when a tensor changed shape, even with strict=False.
+    p = torch.nn.Parameter(torch.zeros(2, 3))
+    mon = SpectralMonitor([p], window=2)
+    p.data = torch.zeros(3, 2)
+    mon._registry_changed = True  # what torch's registration hooks do for a module
+    with pytest.warns(SpectrumWarning, match="changed"):
+        assert mon.step() is None
+    assert mon.events[-1].kind == "parameters_changed"
+
+
+def test_a_failing_store_never_reaches_training(tmp_path):
+    from spectral_edge import RunStore
+
+    store = RunStore(tmp_path / "run", mode="w")
+    p = torch.nn.Parameter(torch.zeros(4))
+    mon = SpectralMonitor([p], window=2, store=store)
+    store.close()  # every later write fails
+    with pytest.warns(SpectrumWarning, match="failed"):
+        for _ in range(3):
+            with torch.no_grad():
+                p.add_(torch.randn(4))
+            mon.step()
+        mon.log_eval(3, acc=1.0)
+    assert len(mon.records) == 2  # kept in memory

@@ -2,7 +2,7 @@
 
 Examples::
 
-    spectral-edge demo                       # the monitored grokking run (about 5 minutes on 2 CPU cores)
+    spectral-edge demo                       # the monitored grokking run (about 3.5 minutes on 2 CPU cores)
     spectral-edge demo --weight-decay 0      # the control: the same budget, no grokking
     spectral-edge demo --preset smoke        # a few seconds, for a first look
     spectral-edge export runs/grokking-div-p97-wd1-seed42 --format csv

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from spectral_edge.errors import MissingExtraError
 from spectral_edge.experiments.grokking import (
     GROK_ACC,
     MEMORIZE_ACC,
@@ -30,6 +31,7 @@ from spectral_edge.experiments.progress import ProgressBar
 from spectral_edge.store import RunStore
 from spectral_edge.tracking.monitor import SpectralMonitor
 from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
+from spectral_edge.tracking.window import check_window
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,12 @@ def run_demo(
         stream: where progress and the summary go; default stderr for progress, stdout for the summary.
     """
     started = time.perf_counter()
+    check_window(window)  # before anything is trained or an old run is replaced
+    if config.max_steps < window * interval:
+        raise ValueError(
+            f"max_steps={config.max_steps} is too short for one full window of W={window} updates "
+            f"{interval} step(s) apart"
+        )
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     data, model = make_data(config), build_model(config)
     store = RunStore(run_dir, mode="w", overwrite=True)
@@ -120,12 +128,16 @@ def run_demo(
         result = train(config, model, data, on_step=on_step, on_eval=on_eval, progress=on_progress)
     finally:
         monitor.close()
+        store.close()
 
     png = None
     if figure:
         from spectral_edge.report.figures import plot_run
 
-        png = plot_run(run_dir, title=_title(config))
+        try:
+            png = plot_run(run_dir, title=_title(config))
+        except MissingExtraError as exc:  # the run itself is complete and stored: say so, do not fail
+            print(f"spectral-edge demo: no figure ({exc})", file=stream or sys.stderr)
     with RunStore(run_dir, mode="r") as reader:
         n_records = len(reader)
     return DemoResult(

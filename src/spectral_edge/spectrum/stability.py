@@ -22,11 +22,15 @@ DEFAULT_REGIME_HIGH = 10.0
 GapUnits = Literal["sigma", "lambda"]
 
 
-def stability_coefficients(eigenvalues: np.ndarray, delta_c_fro: float, c: float = 1.0) -> np.ndarray:
+def stability_coefficients(
+    eigenvalues: np.ndarray, delta_c_fro: float, c: float = 1.0, *, include_zero: bool = False
+) -> np.ndarray:
     """α_j = max(0, 1 − c ‖ΔC‖_F² / δ_j²) with δ_j = min_{k≠j} |λ_j − λ_k| (Def 16.1, eq 77).
 
-    α_j is a lower bound on cos²θ_j, the squared cosine between the direction v_j before and after one
-    update, since sin θ_j ≤ ‖ΔC‖_F/δ_j (Davis–Kahan). c = 1 is the paper's constant.
+    As in the paper, δ_j is the nearest-neighbour gap among the W eigenvalues of G. The direction v_j is
+    an eigenvector of the P × P covariance C, which also has the eigenvalue 0 when P > W; a guaranteed
+    Davis–Kahan lower bound on cos²θ_j (sin θ_j ≤ ‖ΔC‖_F/δ_j) therefore needs δ_j = min(δ_j, λ_j):
+    pass ``include_zero=True`` for that. c = 1 is the paper's constant.
 
     Conventions for the degenerate cases: ‖ΔC‖_F = 0 gives α = 1 everywhere (nothing moved); δ_j = 0 with
     ‖ΔC‖_F > 0 gives α_j = 0 (a degenerate direction is not defined).
@@ -51,6 +55,8 @@ def stability_coefficients(eigenvalues: np.ndarray, delta_c_fro: float, c: float
     if delta_c_fro == 0.0:
         return np.ones_like(lam)
     separation = nearest_eigenvalue_gaps(lam)
+    if include_zero:
+        separation = np.minimum(separation, np.abs(lam))
     alpha = np.zeros_like(lam)
     positive = separation > 0.0
     alpha[positive] = 1.0 - c * delta_c_fro**2 / separation[positive] ** 2
@@ -67,7 +73,7 @@ def nearest_eigenvalue_gaps(eigenvalues: np.ndarray) -> np.ndarray:
     return distance.min(axis=1)
 
 
-def half_window_alignment(gram: np.ndarray) -> np.ndarray:
+def half_window_alignment(gram: np.ndarray, *, rank_rtol: float = 1e-13) -> np.ndarray:
     """α_j = |⟨v_j⁽¹⁾, v_j⁽²⁾⟩| between the directions of the two halves of the window (§28).
 
     The window's updates are split into the older half X₁ (first ⌊W/2⌋ rows) and the newer half X₂; v_j⁽ⁱ⁾
@@ -77,6 +83,8 @@ def half_window_alignment(gram: np.ndarray) -> np.ndarray:
 
     Args:
         gram: (W, W) Gram matrix in time order, W ≥ 4.
+        rank_rtol: eigenvalues of a half below ``rank_rtol`` times the largest are round-off: their
+            directions are undefined (use 1e-6 for a Gram accumulated in float32).
 
     Returns:
         (⌊W/2⌋,) float64 array in [0, 1]; a direction that is zero in either half gets α = 0.
@@ -91,7 +99,9 @@ def half_window_alignment(gram: np.ndarray) -> np.ndarray:
     if g.shape != (w, w) or w < 4:
         raise ValueError(f"half-window alignment needs a (W, W) Gram matrix with W >= 4, got {g.shape}")
     h = w // 2
-    first, second = slice(0, h), slice(w - h, w)  # with odd W the middle update belongs to neither half
+    # With odd W the middle update belongs to neither half, so both halves have h updates (the author's
+    # script gives the extra update to the second half).
+    first, second = slice(0, h), slice(w - h, w)
     lam1, u1 = _descending_eigh(g[first, first])
     lam2, u2 = _descending_eigh(g[second, second])
     cross = u1.T @ g[first, second] @ u2  # (h, h) = diag(σ¹) V₁ᵀV₂ diag(σ²)
@@ -100,7 +110,7 @@ def half_window_alignment(gram: np.ndarray) -> np.ndarray:
     if top <= 0.0:
         return alpha
     # Directions whose eigenvalue is round-off (a half with fewer than h independent updates) are undefined.
-    live = (lam1 > 1e-13 * top) & (lam2 > 1e-13 * top)
+    live = (lam1 > rank_rtol * top) & (lam2 > rank_rtol * top)
     alpha[live] = np.abs(np.diag(cross)[live]) / np.sqrt(lam1[live] * lam2[live])
     return np.clip(alpha, 0.0, 1.0)
 

@@ -112,9 +112,7 @@ def analyze_window(
         >>> spec.k_star, spec.gap_ratio, spec.gap
         (1, 4.0, 3.0)
     """
-    x = _as_float64_matrix(updates)
-    gram = x @ x.T  # (W, W)
-    return analyze_gram(gram, k95_threshold=k95_threshold, rank_rtol=rank_rtol)
+    return analyze_gram(_gram_of_updates(updates), k95_threshold=k95_threshold, rank_rtol=rank_rtol)
 
 
 def analyze_gram(
@@ -300,6 +298,30 @@ def _clip_eigenvalues(evals: np.ndarray, rank_rtol: float) -> np.ndarray:
     lam = evals.copy()
     lam[lam < rank_rtol * top] = 0.0
     return lam
+
+
+#: Columns per block when a torch window's Gram is formed on its own device in float64.
+_GRAM_BLOCK = 1 << 22
+
+
+def _gram_of_updates(updates: Any) -> np.ndarray:
+    """G = X Xᵀ in float64. A torch tensor is reduced on its own device in column blocks, so a (W, P)
+    window on a GPU never travels to the host nor exists whole in float64."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        torch = None
+    if torch is not None and isinstance(updates, torch.Tensor):
+        x = updates.detach()
+        if x.ndim != 2:
+            raise ValueError(f"expected a 2-D (W, P) array, got {x.ndim} dimension(s)")
+        gram = torch.zeros(x.shape[0], x.shape[0], dtype=torch.float64, device=x.device)
+        for lo in range(0, x.shape[1], _GRAM_BLOCK):
+            block = x[:, lo : lo + _GRAM_BLOCK].to(torch.float64)
+            gram += block @ block.T
+        return gram.cpu().numpy()
+    x = _as_float64_matrix(updates)
+    return x @ x.T  # (W, W)
 
 
 def _as_float64_matrix(values: Any) -> np.ndarray:

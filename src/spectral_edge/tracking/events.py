@@ -147,6 +147,10 @@ class EventDetector:
             gap_state: str | None = "open"
         elif r < t.collapse_ratio:
             gap_state = "collapsed"
+        elif self._gap.stable is None:
+            # A run that starts inside the band starts "in between", so that its first clear opening
+            # or collapse is reported rather than taken as the starting state.
+            gap_state = "in_between"
         else:
             gap_state = None  # inside the hysteresis band: no evidence either way
         if gap_state is not None:
@@ -163,9 +167,18 @@ class EventDetector:
         if change is not None:
             event("k_star_shift", change[0], change[1], f"k* moved from {change[0]} to {k}")
 
-        change = self._regime.update(self._regime_candidate(record), r)
+        regime = self._regime_candidate(record)
+        smoothed = float(np.median(self._recent_adiabatic)) if self._recent_adiabatic else None
+        change = self._regime.update(regime, smoothed)
         if change is not None:
-            event("regime_change", None, change[1], f"adiabatic regime {change[0]} → {self._regime.stable}")
+            events.append(
+                SpectralEvent(
+                    step=record.step, kind="regime_change", k_before=None, k_after=k,
+                    ratio_before=change[1], ratio_after=smoothed,
+                    message=f"adiabatic regime {change[0]} → {self._regime.stable}"
+                    + ("" if smoothed is None else f" (median η𝒜 {smoothed:.3g})"),
+                )
+            )  # fmt: skip
         return events
 
     def _k_star_candidate(self, record: SpectralRecord) -> int:

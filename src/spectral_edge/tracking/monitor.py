@@ -75,7 +75,11 @@ def group_function(groups: GroupSpec) -> Callable[[str], str]:
         table = [(prefix, group) for group, prefixes in groups.items() for prefix in prefixes]
 
         def by_prefix(name: str) -> str:
-            return next((g for prefix, g in table if name == prefix or name.startswith(prefix)), "other")
+            # A prefix matches whole name components: "layer1" takes "layer1.weight", not "layer10.weight".
+            return next(
+                (g for prefix, g in table if name == prefix or name.startswith(prefix.rstrip(".") + ".")),
+                "other",
+            )
 
         return by_prefix
     if callable(groups):
@@ -158,6 +162,13 @@ class SpectralMonitor:
             raise ValueError(f"lr must be > 0, got {lr!r}")
         if gap_units not in ("sigma", "lambda"):
             raise ValueError(f"gap_units must be 'sigma' or 'lambda', got {gap_units!r}")
+        if gap_units == "lambda" and regimes is None:
+            raise ValueError(
+                "gap_units='lambda' makes 𝒜 scale with 1/σ², so the default regime cut-offs (made for η𝒜 with g "
+                "in σ units) mean nothing: pass regimes=AdiabaticRegimes(low=..., high=..., scale=...) as well"
+            )
+        if lr is not None and not isinstance(lr, (int, float, torch.optim.Optimizer)) and not callable(lr):
+            raise ValueError(f"lr must be a float, an optimizer, a callable or None, got {type(lr).__name__}")
         if not 0.0 < k95_threshold <= 1.0:
             raise ValueError(f"k95_threshold must be in (0, 1], got {k95_threshold!r}")
         if alpha_c <= 0:
@@ -205,12 +216,11 @@ class SpectralMonitor:
         )
         self._build_window(named)
 
-        self.step_count = 0  # optimizer steps seen
-        self._last_push_step = 0
+        self.step_count = 0  # the step number of the latest call (the caller's, or a count of calls)
+        self._calls_since_push = 0  # interval counts calls, so that any step numbering works
         self._needs_snapshot = False
         self._pushes_since_check = 0
         self._registry_changed = False
-        self._registry_hooks = _watch_registrations(self) if self._module is not None else []
         self._bad_streak: str | None = None  # "nonfinite" / "zero" while such updates keep coming
         self._warned: set[str] = set()
         self._pending_metrics: dict[str, float] = {}
@@ -220,8 +230,12 @@ class SpectralMonitor:
         self._hook_handle: Any = None
 
         self._user_config = dict(config or {})
+        self._owns_store = isinstance(store, (str, Path))  # close() closes only a store it opened
         self.store = _open_store(store)
         self._save_config()
+        # Registered last, once nothing above can fail; removed by close() or when the monitor is freed.
+        self._registry_hooks = _watch_registrations(self) if self._module is not None else []
+        weakref.finalize(self, _remove_handles, self._registry_hooks)
 
     # ------------------------------------------------------------------ public API
 
@@ -274,9 +288,10 @@ class SpectralMonitor:
             The :class:`SpectralRecord`, or None (window not full yet, between intervals, or a skipped update).
         """
         self.step_count = int(step) if step is not None else self.step_count + 1
-        if self.step_count - self._last_push_step < self.interval:
+        self._calls_since_push += 1
+        if self._calls_since_push < self.interval:
             return None
-        self._last_push_step = self.step_count
+        self._calls_since_push = 0
         merged = {**self._pending_metrics, **metrics}
         self._pending_metrics = {}
         try:
@@ -294,14 +309,20 @@ class SpectralMonitor:
             return None
 
     def log_metrics(self, **metrics: float) -> None:
-        """Metrics to attach to the next record (for use with :meth:`attach`, where step() takes none)."""
-        self._pending_metrics.update({k: float(v) for k, v in metrics.items()})
+        """Metrics to attach to the next record (for use with :meth:`attach`, where step() takes none).
+
+        With :meth:`attach` the record is made inside ``optimizer.step()``: log before calling it.
+        """
+        self._guarded(
+            "log_metrics", lambda: self._pending_metrics.update({k: float(v) for k, v in metrics.items()})
+        )
 
     def log_eval(self, step: int | None = None, **metrics: float) -> None:
         """Record evaluation metrics (test loss, accuracy, ...) in the run store at ``step``."""
         if self.store is not None:
-            self.store.add_eval(
-                self.step_count if step is None else int(step), {k: float(v) for k, v in metrics.items()}
+            at = self.step_count if step is None else int(step)
+            self._guarded(
+                "log_eval", lambda: self.store.add_eval(at, {k: float(v) for k, v in metrics.items()})
             )
 
     def attach(self, optimizer: torch.optim.Optimizer) -> Any:
@@ -320,12 +341,10 @@ class SpectralMonitor:
             self._hook_handle = None
 
     def close(self) -> None:
-        """Detach from the optimizer and close the run store."""
+        """Detach from the optimizer and, if the monitor opened it from a path, close the run store."""
         self.detach()
-        for handle in self._registry_hooks:
-            handle.remove()
-        self._registry_hooks = []
-        if self.store is not None:
+        _remove_handles(self._registry_hooks)
+        if self.store is not None and self._owns_store:
             self.store.close()
 
     def __enter__(self) -> SpectralMonitor:
@@ -342,7 +361,7 @@ class SpectralMonitor:
         return {
             "version": 1,
             "step_count": self.step_count,
-            "last_push_step": self._last_push_step,
+            "calls_since_push": self._calls_since_push,
             "needs_snapshot": self._needs_snapshot,
             "detector": self.detector.state_dict(),
             "window": self._win.state_dict() if include_window else None,
@@ -353,7 +372,7 @@ class SpectralMonitor:
         if state.get("version") != 1:
             raise ValueError(f"unknown monitor state version {state.get('version')!r}")
         self.step_count = int(state["step_count"])
-        self._last_push_step = int(state["last_push_step"])
+        self._calls_since_push = int(state["calls_since_push"])
         self.detector.load_state_dict(state["detector"])
         if state["window"] is not None:
             device = self._tensors[0].device
@@ -363,6 +382,7 @@ class SpectralMonitor:
             self._win.reset()
             self._win.snapshot(self._tensors)
             self._needs_snapshot = False
+            self._calls_since_push = 0  # the new snapshot starts a full interval
 
     # ------------------------------------------------------------------ internals
 
@@ -416,7 +436,7 @@ class SpectralMonitor:
         self.records.append(record)
         new_events = self.detector.update(record)
         if self.store is not None:
-            self.store.add_record(record)
+            self._guarded("the run store", lambda: self.store.add_record(record))
         self._emit(new_events)
         return record
 
@@ -458,7 +478,7 @@ class SpectralMonitor:
             rank=spec.rank,
             effective_rank=spec.effective_rank,
             alpha=stability_coefficients(spec.eigenvalues, dc, self.alpha_c),
-            alpha_half=half_window_alignment(total) if self.window >= 4 else None,
+            alpha_half=half_window_alignment(total, rank_rtol=rtol) if self.window >= 4 else None,
             delta_c_fro=dc,
             davis_kahan=davis_kahan_bound(dc, spec.gap_lambda),
             adiabatic=adiabatic,
@@ -509,11 +529,11 @@ class SpectralMonitor:
 
     def _layout_changed(self) -> bool:
         if self._module is not None:
-            named, _ = _trainable_named_tensors(self._module)
+            named, excluded = _trainable_named_tensors(self._module)
             current = [id(t) for _, t in named]
             changed = sorted(current) != sorted(self._ids)
-        else:
-            named = None
+        else:  # a list or mapping of tensors: the same tensors, possibly reshaped
+            named, excluded = list(zip(self._win.layout.names, self._tensors, strict=True)), self.excluded
             changed = False
         changed = changed or any(
             tuple(t.shape) != s for t, s in zip(self._tensors, self._win.layout.shapes, strict=True)
@@ -525,8 +545,9 @@ class SpectralMonitor:
             "reshaped); the window restarts on the new set. Create the monitor after the model is final, "
             "or a new monitor after changing it."
         )
-        if self.strict or named is None:
+        if self.strict:
             raise ParameterLayoutError(message)
+        self.excluded = excluded
         self._build_window(named)
         self._emit([SpectralEvent(step=self.step_count, kind="parameters_changed", message=message)])
         self._warn_once("parameters_changed", "spectral-edge: " + message)
@@ -538,15 +559,33 @@ class SpectralMonitor:
             self.store.write_config({"monitor": self.config(), "user": self._user_config})
 
     def _emit(self, events: list[SpectralEvent]) -> None:
-        for event in events:
-            self.events.append(event)
-            if self.store is not None:
-                self.store.add_event(event)
+        self.events.extend(events)  # in memory first: a failing store must not lose them
+        if self.store is not None:
+            for event in events:
+                self._guarded("the run store", lambda e=event: self.store.add_event(e))
+
+    def _guarded(self, what: str, action: Callable[[], object]) -> None:
+        """Run ``action``; outside strict mode a failure is one warning, never an exception into training."""
+        try:
+            action()
+        except Exception as exc:
+            if self.strict:
+                raise
+            self._warn_once(
+                f"{what}:{type(exc).__name__}",
+                f"spectral-edge: {what} failed ({exc!r}); training continues and records stay in memory "
+                "(mon.records, mon.events). Pass strict=True to raise instead.",
+            )
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, SpectrumWarning, stacklevel=4)
+
+
+def _remove_handles(handles: list[Any]) -> None:
+    while handles:
+        handles.pop().remove()
 
 
 def _watch_registrations(monitor: SpectralMonitor) -> list[Any]:

@@ -58,7 +58,8 @@ class SpectralRecord:
     effective_rank: float  # exp of the entropy of λ/Σλ
     alpha: np.ndarray  # (W,) stability coefficients α_j (Def 16.1)
     alpha_half: np.ndarray | None  # (W//2,) half-window alignment |⟨v_j¹, v_j²⟩| (§28); None when W < 4
-    delta_c_fro: float  # ‖ΔC‖_F of this window's rank-two update (Prop 11.1)
+    delta_c_fro: float  # ‖ΔC‖_F of this window's rank-two update (Prop 11.1); ‖a‖² (rank one) on the
+    # first record after the window (re)fills, when no update left it
     davis_kahan: float  # ‖ΔC‖_F / g_λ, bound on sin θ of the top-k* subspace (Cor 9.2)
     adiabatic: float | None  # 𝒜 = ‖ΔC‖_F / (η g²); None when no learning rate is known
     regime: str | None  # "plateau" | "transition" | "forgetting" from 𝒜; None without 𝒜
@@ -105,7 +106,11 @@ class SpectralRecord:
 
 @dataclass(frozen=True)
 class SpectralEvent:
-    """A change in the spectrum worth telling the user about (see :data:`EVENT_KINDS`)."""
+    """A change in the spectrum worth telling the user about (see :data:`EVENT_KINDS`).
+
+    ``ratio_before``/``ratio_after`` are gap ratios R, except for ``regime_change`` where they are the
+    smoothed η𝒜 (the median the regime is read from) before and after.
+    """
 
     step: int
     kind: str
