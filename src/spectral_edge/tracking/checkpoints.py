@@ -122,10 +122,12 @@ def analyze_checkpoints(
 
     wanted = None if names is None else list(names)
     first = _select(load_state_dict(paths[0]), wanted, paths[0])
-    monitor = SpectralMonitor(first, window=window, storage_device="cpu", **monitor_kwargs)
+    # The monitor is built on shape-only "meta" tensors (no memory), then given the loaded checkpoint
+    # itself as its snapshot: W window rows plus one checkpoint are held, never a second copy.
+    shapes_only = {name: torch.empty_like(t, device="meta") for name, t in first.items()}
+    monitor = SpectralMonitor(shapes_only, window=window, storage_device="cpu", **monitor_kwargs)
     names = list(monitor._win.layout.names)
-    monitor._win.snapshot([first[n] for n in names], copy=False)  # keep the loaded tensors, not a copy
-    monitor._tensors = []  # the monitor's live-parameter list is not used offline; free the checkpoint
+    monitor._win.snapshot([first[n] for n in names], copy=False)
     del first
 
     records = []
