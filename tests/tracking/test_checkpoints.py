@@ -323,3 +323,24 @@ def test_load_state_dict_formats_and_errors(tmp_path):
     torch.save([torch.zeros(2)], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="holds a list, not a state dict"):
         load_state_dict(tmp_path / "list.pt")
+
+
+def test_the_monitor_is_built_on_meta_tensors_so_no_checkpoint_is_copied(tmp_path, monkeypatch):
+    """Regression: the monitor's constructor snapshots with a copy, so building it from the first
+    checkpoint briefly held two copies of it. It now sees only shape-only "meta" tensors, and the loaded
+    checkpoint itself becomes the snapshot; the records are unchanged (the tests above)."""
+    import spectral_edge.tracking.checkpoints as ckpt
+
+    seen = []
+
+    class Spy(ckpt.SpectralMonitor):
+        def __init__(self, source, **kwargs):
+            seen.append({name: t.device.type for name, t in source.items()})
+            super().__init__(source, **kwargs)
+
+    monkeypatch.setattr(ckpt, "SpectralMonitor", Spy)
+    snapshots = train(4)
+    paths = [save("pt", tmp_path, step, state, opt) for step, state, opt in snapshots]
+    records = ckpt.analyze_checkpoints(paths, window=2)
+    assert len(records) == 2
+    assert len(seen) == 1 and set(seen[0].values()) == {"meta"}
