@@ -8,7 +8,11 @@ STAMP := $(VENV)/.installed-stamp
 # torch is pinned to the CPU build this project is developed and tested with.
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test test-slow bench lint clean
+# The HTML report's browser test drives Debian's Chromium; `make test` installs it when it is missing.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup browser demo test test-slow bench lint clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "spectral-edge needs Python >= 3.10"'
@@ -19,13 +23,16 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+browser:
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+
 demo: setup
 	$(BIN)/spectral-edge demo
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -m "not slow" -q
 
-test-slow: setup
+test-slow: setup browser
 	$(BIN)/python -m pytest -m slow -q
 
 bench: setup

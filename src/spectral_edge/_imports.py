@@ -12,6 +12,14 @@ _EXTRA_FOR = {
     "safetensors": "safetensors",
     "pyarrow": "parquet",
     "matplotlib": "demo",
+    "transformers": "hf",
+    "accelerate": "hf",
+    "lightning": "lightning",
+    "pytorch_lightning": "lightning",
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "plotly": "report",
 }
 
 

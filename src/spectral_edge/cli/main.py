@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from spectral_edge.errors import SpectralEdgeError
+
+# Each further command lives in its own module, which defines ``register(subparsers)``: it adds its parser
+# and sets ``handler`` (a function of the parsed arguments returning the exit status) as a default.
+# Command modules import their heavy dependencies inside the handler, so ``--help`` stays fast.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=None, help="run directory (default: runs/grokking-...)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.add_argument("--no-figure", action="store_true", help="do not draw spectrum.png")
+    demo.set_defaults(handler=_demo)
 
     export = sub.add_parser(
         "export",
@@ -63,20 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--out", type=Path, default=None, help="output file or directory (default: the run directory)"
     )
+    export.set_defaults(handler=_export)
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "demo":
-            return _demo(args)
-        if args.command == "export":
-            return _export(args)
+        return args.handler(args)
     except (SpectralEdgeError, FileNotFoundError, ValueError) as exc:
         print(f"spectral-edge {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown commands first
 
 
 def _demo(args: argparse.Namespace) -> int:
