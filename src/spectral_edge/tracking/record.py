@@ -24,6 +24,9 @@ EVENT_KINDS = (
     "parameters_changed",  # parameters were added, removed or reshaped; the window restarted
 )
 
+#: The adiabatic regimes, from slow to fast change (Prop 34.3); ``log_scalars`` logs a regime as its index.
+REGIMES = ("plateau", "transition", "forgetting")
+
 
 @dataclass(frozen=True)
 class GroupSpectrum:
@@ -82,6 +85,46 @@ class SpectralRecord:
             value = getattr(self, f.name)
             if isinstance(value, (bool, int, float, str)) or value is None:
                 out[f.name] = value
+        return out
+
+    def log_scalars(self, prefix: str = "spectral/") -> dict[str, float]:
+        """The record as flat ``name -> float`` pairs, the form metric loggers take.
+
+        One place decides what every sink and framework callback logs: the numeric scalar fields
+        (``None`` left out, the regime as its index in :data:`REGIMES`), σ_j and α_j per index
+        (``sigma/1`` … ``sigma/W``, 1-based like the paper), each group's k* and R, and the metrics
+        the record carries. Non-finite values (R = inf at a rank edge) are kept as float('inf'):
+        drop them in the sink if its backend rejects them.
+
+        Example:
+            >>> rec = SpectralRecord(step=3, window=2, singular_values=np.array([2.0, 1.0]), ratios=np.array([2.0]),
+            ...     k_star=1, gap_ratio=2.0, gap=1.0, gap_lambda=3.0, k95=2, k_star_weighted=1,
+            ...     gap_ratio_weighted=2.0, g23=None, rank=2, effective_rank=1.6, alpha=np.array([0.5, 0.0]),
+            ...     alpha_half=None, delta_c_fro=0.1, davis_kahan=0.03, adiabatic=None, regime=None, lr=None,
+            ...     update_norm=1.0, noise_level=0.1, bbp_ratio=5.0, metrics={"loss": 0.7})
+            >>> s = rec.log_scalars()
+            >>> s["spectral/k_star"], s["spectral/sigma/2"], s["spectral/alpha/1"], s["spectral/loss"]
+            (1.0, 1.0, 0.5, 0.7)
+            >>> "spectral/step" in s, "spectral/g23" in s
+            (False, False)
+        """
+        out: dict[str, float] = {}
+        for name, value in self.scalars().items():
+            if name in ("step", "window") or value is None:
+                continue
+            if name == "regime":
+                out[prefix + name] = float(REGIMES.index(value))
+            else:
+                out[prefix + name] = float(value)
+        for j, value in enumerate(self.singular_values, start=1):
+            out[f"{prefix}sigma/{j}"] = float(value)
+        for j, value in enumerate(self.alpha, start=1):
+            out[f"{prefix}alpha/{j}"] = float(value)
+        for group, spectrum in self.groups.items():
+            out[f"{prefix}group/{group}/k_star"] = float(spectrum.k_star)
+            out[f"{prefix}group/{group}/gap_ratio"] = float(spectrum.gap_ratio)
+        for name, value in self.metrics.items():
+            out[prefix + name] = float(value)
         return out
 
     def to_dict(self) -> dict[str, Any]:
