@@ -10,11 +10,13 @@ from __future__ import annotations
 import copy
 import io
 import math
+import time
 
 import numpy as np
 import pytest
 import torch
 
+from spectral_edge.tracking._workers import run_in_workers
 from spectral_edge.tracking.window import ParameterLayout, UpdateWindow
 
 # Tensors in an order where the groups interleave, so ParameterLayout.build has to permute them, with
@@ -144,11 +146,14 @@ def test_layout_build_rejects_bad_input():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("window", [2, 4])
-def test_streaming_gram_equals_batch_gram(dtype, window):
+@pytest.mark.parametrize("threads", [1, 3], ids=lambda n: f"threads{n}")
+def test_streaming_gram_equals_batch_gram(dtype, window, threads):
+    """In the caller's thread and shared among 3 worker threads (each with a share of the 9 pieces)."""
     layout, _ = make_layout()
     cols = group_columns(layout)
     stream = ThetaStream(layout, dtype, seed=window)
-    win = UpdateWindow(layout, window=window, storage_dtype=dtype, chunk_size=CHUNK)
+    win = UpdateWindow(layout, window=window, storage_dtype=dtype, chunk_size=CHUNK, threads=threads)
+    assert len(win._worker_shares) == threads
     assert win.count == 0 and not win.full
     win.snapshot(stream.tensors())
     rows: list[np.ndarray] = []
@@ -551,6 +556,38 @@ def test_bad_storage_dtype(dtype):
 def test_bad_chunk_size(chunk):
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         UpdateWindow(10, window=3, chunk_size=chunk)
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5])
+def test_bad_threads(threads):
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        UpdateWindow(10, window=3, threads=threads)
+
+
+def test_worker_threads_leave_the_callers_thread_count_alone():
+    """The workers run torch with one intra-op thread each; the caller's own setting must not change."""
+    before = torch.get_num_threads()
+    win = UpdateWindow(100, window=2, chunk_size=10, threads=4)
+    win.push_update(np.ones(100))
+    win.push_update(np.arange(100.0))
+    assert torch.get_num_threads() == before
+    assert win.gram()[1, 1] == pytest.approx(np.sum(np.arange(100.0) ** 2))
+
+
+def test_a_failing_worker_raises_after_every_worker_finished():
+    """A failure in one worker surfaces in the caller only once the other workers are done writing."""
+    finished = []
+
+    def fails() -> None:
+        raise RuntimeError("piece failed")
+
+    def slow() -> None:
+        time.sleep(0.05)
+        finished.append(True)
+
+    with pytest.raises(RuntimeError, match="piece failed"):
+        run_in_workers([fails, slow])
+    assert finished == [True]
 
 
 def test_bad_parameter_count():

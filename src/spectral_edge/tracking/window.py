@@ -23,6 +23,8 @@ the way, the window then loses its oldest row and has W − 1 updates until the 
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 from spectral_edge.spectrum.perturbation import delta_c_frobenius
+from spectral_edge.tracking._workers import run_in_workers
 
 #: Elements per chunk on a CPU storage device: 2^18 float32 values (1 MiB) keep θ, θ_prev and the
 #: scratch chunk in a 2 MiB L2 while the W window rows stream past, and make few enough torch calls that
@@ -135,6 +138,9 @@ class UpdateWindow:
         storage_device: where the W × P buffer lives; default CPU. Put it on the training GPU for speed,
             or on the CPU to spare GPU memory (each chunk of the update is then copied over).
         chunk_size: elements per chunk of the push loop; default 2^18 on CPU, 2^24 on accelerators.
+        threads: host threads that share the chunks of a push when the window is on the CPU (each
+            streams its share of the window; see ``tracking/_workers.py``). Default: torch's intra-op
+            thread count; 1 runs the loop in the caller. Ignored on accelerators.
 
     Example:
         >>> win = UpdateWindow(4, window=2, storage_dtype=torch.float64)
@@ -152,6 +158,7 @@ class UpdateWindow:
         storage_dtype: torch.dtype = torch.float32,
         storage_device: torch.device | str | None = None,
         chunk_size: int | None = None,
+        threads: int | None = None,
     ) -> None:
         if isinstance(layout, int):
             if layout < 1:
@@ -167,6 +174,8 @@ class UpdateWindow:
             chunk_size = CPU_CHUNK if device.type == "cpu" else ACCELERATOR_CHUNK
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
 
         self.layout = layout
         self.window = window
@@ -187,7 +196,7 @@ class UpdateWindow:
         self._spare: list[torch.Tensor | None] = []
         self._flat_key: list[tuple[int, int]] | None = None  # (id, data_ptr) of the tensors last flattened
         self._flat_cache: list[torch.Tensor] = []
-        self._scratch: dict[torch.device, torch.Tensor] = {}
+        self._scratch: dict[tuple[int, torch.device], torch.Tensor] = {}
         self.pushes = 0  # updates pushed since construction
 
         # The plan: pieces of the flat parameter vector, each (tensor indices, start, stop, first column
@@ -228,6 +237,8 @@ class UpdateWindow:
         self._max_piece = max(hi - lo for _, _, lo, hi, _ in plan)
         self._chunk_group = np.asarray(chunk_group, dtype=np.intp)
         self._partials = torch.zeros(len(plan), window + 1, dtype=self.compute_dtype, device=device)
+        n_workers = 1 if device.type != "cpu" else min(threads or torch.get_num_threads(), len(plan))
+        self._worker_shares = _balanced_shares([hi - lo for _, _, lo, hi, _ in plan], n_workers)
 
     # ------------------------------------------------------------------ state
 
@@ -343,24 +354,35 @@ class UpdateWindow:
         row = x[target]
         upcast = self.storage_dtype != self.compute_dtype
 
-        for i, (kind, idx, lo, hi, col) in enumerate(self._plan):
-            if kind == "pack":
-                a = self._delta_of_pack(current, i, idx, hi, from_snapshot)
-            else:
-                a = self._delta_of_slice(current, i, idx[0], lo, hi, from_snapshot, keep_references)
-            if a.device != self.storage_device:
-                a = a.to(self.storage_device)
-            cols = slice(col, col + hi - lo)
-            if upcast:
-                stored = a.to(self.storage_dtype)  # what the window will hold
-                a = stored.to(self.compute_dtype)
-                torch.mv(x[:, cols].to(self.compute_dtype), a, out=partials[i, :w])
-                torch.dot(a, a, out=partials[i, w])
-                row[cols].copy_(stored)
-            else:
-                torch.mv(x[:, cols], a, out=partials[i, :w])
-                torch.dot(a, a, out=partials[i, w])
-                row[cols].copy_(a)
+        def run(pieces: range, worker: int) -> None:
+            for i in pieces:
+                kind, idx, lo, hi, col = self._plan[i]
+                scratch = self._worker_scratch(worker, current[idx[0]].device)
+                if kind == "pack":
+                    a = self._delta_of_pack(current, i, idx, hi, from_snapshot, scratch)
+                else:
+                    a = self._delta_of_slice(
+                        current, i, idx[0], lo, hi, from_snapshot, keep_references, scratch
+                    )
+                if a.device != self.storage_device:
+                    a = a.to(self.storage_device)
+                cols = slice(col, col + hi - lo)
+                if upcast:
+                    stored = a.to(self.storage_dtype)  # what the window will hold
+                    a = stored.to(self.compute_dtype)
+                    torch.mv(x[:, cols].to(self.compute_dtype), a, out=partials[i, :w])
+                    torch.dot(a, a, out=partials[i, w])
+                    row[cols].copy_(stored)
+                else:
+                    torch.mv(x[:, cols], a, out=partials[i, :w])
+                    torch.dot(a, a, out=partials[i, w])
+                    row[cols].copy_(a)
+
+        shares = self._worker_shares
+        if len(shares) == 1:
+            run(shares[0], 0)
+        else:
+            run_in_workers([functools.partial(run, share, k) for k, share in enumerate(shares)])
 
         chunk_rows = partials.to(device="cpu", dtype=torch.float64).numpy()  # (n_chunks, W + 1)
         group_rows = np.zeros((len(self.layout.group_names), w + 1))
@@ -417,10 +439,11 @@ class UpdateWindow:
         hi: int,
         from_snapshot: bool,
         keep_references: bool,
+        scratch: torch.Tensor,
     ) -> torch.Tensor:
         """δ for elements [lo, hi) of tensor t (piece i), in the scratch buffer; refreshes the snapshot."""
         theta = current[t][lo:hi]
-        a = self._scratch_for(theta.device)[: hi - lo]
+        a = scratch[: hi - lo]
         if not from_snapshot:
             a.copy_(theta)
             return a
@@ -434,11 +457,17 @@ class UpdateWindow:
         return a
 
     def _delta_of_pack(
-        self, current: list[torch.Tensor], i: int, idx: tuple[int, ...], size: int, from_snapshot: bool
+        self,
+        current: list[torch.Tensor],
+        i: int,
+        idx: tuple[int, ...],
+        size: int,
+        from_snapshot: bool,
+        scratch: torch.Tensor,
     ) -> torch.Tensor:
         """δ of several whole small tensors (piece i): gather θ into the spare, subtract, swap."""
         thetas = [current[t] for t in idx]
-        a = self._scratch_for(thetas[0].device)[:size]
+        a = scratch[:size]
         if not from_snapshot:
             if all(th.dtype == a.dtype for th in thetas):
                 torch.cat(thetas, out=a)
@@ -568,12 +597,29 @@ class UpdateWindow:
         used = set(self._order)
         return next(s for s in range(self.window) if s not in used)
 
-    def _scratch_for(self, device: torch.device) -> torch.Tensor:
-        buf = self._scratch.get(device)
+    def _worker_scratch(self, worker: int, device: torch.device) -> torch.Tensor:
+        buf = self._scratch.get((worker, device))
         if buf is None:
             buf = torch.empty(self._max_piece, dtype=self.compute_dtype, device=device)
-            self._scratch[device] = buf
+            self._scratch[(worker, device)] = buf
         return buf
+
+
+def _balanced_shares(sizes: list[int], n_workers: int) -> list[range]:
+    """Split pieces 0..len(sizes)-1 into ``n_workers`` contiguous runs of about equal total size.
+
+    Example:
+        >>> _balanced_shares([4, 4, 4, 4, 1], 2)
+        [range(0, 2), range(2, 5)]
+    """
+    total = sum(sizes)
+    bounds, done = [0], 0
+    for i, size in enumerate(sizes):
+        if len(bounds) < n_workers and done + size / 2 > total * len(bounds) / n_workers:
+            bounds.append(i)
+        done += size
+    bounds.append(len(sizes))
+    return [range(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def state_numels(state: dict[str, Any], layout: ParameterLayout) -> list[int]:
