@@ -621,3 +621,41 @@ def test_wrong_tensor_count_or_size():
     with pytest.raises(ValueError, match="has 2 elements"):
         win.push_update([torch.zeros(2)] + good[1:])
     assert win.count == 0
+
+
+# ------------------------------------------------------------------ principal directions
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_principal_directions_are_the_right_singular_vectors(dtype):
+    """v_j = Xᵀu_j/σ_j against numpy's SVD of the time-ordered window, after wrap-around."""
+    layout, _ = make_layout()
+    stream = ThetaStream(layout, dtype, seed=11)
+    win = UpdateWindow(layout, window=4, storage_dtype=dtype, chunk_size=CHUNK)
+    win.snapshot(stream.tensors())
+    rows = []
+    for _ in range(6):
+        rows = (rows + [stored(stream.step(), dtype)])[-4:]
+        win.push(stream.tensors())
+    x = np.asarray(rows)  # (W, P) in time order, columns in storage order
+    _, s_ref, vt_ref = np.linalg.svd(x, full_matrices=False)
+    directions, sigma = win.principal_directions(k=3)
+    tol = 1e-10 if dtype == torch.float64 else 2e-4
+    np.testing.assert_allclose(sigma, s_ref[:3], rtol=tol)
+    v = directions.double().cpu().numpy()
+    assert v.shape == (3, layout.n_params)
+    np.testing.assert_allclose(np.abs(np.sum(v * vt_ref[:3], axis=1)), 1.0, rtol=0, atol=tol)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=tol)
+
+
+def test_principal_directions_leave_out_zero_singular_values():
+    win = UpdateWindow(5, window=3, storage_dtype=torch.float64)
+    win.push_update([1.0, 2.0, 0.0, 0.0, 0.0])
+    win.push_update([2.0, 4.0, 0.0, 0.0, 0.0])  # parallel: rank one
+    directions, sigma = win.principal_directions()
+    assert directions.shape == (1, 5) and sigma.shape == (1,)
+    assert sigma[0] == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="k must be"):
+        win.principal_directions(k=0)
+    with pytest.raises(ValueError, match="empty"):
+        UpdateWindow(5, window=3).principal_directions()

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from spectral_edge.spectrum.perturbation import delta_c_frobenius
+from spectral_edge.spectrum.window import DEFAULT_RANK_RTOL, FLOAT32_RANK_RTOL
 from spectral_edge.tracking._workers import run_in_workers
 
 #: Elements per chunk on a CPU storage device: 2^18 float32 values (1 MiB) keep θ, θ_prev and the
@@ -278,6 +279,48 @@ class UpdateWindow:
         idx = np.asarray(self._order, dtype=np.intp)
         stacked = self._gram[:, idx[:, None], idx[None, :]]  # (n_groups, count, count), a copy
         return dict(zip(self.layout.group_names, stacked, strict=True))
+
+    def principal_directions(self, k: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """The top-k right singular vectors of X: unit directions in parameter space, v_j = Xᵀu_j/σ_j.
+
+        These are the trajectory's principal directions (Def 1.2), the v_j of the signal- and gap-flow
+        equations (eqs 38, 67–68) along which h_j = v_jᵀHv_j and G_j = ⟨v_j, ∇L⟩ are measured (see
+        :mod:`spectral_edge.curvature`). u_j come from the float64 Gram; the rows of X are combined in
+        one chunked pass over the window, in the compute dtype. Directions with σ_j = 0 are left out.
+
+        Args:
+            k: how many (default all with σ_j > 0).
+
+        Returns:
+            ``(directions, singular_values)``: a (k', P) tensor on the storage device, flat in layout
+            order, and the k' singular values σ_j, descending.
+
+        Example:
+            >>> win = UpdateWindow(3, window=2, storage_dtype=torch.float64)
+            >>> _ = win.push_update([3.0, 0.0, 0.0]); _ = win.push_update([0.0, 0.0, 1.0])
+            >>> v, s = win.principal_directions()
+            >>> v.tolist(), s.tolist()
+            ([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], [3.0, 1.0])
+        """
+        if k is not None and k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if not self._order:
+            raise ValueError("the window is empty: push updates before asking for its directions")
+        lam, u = np.linalg.eigh(self.gram())  # time order, ascending
+        lam, u = lam[::-1], u[:, ::-1]
+        # Eigenvalues below the Gram's accumulation precision are round-off, not directions.
+        rtol = DEFAULT_RANK_RTOL if self.compute_dtype == torch.float64 else FLOAT32_RANK_RTOL
+        rank = int(np.count_nonzero(lam > rtol * max(float(lam[0]), 0.0)))
+        n = rank if k is None else min(k, rank)
+        sigma = np.sqrt(lam[:n])
+        coef = np.zeros((self.window, n))
+        coef[np.asarray(self._order, dtype=np.intp)] = u[:, :n] / sigma  # slot-indexed u_j / σ_j
+        coef_t = torch.as_tensor(coef.T.copy(), dtype=self.compute_dtype, device=self.storage_device)
+        out = torch.empty(n, self.layout.n_params, dtype=self.compute_dtype, device=self.storage_device)
+        for lo in range(0, self.layout.n_params, self.chunk_size):
+            cols = slice(lo, min(lo + self.chunk_size, self.layout.n_params))
+            torch.mm(coef_t, self._x[:, cols].to(self.compute_dtype), out=out[:, cols])
+        return out, sigma
 
     def updates(self) -> torch.Tensor:
         """The (count, P) window in time order, oldest first, as stored (a copy; for checks and analysis)."""
