@@ -1,0 +1,215 @@
+"""Lightning integration: :class:`SpectralEdgeLightningCallback` for ``lightning.pytorch.Trainer``.
+
+Example:
+    Monitor a LightningModule; the scalars go to the Trainer's loggers through ``pl_module.log``::
+
+        from spectral_edge.integrations import SpectralEdgeLightningCallback
+
+        callback = SpectralEdgeLightningCallback(window=10, store="runs/lit")
+        trainer = lightning.pytorch.Trainer(max_steps=1000, callbacks=[callback])
+        trainer.fit(module, train_loader)       # or trainer.fit(module, train_loader, ckpt_path="last")
+        callback.monitor.records                # the SpectralRecords; callback.monitor.events the events
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from spectral_edge._imports import require
+from spectral_edge.integrations._common import (
+    Guard,
+    check_monitor_kwargs,
+    first_lr,
+    numeric_items,
+    open_store,
+    sharding_message,
+    sharding_problem,
+    unwrap_model,
+)
+from spectral_edge.tracking.monitor import SpectralMonitor
+
+pl = require("lightning.pytorch", "SpectralEdgeLightningCallback (the Lightning integration)")
+
+__all__ = ["SpectralEdgeLightningCallback"]
+
+
+class SpectralEdgeLightningCallback(pl.Callback):
+    """Runs a :class:`~spectral_edge.SpectralMonitor` inside ``lightning.pytorch.Trainer``.
+
+    * **When.** One update per real optimizer step: in ``on_train_batch_end`` whenever
+      ``trainer.global_step`` has advanced, so with ``accumulate_grad_batches=n`` once every n batches.
+      Records are filed under ``trainer.global_step`` (the number of optimizer steps taken). With manual
+      optimization and several optimizers, one record per batch that stepped any of them.
+    * **Learning rate.** η is the first optimizer's first parameter group's ``lr`` read in
+      ``on_before_optimizer_step``, the rate the step used (Lightning steps step-interval schedulers before
+      ``on_train_batch_end``); pass ``lr=`` to override.
+    * **Logging.** Each record's :meth:`~spectral_edge.SpectralRecord.log_scalars` go through
+      ``pl_module.log_dict`` (``on_step=True``, so the Trainer's loggers write them every
+      ``log_every_n_steps``), and every record goes to the run store (``store=``). At each validation end
+      the module's scalar ``trainer.callback_metrics`` (without the spectral ones) go to the store's evals.
+    * **Processes.** Only global rank zero (``trainer.is_global_zero``) builds a monitor and writes; with
+      DDP every process holds the same parameters after the step. Sharded parameters (FSDP, DeepSpeed
+      ZeRO-3, ``ModelParallelStrategy``) are not supported yet: the callback warns and stays off (raises
+      with ``strict=True``).
+    * **Resume.** The monitor's state travels in the Lightning checkpoint through the callback's
+      ``state_dict``/``load_state_dict``, so ``trainer.fit(..., ckpt_path=...)`` continues with the same
+      records as an uninterrupted run. ``save_window=False`` leaves the W × P window out of checkpoints
+      (the resumed monitor then refills W updates first). A ``store=`` path is reopened in append mode.
+    * **Failures.** A monitoring problem is one :class:`~spectral_edge.SpectrumWarning`; training goes on.
+      ``strict=True`` raises instead.
+
+    Args:
+        store: a run directory (created) or an open :class:`~spectral_edge.RunStore`; None keeps records
+            in memory only.
+        prefix: name prefix of the logged scalars.
+        save_window: save the W × P window in checkpoints (exact resume) or not (smaller checkpoints).
+        **monitor_kwargs: any :class:`~spectral_edge.SpectralMonitor` keyword (``window``, ``interval``,
+            ``groups``, ``storage_dtype``, ``strict``, ...), checked here at once.
+
+    Attributes:
+        monitor: the :class:`~spectral_edge.SpectralMonitor` once training has started (None before, and
+            on ranks other than zero).
+
+    Only the ``lightning`` package is supported; with the older ``pytorch_lightning`` import name,
+    Lightning rejects this callback (its Trainer checks for its own ``Callback`` class).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Any = None,
+        prefix: str = "spectral/",
+        save_window: bool = True,
+        **monitor_kwargs: Any,
+    ) -> None:
+        check_monitor_kwargs(monitor_kwargs)
+        self.store = store
+        self.prefix = prefix
+        self.save_window = save_window
+        self.monitor_kwargs = monitor_kwargs
+        self.monitor: SpectralMonitor | None = None
+        self._guard = Guard(bool(monitor_kwargs.get("strict", False)))
+        self._store: Any = None
+        self._owns_store = False
+        self._opened = False
+        self._loaded_state: dict[str, Any] | None = None
+        self._last_global_step = 0
+        self._step_lr: float | None = None
+
+    def __repr__(self) -> str:
+        kwargs = ", ".join(f"{k}={v!r}" for k, v in self.monitor_kwargs.items())
+        return f"{type(self).__name__}(store={self.store!r}, prefix={self.prefix!r}, {kwargs})"
+
+    # ------------------------------------------------------------------ set-up
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # Here the model weights and this callback's state are restored from a checkpoint, if any.
+        self._last_global_step = trainer.global_step
+        if not trainer.is_global_zero:
+            self.monitor = None
+            return
+        problem = sharding_problem(unwrap_model(pl_module), _sharded_strategy(trainer.strategy))
+        if problem is not None:
+            if self._guard.strict:
+                raise ValueError(sharding_message(problem))
+            self._guard.warn_once("sharded", sharding_message(problem) + " The callback is off for this run.")
+            self.monitor = None
+            return
+        resuming = trainer.global_step > 0
+        if self._store is None and self.store is not None:
+            # A second fit() call appends to the store the first one created. If the store cannot be
+            # opened (say it already holds another run), the monitor still runs, keeping records in memory.
+            opened = self._guard(
+                "opening the run store", lambda: open_store(self.store, resuming=resuming or self._opened)
+            )
+            self._store, self._owns_store = opened or (None, False)
+            self._opened = True
+        self._guard("starting the monitor", lambda: self._start(trainer, pl_module))
+
+    def _start(self, trainer: Any, pl_module: Any) -> None:
+        resuming = trainer.global_step > 0
+        # A second fit() call gets a fresh monitor. The old one is dropped, not closed: close() would close
+        # the store and sinks the two share; its torch hooks go when it is freed.
+        kwargs = dict(self.monitor_kwargs)
+        # NaN (not None) when no step has reported its rate: the monitor then leaves 𝒜 out.
+        kwargs.setdefault("lr", lambda: math.nan if self._step_lr is None else self._step_lr)
+        kwargs["config"] = {"integration": "lightning", **dict(kwargs.get("config") or {})}
+        self.monitor = SpectralMonitor(unwrap_model(pl_module), store=self._store, **kwargs)
+        saved, self._loaded_state = self._loaded_state, None
+        if not resuming:
+            return
+        if saved is not None and saved.get("step_count") == trainer.global_step:
+            self.monitor.load_state_dict(saved)
+            return
+        found = "no spectral-edge state" if saved is None else f"the state of step {saved.get('step_count')}"
+        self._guard.warn_once(
+            "no_state",
+            f"training resumes at step {trainer.global_step} but the checkpoint holds {found}; the spectral "
+            f"window refills over the next {self.monitor.window * self.monitor.interval} steps before the "
+            "first record.",
+        )
+
+    # ------------------------------------------------------------------ training
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        if self.monitor is not None:
+            self._step_lr = first_lr(optimizer)
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step == self._last_global_step:  # an accumulation micro-batch: no optimizer step yet
+            return
+        self._last_global_step = step
+        if self.monitor is None:
+            return
+        record = self.monitor.step(step=step)
+        if record is not None:
+            self._guard(
+                "logging",
+                lambda: pl_module.log_dict(
+                    record.log_scalars(self.prefix), on_step=True, on_epoch=False, rank_zero_only=True
+                ),
+            )
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.monitor is None or trainer.sanity_checking:
+            return
+        metrics = self._guard(
+            "reading callback_metrics",
+            lambda: numeric_items(trainer.callback_metrics, skip_prefix=self.prefix),
+        )
+        if metrics:
+            self.monitor.log_eval(trainer.global_step, **metrics)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._owns_store and self._store is not None:
+            self._guard("closing the run store", self._store.close)
+            if self.monitor is not None:
+                self.monitor.store = None  # later validations must not write to the closed store
+            self._store, self._owns_store = None, False
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.monitor is None:
+            return {}
+        state = self._guard(
+            "saving the monitor state", lambda: self.monitor.state_dict(include_window=self.save_window)
+        )
+        return state or {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Called while the checkpoint is restored, before on_train_start builds the monitor.
+        self._loaded_state = dict(state_dict) if state_dict else None
+
+
+def _sharded_strategy(strategy: Any) -> str | None:
+    name = type(strategy).__name__
+    if name in ("FSDPStrategy", "ModelParallelStrategy"):
+        return f"the Trainer uses {name}"
+    if getattr(strategy, "zero_stage_3", False):
+        return "DeepSpeed ZeRO stage 3 is configured"
+    return None
