@@ -452,3 +452,20 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         conn.close()
     with pytest.raises(RunStoreError, match=r"schema version 99.*upgrade spectral-edge"):
         RunStore(tmp_path, mode="r")
+
+
+def test_truncate_after_drops_only_later_rows_of_every_table(tmp_path: Path) -> None:
+    """Resuming from a checkpoint at step 6: what the interrupted run wrote after it goes, the rest stays."""
+    with RunStore(tmp_path, mode="w") as store:
+        for step in range(4, 11):
+            store.add_record(make_record(step))
+            store.add_eval(step, {"loss": 1.0 / step})
+        store.add_event(SpectralEvent(step=5, kind="gap_opening"))
+        store.add_event(SpectralEvent(step=9, kind="gap_collapse"))
+        assert store.truncate_after(6) == 4 + 4 + 1
+        assert [r["step"] for r in store.records()] == [4, 5, 6]
+        assert [e.step for e in store.events()] == [5]
+        assert store.evals()["loss"][0].tolist() == [4, 5, 6]
+        assert store.truncate_after(6) == 0
+    with RunStore(tmp_path, mode="r") as store, pytest.raises(RunStoreError, match="read-only"):
+        store.truncate_after(0)

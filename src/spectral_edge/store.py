@@ -240,6 +240,28 @@ class RunStore:
         with self._transaction() as conn:
             conn.executemany("INSERT INTO evals (step, name, value, wall_time) VALUES (?, ?, ?, ?)", rows)
 
+    def truncate_after(self, step: int) -> int:
+        """Delete the records, events and evaluations filed after ``step``; return how many rows went.
+
+        For resuming a run from a checkpoint at ``step`` into the same store: the interrupted run may
+        have written past its last checkpoint, and those rows would otherwise appear twice.
+
+        Example:
+            >>> import tempfile
+            >>> tmp = tempfile.TemporaryDirectory()
+            >>> with RunStore(f"{tmp.name}/run", mode="w") as store:
+            ...     for s in (10, 20, 30):
+            ...         store.add_eval(s, {"loss": 1.0 / s})
+            ...     print(store.truncate_after(20), store.evals()["loss"][0].tolist())
+            1 [10, 20]
+            >>> tmp.cleanup()
+        """
+        with self._transaction() as conn:
+            return sum(
+                conn.execute(f"DELETE FROM {table} WHERE step > ?", (int(step),)).rowcount
+                for table in ("records", "events", "evals")
+            )
+
     def _insert(self, table: str, obj: Any, wall_time: float | None) -> None:
         self._require_writable()
         values: dict[str, Any] = {"wall_time": time.time() if wall_time is None else float(wall_time)}

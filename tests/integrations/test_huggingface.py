@@ -252,6 +252,11 @@ def test_resumed_run_gives_the_records_of_the_uninterrupted_run(full_run, tmp_pa
         torch.save(saved, checkpoint / STATE_FILE)
         args = training_args(tmp_path / "out", resume_from_checkpoint=str(checkpoint))
         resume = str(checkpoint)
+    # The interrupted run's store already holds records past the checkpoint (it ran to the end here): the
+    # resumed run must replace them, not file them twice.
+    with RunStore(tmp_path / "store", mode="w") as store:
+        for record in full_run.callback.monitor.records:
+            store.add_record(record)
     callback = SpectralEdgeCallback(window=WINDOW, storage_dtype=torch.float64, store=tmp_path / "store")
     # Another seed: everything must come from the checkpoint.
     trainer = Trainer(model=tiny_gpt2(seed=5), args=args, train_dataset=TokenDataset(), callbacks=[callback])
@@ -264,7 +269,8 @@ def test_resumed_run_gives_the_records_of_the_uninterrupted_run(full_run, tmp_pa
     for i, record in enumerate(resumed):
         scalars_close(record, full[record.step], skip=FROM_DELTA_C if i == 0 and not save_window else set())
     with RunStore(tmp_path / "store", mode="r") as store:
-        assert [row["step"] for row in store.records()] == [r.step for r in resumed]
+        kept = [r.step for r in full_run.callback.monitor.records if r.step <= SAVE_STEPS]
+        assert [row["step"] for row in store.records()] == kept + [r.step for r in resumed]
 
 
 def test_resume_without_saved_state_warns_and_refills(full_run, tmp_path):

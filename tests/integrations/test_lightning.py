@@ -195,6 +195,10 @@ def test_records_and_validation_metrics_reach_the_run_store(full_run):
 @pytest.mark.parametrize("save_window", [True, False])
 def test_resumed_run_gives_the_records_of_the_uninterrupted_run(full_run, tmp_path, save_window):
     (checkpoint,) = (full_run.root / "ckpt").glob(f"*step={SAVE_STEPS}.ckpt")
+    # The interrupted run's store already holds records past the checkpoint: they must be replaced.
+    with RunStore(tmp_path / "store", mode="w") as store:
+        for record in full_run.callback.monitor.records:
+            store.add_record(record)
     callback = SpectralEdgeLightningCallback(
         window=WINDOW, storage_dtype=torch.float64, save_window=save_window, store=tmp_path / "store"
     )
@@ -224,7 +228,8 @@ def test_resumed_run_gives_the_records_of_the_uninterrupted_run(full_run, tmp_pa
             else:
                 assert value == other, name
     with RunStore(tmp_path / "store", mode="r") as store:
-        assert [row["step"] for row in store.records()] == [r.step for r in resumed]
+        kept = [r.step for r in full_run.callback.monitor.records if r.step <= SAVE_STEPS]
+        assert [row["step"] for row in store.records()] == kept + [r.step for r in resumed]
 
 
 # ------------------------------------------------------------------ hooks called directly

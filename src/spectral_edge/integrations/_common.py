@@ -5,6 +5,7 @@ Nothing here imports a training framework; each callback module imports its own.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -15,6 +16,8 @@ import torch
 
 from spectral_edge.errors import SpectrumWarning
 from spectral_edge.tracking.monitor import SpectralMonitor
+
+logger = logging.getLogger("spectral_edge")
 
 T = TypeVar("T")
 
@@ -37,19 +40,31 @@ def check_monitor_kwargs(kwargs: Mapping[str, Any]) -> None:
     SpectralMonitor([torch.zeros(2)], **trial).close()
 
 
-def open_store(store: Any, *, resuming: bool) -> tuple[Any, bool]:
+def open_store(store: Any, *, resuming: bool, resume_step: int | None = None) -> tuple[Any, bool]:
     """The run store for ``store=`` and whether the callback owns (and so closes) it.
 
     A path is opened with ``mode="w"`` for a new run (refusing to overwrite one that holds records) and
     ``mode="a"`` when training resumes from a checkpoint, so the resumed run appends to the same store.
+    When training resumes from the checkpoint of step ``resume_step``, the rows the interrupted run
+    wrote after that step are deleted: they belong to the trajectory that is being replaced, and would
+    otherwise appear twice.
     """
     if store is None:
         return None, False
-    if isinstance(store, (str, Path)):
+    owned = isinstance(store, (str, Path))
+    if owned:
         from spectral_edge.store import RunStore
 
-        return RunStore(store, mode="a" if resuming else "w"), True
-    return store, False
+        store = RunStore(store, mode="a" if resuming else "w")
+    if resume_step is not None and resume_step > 0:
+        removed = store.truncate_after(resume_step)
+        if removed:
+            logger.info(
+                "spectral-edge: resuming at step %d; removed %d rows written after it by the interrupted run",
+                resume_step,
+                removed,
+            )
+    return store, owned
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -166,7 +166,12 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
             # A second train() call appends to the store the first one created. If the store cannot be
             # opened (say it already holds another run), the monitor still runs, keeping records in memory.
             opened = self._guard(
-                "opening the run store", lambda: open_store(self.store, resuming=resuming or self._opened)
+                "opening the run store",
+                lambda: open_store(
+                    self.store,
+                    resuming=resuming or self._opened,
+                    resume_step=state.global_step if resuming else None,
+                ),
             )
             self._store, self._owns_store = opened or (None, False)
             self._opened = True

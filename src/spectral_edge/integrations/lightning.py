@@ -121,7 +121,12 @@ class SpectralEdgeLightningCallback(pl.Callback):
             # A second fit() call appends to the store the first one created. If the store cannot be
             # opened (say it already holds another run), the monitor still runs, keeping records in memory.
             opened = self._guard(
-                "opening the run store", lambda: open_store(self.store, resuming=resuming or self._opened)
+                "opening the run store",
+                lambda: open_store(
+                    self.store,
+                    resuming=resuming or self._opened,
+                    resume_step=trainer.global_step if resuming else None,
+                ),
             )
             self._store, self._owns_store = opened or (None, False)
             self._opened = True
