@@ -383,6 +383,19 @@ def test_no_learning_rate_gives_no_adiabatic_parameter():
     assert all(r.groups == {} for r in recs[1:])
 
 
+@pytest.mark.parametrize("rate", [None, float("nan"), 0.0])
+def test_a_learning_rate_callable_without_a_rate_gives_records_without_adiabatic_parameter(rate):
+    """A callable lr that has no rate yet (None, NaN, 0) must not cost the record, only 𝒜."""
+    model = MLP()
+    opt = make_optimizer("sgd", model)
+    mon = SpectralMonitor(model, window=2, groups=None, lr=lambda: rate, strict=True)
+    recs = []
+    for batch in make_batches(4):
+        train_step(model, opt, batch)
+        recs.append(mon.step())
+    assert all(r is not None and r.adiabatic is None and r.lr is None for r in recs[1:])
+
+
 def test_metrics_land_in_the_record():
     model = MLP()
     opt = make_optimizer("adamw", model)

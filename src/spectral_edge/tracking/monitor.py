@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from spectral_edge.spectrum.window import (
 from spectral_edge.tracking.events import EventDetector, EventThresholds
 from spectral_edge.tracking.record import GroupSpectrum, SpectralEvent, SpectralRecord
 from spectral_edge.tracking.window import ParameterLayout, PushResult, UpdateWindow, check_window
+
+if TYPE_CHECKING:  # sinks are adapters above tracking/: the monitor only calls their methods
+    from spectral_edge.sinks.base import Sink
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +123,14 @@ class SpectralMonitor:
             warning and carrying on.
         history: records kept in memory (:attr:`records`); the run store keeps all of them.
         chunk_size: elements per chunk of the push loop (see :class:`UpdateWindow`).
+        threads: host threads sharing a push when the window is on the CPU (see :class:`UpdateWindow`);
+            default torch's intra-op thread count.
         config: extra JSON-able settings saved in the run store beside the monitor's own.
+        sinks: loggers fed besides the run store (:mod:`spectral_edge.sinks`: TensorBoard, W&B, MLflow,
+            JSONL, or any object with ``write_record``, ``write_event``, ``write_eval`` and ``close``).
+            Each record goes to every sink after the store has it, each event and :meth:`log_eval` too,
+            and :meth:`close` closes them. A sink that raises costs one warning and never stops training
+            (``strict=True`` raises instead).
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -153,7 +163,9 @@ class SpectralMonitor:
         strict: bool = False,
         history: int = 1000,
         chunk_size: int | None = None,
+        threads: int | None = None,
         config: Mapping[str, Any] | None = None,
+        sinks: Sequence[Sink] = (),
     ) -> None:
         check_window(window)
         if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
@@ -177,6 +189,16 @@ class SpectralMonitor:
             raise ValueError(f"bbp_variant must be 'PW' or 'P(W-1)', got {bbp_variant!r}")
         if history < 0:
             raise ValueError(f"history must be >= 0, got {history!r}")
+        sinks = tuple(sinks)
+        for sink in sinks:
+            missing = [
+                m for m in ("write_record", "write_event", "write_eval", "close") if not hasattr(sink, m)
+            ]
+            if missing:
+                raise TypeError(
+                    f"sinks must be spectral_edge.sinks.Sink objects (write_record, write_event, write_eval, "
+                    f"close), got {type(sink).__name__} without {', '.join(missing)}"
+                )
 
         self.window = window
         self.interval = interval
@@ -191,6 +213,8 @@ class SpectralMonitor:
         self.bbp_variant = bbp_variant
         self.strict = strict
         self.chunk_size = chunk_size
+        self.threads = threads
+        self.sinks = sinks
 
         self._module = model_or_params if isinstance(model_or_params, torch.nn.Module) else None
         self._group_of = group_function(groups)
@@ -318,12 +342,13 @@ class SpectralMonitor:
         )
 
     def log_eval(self, step: int | None = None, **metrics: float) -> None:
-        """Record evaluation metrics (test loss, accuracy, ...) in the run store at ``step``."""
-        if self.store is not None:
-            at = self.step_count if step is None else int(step)
-            self._guarded(
-                "log_eval", lambda: self.store.add_eval(at, {k: float(v) for k, v in metrics.items()})
-            )
+        """Record evaluation metrics (test loss, accuracy, ...) at ``step`` in the run store and the sinks."""
+        self._guarded(
+            "log_eval",
+            lambda: self._write_eval(
+                self.step_count if step is None else int(step), {k: float(v) for k, v in metrics.items()}
+            ),
+        )
 
     def attach(self, optimizer: torch.optim.Optimizer) -> Any:
         """Call :meth:`step` automatically after every ``optimizer.step()`` (a step post-hook).
@@ -341,11 +366,15 @@ class SpectralMonitor:
             self._hook_handle = None
 
     def close(self) -> None:
-        """Detach from the optimizer and, if the monitor opened it from a path, close the run store."""
+        """Detach, close the sinks, and close the run store if the monitor opened it from a path."""
         self.detach()
         _remove_handles(self._registry_hooks)
-        if self.store is not None and self._owns_store:
-            self.store.close()
+        try:
+            for sink in self.sinks:
+                self._guarded(_sink_name(sink), sink.close)
+        finally:  # strict mode raises a sink's error, but the store is closed all the same
+            if self.store is not None and self._owns_store:
+                self.store.close()
 
     def __enter__(self) -> SpectralMonitor:
         return self
@@ -398,6 +427,7 @@ class SpectralMonitor:
             storage_dtype=self.storage_dtype,
             storage_device=self.storage_device,
             chunk_size=self.chunk_size,
+            threads=self.threads,
         )
         self._win.snapshot(self._tensors)
 
@@ -437,6 +467,8 @@ class SpectralMonitor:
         new_events = self.detector.update(record)
         if self.store is not None:
             self._guarded("the run store", lambda: self.store.add_record(record))
+        for sink in self.sinks:
+            self._guarded(_sink_name(sink), lambda s=sink: s.write_record(record))
         self._emit(new_events)
         return record
 
@@ -501,6 +533,8 @@ class SpectralMonitor:
             value = lr()
         else:
             value = lr
+        if value is None:  # a callable (or a scheduler-managed group) with no rate yet: no 𝒜 this record
+            return None
         value = float(value.item() if isinstance(value, torch.Tensor) else value)
         return value if math.isfinite(value) and value > 0 else None
 
@@ -554,15 +588,23 @@ class SpectralMonitor:
         self._save_config()
         return True
 
+    def _write_eval(self, step: int, values: dict[str, float]) -> None:
+        if self.store is not None:
+            self._guarded("log_eval", lambda: self.store.add_eval(step, values))
+        for sink in self.sinks:
+            self._guarded(_sink_name(sink), lambda s=sink: s.write_eval(step, values))
+
     def _save_config(self) -> None:
         if self.store is not None:
             self.store.write_config({"monitor": self.config(), "user": self._user_config})
 
     def _emit(self, events: list[SpectralEvent]) -> None:
         self.events.extend(events)  # in memory first: a failing store must not lose them
-        if self.store is not None:
-            for event in events:
+        for event in events:
+            if self.store is not None:
                 self._guarded("the run store", lambda e=event: self.store.add_event(e))
+            for sink in self.sinks:
+                self._guarded(_sink_name(sink), lambda s=sink, e=event: s.write_event(e))
 
     def _guarded(self, what: str, action: Callable[[], object]) -> None:
         """Run ``action``; outside strict mode a failure is one warning, never an exception into training."""
@@ -581,6 +623,11 @@ class SpectralMonitor:
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, SpectrumWarning, stacklevel=4)
+
+
+def _sink_name(sink: Any) -> str:
+    """How a failing sink is named in the monitor's warning (one warning per sink class and error type)."""
+    return f"the sink {type(sink).__name__}"
 
 
 def _remove_handles(handles: list[Any]) -> None:

@@ -1,0 +1,68 @@
+"""The interface every sink implements: where a monitor sends its records, events and evaluations.
+
+A sink is a thin adapter. It takes what :class:`~spectral_edge.tracking.monitor.SpectralMonitor` produces
+and hands it to one logging backend. Everything a sink logs as scalars comes from
+:meth:`SpectralRecord.log_scalars <spectral_edge.tracking.record.SpectralRecord.log_scalars>`, so every
+backend shows the same names.
+
+The monitor calls the methods through its failure guard. Outside strict mode, a sink that raises costs
+one :class:`~spectral_edge.errors.SpectrumWarning` and never an exception in the training loop.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from typing import Any
+
+from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
+
+__all__ = ["SINK_METHODS", "Sink"]
+
+#: The methods the monitor calls; an object with all four can be a sink without subclassing :class:`Sink`.
+SINK_METHODS = ("write_record", "write_event", "write_eval", "close")
+
+
+class Sink(abc.ABC):
+    """Receives the monitor's output: one call per record, event and evaluation, then ``close()``.
+
+    Subclass it and implement :meth:`write_record`; the other methods do nothing unless overridden.
+    The monitor also accepts any object that has the four methods of :data:`SINK_METHODS`.
+
+    Sinks are context managers; ``close()`` must be safe to call more than once.
+
+    Example:
+        >>> class PrintSink(Sink):
+        ...     def write_record(self, record):
+        ...         print(record.step, record.k_star)
+        >>> import torch
+        >>> from spectral_edge.tracking import SpectralMonitor
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> mon = SpectralMonitor(model, window=2, sinks=[PrintSink()])
+        >>> for _ in range(3):
+        ...     opt.zero_grad(); model(torch.randn(4, 3)).pow(2).mean().backward(); opt.step()
+        ...     _ = mon.step()
+        2 1
+        3 1
+        >>> mon.close()
+    """
+
+    @abc.abstractmethod
+    def write_record(self, record: SpectralRecord) -> None:
+        """Log one record (called after the monitor has written it to its run store)."""
+
+    def write_event(self, event: SpectralEvent) -> None:  # noqa: B027 - optional hook, empty on purpose
+        """Log one event (gap opening, collapse, k* shift, ...). Default: ignored."""
+
+    def write_eval(self, step: int, metrics: Mapping[str, float]) -> None:  # noqa: B027
+        """Log evaluation metrics (test loss, accuracy, ...) at ``step``. Default: ignored."""
+
+    def close(self) -> None:  # noqa: B027
+        """Flush and release what the sink opened. Default: nothing to release."""
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
