@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -344,3 +345,22 @@ def test_the_monitor_is_built_on_meta_tensors_so_no_checkpoint_is_copied(tmp_pat
     records = ckpt.analyze_checkpoints(paths, window=2)
     assert len(records) == 2
     assert len(seen) == 1 and set(seen[0].values()) == {"meta"}
+
+
+def test_unreadable_checkpoint_is_a_value_error_naming_the_file(tmp_path):
+    for name in ("cut.pt", "cut.safetensors"):
+        path = tmp_path / name
+        path.write_bytes(b"PK\x03\x04 not really a checkpoint")
+        with pytest.raises(ValueError, match=f"cannot read the checkpoint .*{name}"):
+            load_state_dict(path)
+
+
+def test_sharded_checkpoint_folder_is_read_whole(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.ones(2)}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({"b": torch.zeros(3)}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    state = load_state_dict(tmp_path)
+    assert sorted(state) == ["a", "b"] and state["b"].shape == (3,)

@@ -22,7 +22,12 @@ from spectral_edge.errors import SpectralEdgeError
 # Each further command lives in its own module, which defines ``register(subparsers)``: it adds its parser
 # and sets ``handler`` (a function of the parsed arguments returning the exit status) as a default.
 # Command modules import their heavy dependencies inside the handler, so ``--help`` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "spectral_edge.cli.watch_command",
+    "spectral_edge.cli.summary_command",
+    "spectral_edge.cli.analyze_command",
+    "spectral_edge.cli.report_command",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

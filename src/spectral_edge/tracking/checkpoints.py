@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from spectral_edge._imports import require
+from spectral_edge.errors import MissingExtraError
 from spectral_edge.tracking.monitor import SpectralMonitor
 from spectral_edge.tracking.record import SpectralRecord
 
@@ -24,7 +25,8 @@ _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module")
 #: They are not parameters, the online monitor does not see them, and they are left out offline too.
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 #: File names looked for inside a checkpoint directory (HF Trainer's checkpoint-N layout among them).
-_FILES_IN_DIR = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "checkpoint.pt")
+#: The file a checkpoint folder (HF ``checkpoint-N/`` and the like) holds its weights in, by preference.
+CHECKPOINT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "checkpoint.pt")
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -32,22 +34,42 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Accepts ``torch.save`` files (plain state dicts, or dicts nesting one under ``state_dict``/``model``),
     ``.safetensors`` files (needs the ``safetensors`` extra), and directories holding one of
-    ``model.safetensors``, ``pytorch_model.bin``, ``model.pt``. BatchNorm running statistics
-    (:data:`BUFFER_SUFFIXES`) are left out: they are buffers, not parameters.
+    :data:`CHECKPOINT_FILES` or a sharded checkpoint (``*.index.json`` and its shards, as HF writes large
+    models). BatchNorm running statistics (:data:`BUFFER_SUFFIXES`) are left out: they are buffers, not
+    parameters.
+
+    Raises:
+        FileNotFoundError: no such file, or a folder without a checkpoint in it.
+        ValueError: the file cannot be read (truncated, still being written, not a checkpoint) or holds
+            no floating-point tensors; the message names the file.
     """
     path = Path(path)
     if path.is_dir():
-        found = next((path / name for name in _FILES_IN_DIR if (path / name).is_file()), None)
+        found = next((path / name for name in CHECKPOINT_FILES if (path / name).is_file()), None)
         if found is None:
-            raise FileNotFoundError(f"no checkpoint file in {path}: looked for {', '.join(_FILES_IN_DIR)}")
+            from spectral_edge.tracking.checkpoint_folder import SHARD_INDEX_FILES, read_sharded_state_dict
+
+            if any((path / name).is_file() for name in SHARD_INDEX_FILES):
+                return read_sharded_state_dict(path)
+            raise FileNotFoundError(
+                f"no checkpoint file in {path}: looked for {', '.join(CHECKPOINT_FILES + SHARD_INDEX_FILES)}"
+            )
         path = found
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        safetensors_torch = require("safetensors.torch", "Reading .safetensors checkpoints")
-        raw: Any = safetensors_torch.load_file(str(path), device="cpu")
-    else:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            safetensors_torch = require("safetensors.torch", "Reading .safetensors checkpoints")
+            raw: Any = safetensors_torch.load_file(str(path), device="cpu")
+        else:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except MissingExtraError:
+        raise
+    except Exception as exc:
+        raise ValueError(
+            f"cannot read the checkpoint {path} ({type(exc).__name__}: {exc}); is it truncated, still being "
+            "written, or not a checkpoint?"
+        ) from exc
     if isinstance(raw, Mapping):
         for key in _NESTED_KEYS:
             if isinstance(raw.get(key), Mapping):
