@@ -469,3 +469,30 @@ def test_truncate_after_drops_only_later_rows_of_every_table(tmp_path: Path) -> 
         assert store.truncate_after(6) == 0
     with RunStore(tmp_path, mode="r") as store, pytest.raises(RunStoreError, match="read-only"):
         store.truncate_after(0)
+
+
+def test_arrays_round_trip_and_old_runs_without_the_table(tmp_path: Path) -> None:
+    with RunStore(tmp_path / "new", mode="w") as store:
+        store.add_array(20, "sigma", [3.0, math.inf, 1.0])
+        store.add_array(10, "sigma", [2.0, 1.0])
+        store.add_array(10, "other", np.arange(4))
+        store.add_array(30, "sigma", [1.0])
+        assert store.truncate_after(20) == 1
+    with RunStore(tmp_path / "new", mode="r") as store:
+        arrays = store.arrays()
+        steps, block = arrays["sigma"]
+        assert steps.tolist() == [10, 20]
+        np.testing.assert_array_equal(block, [[2.0, 1.0, np.nan], [3.0, np.inf, 1.0]])
+        assert arrays["other"][1].tolist() == [[0.0, 1.0, 2.0, 3.0]]
+    # A run written before the arrays table existed: readers see no arrays, writers add the table.
+    with RunStore(tmp_path / "old", mode="w") as store:
+        store.add_eval(1, {"loss": 1.0})
+    conn = sqlite3.connect(tmp_path / "old" / "run.db")
+    conn.execute("DROP TABLE arrays")
+    conn.commit()
+    conn.close()
+    with RunStore(tmp_path / "old", mode="r") as store:
+        assert store.arrays() == {}
+    with RunStore(tmp_path / "old", mode="a") as store:
+        store.add_array(2, "sigma", [1.0])
+        assert store.arrays()["sigma"][0].tolist() == [2]

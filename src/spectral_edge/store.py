@@ -149,6 +149,9 @@ class RunStore:
         if not tables:  # a new file, or one killed before its schema was committed: nothing to lose
             with self._transaction():
                 _create_schema(conn)
+        elif "arrays" not in tables:
+            with self._transaction():
+                _create_arrays_table(conn)
         for table in ("records", "events"):
             self._column_types[table] = _table_columns(conn, table)
 
@@ -240,6 +243,49 @@ class RunStore:
         with self._transaction() as conn:
             conn.executemany("INSERT INTO evals (step, name, value, wall_time) VALUES (?, ?, ?, ?)", rows)
 
+    def add_array(self, step: int, name: str, values: Any, *, wall_time: float | None = None) -> None:
+        """Store a 1-D array under ``name`` at ``step`` (e.g. the σ vector of W_Q at an evaluation).
+
+        Example:
+            >>> import tempfile
+            >>> tmp = tempfile.TemporaryDirectory()
+            >>> with RunStore(f"{tmp.name}/run", mode="w") as store:
+            ...     store.add_array(100, "wq0_sigma", [3.0, 2.0, 1.0])
+            ...     store.add_array(200, "wq0_sigma", [4.0, 1.0, 0.5])
+            ...     steps, block = store.arrays()["wq0_sigma"]
+            >>> steps.tolist(), block[:, 0].tolist()
+            ([100, 200], [3.0, 4.0])
+            >>> tmp.cleanup()
+        """
+        array = np.asarray(values, dtype=np.float64).reshape(-1)
+        payload = json.dumps(array.tolist())  # NaN/Infinity tokens: Python's json reads them back
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO arrays (step, name, json, wall_time) VALUES (?, ?, ?, ?)",
+                (int(step), str(name), payload, time.time() if wall_time is None else float(wall_time)),
+            )
+
+    def arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """name -> (steps int64 (n,), values float64 (n, width)), padded with NaN where widths differ."""
+        with self._lock:
+            conn = self._require_open()
+            if "arrays" not in _table_names(conn):  # a run written before arrays existed
+                return {}
+            rows = conn.execute("SELECT name, step, json FROM arrays ORDER BY step, id").fetchall()
+        grouped: dict[str, tuple[list[int], list[list[float]]]] = {}
+        for name, step, payload in rows:
+            steps, values = grouped.setdefault(name, ([], []))
+            steps.append(step)
+            values.append([float(v) for v in json.loads(payload)])
+        out = {}
+        for name, (steps, values) in grouped.items():
+            width = max(len(v) for v in values)
+            block = np.full((len(values), width), np.nan)
+            for i, v in enumerate(values):
+                block[i, : len(v)] = v
+            out[name] = (np.asarray(steps, dtype=np.int64), block)
+        return out
+
     def truncate_after(self, step: int) -> int:
         """Delete the records, events and evaluations filed after ``step``; return how many rows went.
 
@@ -259,7 +305,7 @@ class RunStore:
         with self._transaction() as conn:
             return sum(
                 conn.execute(f"DELETE FROM {table} WHERE step > ?", (int(step),)).rowcount
-                for table in ("records", "events", "evals")
+                for table in ("records", "events", "evals", "arrays")
             )
 
     def _insert(self, table: str, obj: Any, wall_time: float | None) -> None:
@@ -636,6 +682,7 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         "value REAL, wall_time REAL NOT NULL)"
     )
     conn.execute("CREATE INDEX evals_name_step ON evals (name, step)")
+    _create_arrays_table(conn)
     meta = {
         "format": _FORMAT,
         "schema_version": str(SCHEMA_VERSION),
@@ -647,6 +694,19 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         "platform": platform.platform(),
     }
     conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
+
+
+def _create_arrays_table(conn: sqlite3.Connection) -> None:
+    """Arrays logged at a step (e.g. the singular values of a weight matrix at each evaluation).
+
+    Added after schema version 1 shipped without it: a run written before has no such table, so writers
+    create it on demand and readers treat its absence as no arrays.
+    """
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS arrays (id INTEGER PRIMARY KEY, step INTEGER NOT NULL, name TEXT NOT NULL, "
+        "json TEXT NOT NULL, wall_time REAL NOT NULL)"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS arrays_name_step ON arrays (name, step)")
 
 
 def _table_columns(conn: sqlite3.Connection, table: str) -> dict[str, str]:
