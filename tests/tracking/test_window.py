@@ -146,14 +146,21 @@ def test_layout_build_rejects_bad_input():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("window", [2, 4])
-@pytest.mark.parametrize("threads", [1, 3], ids=lambda n: f"threads{n}")
-def test_streaming_gram_equals_batch_gram(dtype, window, threads):
-    """In the caller's thread and shared among 3 worker threads (each with a share of the 9 pieces)."""
+@pytest.mark.parametrize(("kernel", "threads"), [("torch", 1), ("torch", 3), ("fused", None)])
+def test_streaming_gram_equals_batch_gram(dtype, window, kernel, threads):
+    """Each way a push runs: torch calls in the caller's thread, the same shared among 3 worker threads
+    (each with a share of the 9 pieces), and the fused C++ kernel (float32 windows only)."""
+    if kernel == "fused" and dtype != torch.float32:
+        pytest.skip("the fused kernel serves float32 windows")
     layout, _ = make_layout()
     cols = group_columns(layout)
     stream = ThetaStream(layout, dtype, seed=window)
-    win = UpdateWindow(layout, window=window, storage_dtype=dtype, chunk_size=CHUNK, threads=threads)
-    assert len(win._worker_shares) == threads
+    win = UpdateWindow(
+        layout, window=window, storage_dtype=dtype, chunk_size=CHUNK, threads=threads, kernel=kernel
+    )
+    assert win.kernel == kernel
+    if kernel == "torch":
+        assert len(win._worker_shares) == threads
     assert win.count == 0 and not win.full
     win.snapshot(stream.tensors())
     rows: list[np.ndarray] = []
@@ -556,6 +563,28 @@ def test_bad_storage_dtype(dtype):
 def test_bad_chunk_size(chunk):
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         UpdateWindow(10, window=3, chunk_size=chunk)
+
+
+def test_fused_kernel_needs_a_float32_cpu_window():
+    with pytest.raises(ValueError, match="needs a float32 window on the CPU"):
+        UpdateWindow(10, window=3, storage_dtype=torch.float64, kernel="fused")
+    with pytest.raises(ValueError, match="kernel must be"):
+        UpdateWindow(10, window=3, kernel="cuda")
+    assert UpdateWindow(10, window=3, storage_dtype=torch.bfloat16).kernel == "torch"
+
+
+def test_fused_kernel_falls_back_for_float64_parameters_and_matches_the_torch_path():
+    """float64 parameters in a float32 window: the fused kernel does not apply, the torch path serves."""
+    theta = torch.randn(50, dtype=torch.float64)
+    fused = UpdateWindow(50, window=3, kernel="fused")
+    plain = UpdateWindow(50, window=3, kernel="torch")
+    for win in (fused, plain):
+        win.snapshot([theta])
+    for k in range(4):
+        theta = theta + torch.randn(50, dtype=torch.float64, generator=torch.Generator().manual_seed(k))
+        fused.push([theta])
+        plain.push([theta])
+    np.testing.assert_allclose(fused.gram(), plain.gram(), rtol=1e-12)
 
 
 @pytest.mark.parametrize("threads", [0, -1, 1.5])

@@ -125,6 +125,7 @@ class SpectralMonitor:
         chunk_size: elements per chunk of the push loop (see :class:`UpdateWindow`).
         threads: host threads sharing a push when the window is on the CPU (see :class:`UpdateWindow`);
             default torch's intra-op thread count.
+        kernel: "auto", "fused" or "torch": how a push runs (see :class:`UpdateWindow`).
         config: extra JSON-able settings saved in the run store beside the monitor's own.
         sinks: loggers fed besides the run store (:mod:`spectral_edge.sinks`: TensorBoard, W&B, MLflow,
             JSONL, or any object with ``write_record``, ``write_event``, ``write_eval`` and ``close``).
@@ -164,6 +165,7 @@ class SpectralMonitor:
         history: int = 1000,
         chunk_size: int | None = None,
         threads: int | None = None,
+        kernel: str = "auto",
         config: Mapping[str, Any] | None = None,
         sinks: Sequence[Sink] = (),
     ) -> None:
@@ -214,6 +216,7 @@ class SpectralMonitor:
         self.strict = strict
         self.chunk_size = chunk_size
         self.threads = threads
+        self.kernel = kernel
         self.sinks = sinks
 
         self._module = model_or_params if isinstance(model_or_params, torch.nn.Module) else None
@@ -289,6 +292,7 @@ class SpectralMonitor:
             "storage_dtype": str(self.storage_dtype),
             "storage_device": str(self.storage_device),
             "window_bytes": self._win.nbytes,
+            "kernel": self._win.kernel,
             "k95_threshold": self.k95_threshold,
             "alpha_c": self.alpha_c,
             "gap_units": self.gap_units,
@@ -428,6 +432,7 @@ class SpectralMonitor:
             storage_device=self.storage_device,
             chunk_size=self.chunk_size,
             threads=self.threads,
+            kernel=self.kernel,
         )
         self._win.snapshot(self._tensors)
 

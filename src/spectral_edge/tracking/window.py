@@ -35,6 +35,7 @@ import torch
 
 from spectral_edge.spectrum.perturbation import delta_c_frobenius
 from spectral_edge.spectrum.window import DEFAULT_RANK_RTOL, FLOAT32_RANK_RTOL
+from spectral_edge.tracking._fused import fused_kernel
 from spectral_edge.tracking._workers import run_in_workers
 
 #: Elements per chunk on a CPU storage device: 2^18 float32 values (1 MiB) keep θ, θ_prev and the
@@ -139,6 +140,9 @@ class UpdateWindow:
         storage_device: where the W × P buffer lives; default CPU. Put it on the training GPU for speed,
             or on the CPU to spare GPU memory (each chunk of the update is then copied over).
         chunk_size: elements per chunk of the push loop; default 2^18 on CPU, 2^24 on accelerators.
+        kernel: how a push runs: "fused" (one C++ call over all tensors, see ``tracking/_fused.py``; float32
+            storage and parameters on the CPU), "torch" (torch calls per piece; any dtype and device), or
+            "auto" (default: "fused" where it applies and builds, else "torch").
         threads: host threads that share the chunks of a push when the window is on the CPU (each
             streams its share of the window; see ``tracking/_workers.py``). Default: torch's intra-op
             thread count; 1 runs the loop in the caller. Ignored on accelerators.
@@ -160,6 +164,7 @@ class UpdateWindow:
         storage_device: torch.device | str | None = None,
         chunk_size: int | None = None,
         threads: int | None = None,
+        kernel: str = "auto",
     ) -> None:
         if isinstance(layout, int):
             if layout < 1:
@@ -177,6 +182,14 @@ class UpdateWindow:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        if kernel not in ("auto", "fused", "torch"):
+            raise ValueError(f"kernel must be 'auto', 'fused' or 'torch', got {kernel!r}")
+        fused_applies = device.type == "cpu" and storage_dtype == torch.float32
+        if kernel == "fused" and not fused_applies:
+            raise ValueError(
+                f"kernel='fused' needs a float32 window on the CPU, not {storage_dtype} on {device}: "
+                "use kernel='auto' or 'torch'"
+            )
 
         self.layout = layout
         self.window = window
@@ -240,6 +253,18 @@ class UpdateWindow:
         self._partials = torch.zeros(len(plan), window + 1, dtype=self.compute_dtype, device=device)
         n_workers = 1 if device.type != "cpu" else min(threads or torch.get_num_threads(), len(plan))
         self._worker_shares = _balanced_shares([hi - lo for _, _, lo, hi, _ in plan], n_workers)
+        self._kernel = None
+        if kernel != "torch" and fused_applies:
+            self._kernel = fused_kernel()
+            if self._kernel is None and kernel == "fused":
+                raise RuntimeError(
+                    "kernel='fused' was asked for but the fused CPU kernel could not be built (see the "
+                    "warning logged by spectral_edge); install a C++ compiler and ninja, or use kernel='auto'"
+                )
+        self.kernel = "fused" if self._kernel is not None else "torch"
+        self._partials64 = torch.zeros(len(plan), window + 1, dtype=torch.float64)
+        self._fused_key: tuple[int, ...] | None = None
+        self._fused_args: tuple[list[torch.Tensor], list[torch.Tensor], list[int], list[int]] | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -421,13 +446,18 @@ class UpdateWindow:
                     torch.dot(a, a, out=partials[i, w])
                     row[cols].copy_(a)
 
-        shares = self._worker_shares
-        if len(shares) == 1:
-            run(shares[0], 0)
+        fused = self._fused_segments(current) if from_snapshot and not keep_references else None
+        if fused is not None:
+            self._partials64.zero_()
+            self._kernel.fused_push(*fused, x, target, self._partials64)
+            chunk_rows = self._partials64.numpy()  # (n_chunks, W + 1)
         else:
-            run_in_workers([functools.partial(run, share, k) for k, share in enumerate(shares)])
-
-        chunk_rows = partials.to(device="cpu", dtype=torch.float64).numpy()  # (n_chunks, W + 1)
+            shares = self._worker_shares
+            if len(shares) == 1:
+                run(shares[0], 0)
+            else:
+                run_in_workers([functools.partial(run, share, k) for k, share in enumerate(shares)])
+            chunk_rows = partials.to(device="cpu", dtype=torch.float64).numpy()  # (n_chunks, W + 1)
         group_rows = np.zeros((len(self.layout.group_names), w + 1))
         np.add.at(group_rows, self._chunk_group, chunk_rows)
         total = group_rows.sum(axis=0)
@@ -472,6 +502,50 @@ class UpdateWindow:
             added_dot_dropped=a_dot_b,
             window_dots=window_dots,
         )
+
+    def _fused_segments(
+        self, current: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int], list[int]] | None:
+        """The fused kernel's arguments for ``current``: one segment per tensor (or slice of one), with
+        its θ_prev view, first column and piece; None when the kernel does not apply to these tensors.
+
+        Cached while the parameters keep their identity and the snapshot its buffers, so a push costs
+        one C++ call and no Python work per tensor.
+        """
+        if self._kernel is None or self._prev is None:
+            return None
+        key = (id(current), *map(id, self._prev))
+        if key == self._fused_key:
+            return self._fused_args
+        if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in current):
+            return None
+        if not all(p.dtype == torch.float32 and p.is_contiguous() for p in self._prev):
+            return None
+        thetas: list[torch.Tensor] = []
+        prevs: list[torch.Tensor] = []
+        cols: list[int] = []
+        pieces: list[int] = []
+        numels = self.layout.numels
+        for i, (kind, idx, lo, hi, col) in enumerate(self._plan):
+            if kind == "slice":
+                thetas.append(current[idx[0]][lo:hi])
+                prevs.append(self._prev[i])
+                cols.append(col)
+                pieces.append(i)
+                continue
+            offset = 0
+            for t in idx:
+                thetas.append(current[t])
+                prevs.append(self._prev[i][offset : offset + numels[t]])
+                cols.append(col + offset)
+                pieces.append(i)
+                offset += numels[t]
+        if not all(t.is_contiguous() for t in thetas):
+            return None
+        # Only a cached flat list (the live parameters' views) keeps its identity between pushes.
+        self._fused_key = key if current is self._flat_cache else None
+        self._fused_args = (thetas, prevs, cols, pieces)
+        return self._fused_args
 
     def _delta_of_slice(
         self,
