@@ -217,3 +217,39 @@ def test_projection_errors():
         rayleigh_quotients(lambda v: v, torch.zeros(2, 3))
     with pytest.raises(ValueError, match="elements"):
         gradient_projections(torch.zeros(4), torch.ones(1, 3))
+
+
+def test_curvature_along_the_monitors_directions():
+    """h_j and G_j along mon.principal_directions() equal dense projections in the monitor's coordinates."""
+    torch.manual_seed(3)
+    model = TinyNet().double()
+    x = torch.randn(32, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (32,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    from spectral_edge import SpectralMonitor
+
+    mon = SpectralMonitor(model, window=4, storage_dtype=torch.float64, groups="top")
+    for _ in range(5):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        mon.step()
+    directions, sigma = mon.principal_directions(k=2)
+    assert directions.shape == (2, mon.n_params) and sigma[0] >= sigma[1] > 0
+    named = mon.monitored_parameters()
+    hess = HessianOperator(named, lambda: torch.nn.functional.cross_entropy(model(x), y))
+    # The dense Hessian in the monitor's coordinate order: permute the model-order one.
+    dense = dense_hessian(model, x, y).numpy()
+    offsets, start = {}, 0
+    for name, p in model.named_parameters():
+        offsets[name] = np.arange(start, start + p.numel())
+        start += p.numel()
+    perm = np.concatenate([offsets[name] for name, _ in named])
+    dense_mon = dense[np.ix_(perm, perm)]
+    v = directions.numpy()
+    np.testing.assert_allclose(
+        rayleigh_quotients(hess, directions), [d @ dense_mon @ d for d in v], rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        gradient_projections(hess.gradient, directions), v @ hess.gradient.numpy(), rtol=1e-9, atol=1e-15
+    )

@@ -275,6 +275,19 @@ class SpectralMonitor:
     def last_record(self) -> SpectralRecord | None:
         return self.records[-1] if self.records else None
 
+    def monitored_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        """(name, tensor) of every monitored parameter, in the order of the window's flat coordinates.
+
+        Pass it to :class:`~spectral_edge.curvature.HessianOperator` so that H's coordinates line up with
+        :meth:`principal_directions`.
+        """
+        return list(zip(self._win.layout.names, self._tensors, strict=True))
+
+    def principal_directions(self, k: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """The window's top-k directions v_j = Xᵀu_j/σ_j in parameter space, and σ_j (see
+        :meth:`UpdateWindow.principal_directions`); flat in :meth:`monitored_parameters` order."""
+        return self._win.principal_directions(k)
+
     def config(self) -> dict[str, Any]:
         """The monitor's settings as saved in the run store."""
         layout = self._win.layout
