@@ -20,6 +20,7 @@ _EXTRA_FOR = {
     "wandb": "wandb",
     "mlflow": "mlflow",
     "plotly": "report",
+    "weightwatcher": "weightwatcher",
 }
 
 

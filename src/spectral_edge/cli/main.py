@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "spectral_edge.cli.summary_command",
     "spectral_edge.cli.analyze_command",
     "spectral_edge.cli.report_command",
+    "spectral_edge.cli.reproduce_command",
 )
 
 
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _show_library_messages()
     try:
         return args.handler(args)
     except (SpectralEdgeError, FileNotFoundError, ValueError) as exc:
@@ -123,6 +126,19 @@ def _export(args: argparse.Namespace) -> int:
     path = export_run(args.run, args.format, args.out)
     print(path)
     return 0
+
+
+def _show_library_messages() -> None:
+    """Print the library's INFO messages (say, building the fused kernel on first use) on stderr.
+
+    A library leaves logging to its application; the command line is that application.
+    """
+    logger = logging.getLogger("spectral_edge")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -98,27 +98,10 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
-class Transformer(nn.Module):
-    """Decoder-only transformer that predicts a class from the last position of its input.
-
-    Args:
-        vocab_size: number of input token ids.
-        n_classes: number of output classes (the unembedding's rows).
-        seq_len: maximum input length (rows of the learned position embedding).
-        d_model: residual width; a multiple of ``n_heads``.
-        n_layers: number of blocks, ≥ 1.
-        n_heads: attention heads per block, ≥ 1.
-        d_mlp: hidden width of each MLP.
-        dropout: dropout probability on the embeddings and on each branch output, in [0, 1).
-        norm: ``"layer"`` (LayerNorm), ``"rms"`` (RMSNorm) or ``"none"``.
-
-    Example:
-        >>> model = Transformer(vocab_size=8, n_classes=7, seq_len=3, d_model=16, n_layers=2,
-        ...                     n_heads=2, d_mlp=32)
-        >>> model(torch.tensor([[1, 2, 7], [3, 4, 7]])).shape
-        torch.Size([2, 7])
-        >>> tuple(query_weight(model).shape)
-        (16, 16)
+class TransformerTrunk(nn.Module):
+    """Token and position embeddings, pre-norm blocks, a final norm and an unembedding: what the
+    decoder-only models share. Each leaf (:class:`Transformer`, ``models.causal.CausalTransformer``)
+    decides where it reads its logits; the arguments are documented there.
     """
 
     def __init__(
@@ -166,6 +149,38 @@ class Transformer(nn.Module):
         self.norm = _norm(norm, d_model)
         self.unembed = nn.Linear(d_model, n_classes, bias=False)
 
+    def query_weights(self) -> dict[str, torch.Tensor]:
+        """The query matrix W_Q of every attention layer, by module name, in depth order.
+
+        §27 (Remark 27.2) follows σ1/σ2 of W_Q. The tensors are the live ``(d_model, d_model)``
+        parameters (rows are output features); detach and copy them before keeping them.
+        """
+        return {f"blocks.{i}.attn.q_proj": block.attn.q_proj.weight for i, block in enumerate(self.blocks)}
+
+
+class Transformer(TransformerTrunk):
+    """Decoder-only transformer that predicts a class from the last position of its input.
+
+    Args:
+        vocab_size: number of input token ids.
+        n_classes: number of output classes (the unembedding's rows).
+        seq_len: maximum input length (rows of the learned position embedding).
+        d_model: residual width; a multiple of ``n_heads``.
+        n_layers: number of blocks, ≥ 1.
+        n_heads: attention heads per block, ≥ 1.
+        d_mlp: hidden width of each MLP.
+        dropout: dropout probability on the embeddings and on each branch output, in [0, 1).
+        norm: ``"layer"`` (LayerNorm), ``"rms"`` (RMSNorm) or ``"none"``.
+
+    Example:
+        >>> model = Transformer(vocab_size=8, n_classes=7, seq_len=3, d_model=16, n_layers=2,
+        ...                     n_heads=2, d_mlp=32)
+        >>> model(torch.tensor([[1, 2, 7], [3, 4, 7]])).shape
+        torch.Size([2, 7])
+        >>> tuple(query_weight(model).shape)
+        (16, 16)
+    """
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Return the class logits read at the last position.
 
@@ -200,6 +215,6 @@ def query_weight(model: Transformer) -> torch.Tensor:
     Returns:
         ``model.blocks[0].attn.q_proj.weight`` (rows are output features).
     """
-    if not isinstance(model, Transformer):
+    if not isinstance(model, TransformerTrunk):
         raise TypeError(f"query_weight expects a Transformer, got {type(model).__name__}")
     return model.blocks[0].attn.q_proj.weight
