@@ -4,7 +4,10 @@ Why: on the CPU the W dot products of a push go through BLAS ``sgemv``, which ru
 W × chunk block, so a single-threaded push reads the window at one core's memory bandwidth while
 ``X.sum()`` (the floor of benchmarks/monitor_step.py) reads it with all of torch's intra-op threads. Giving
 each thread a contiguous share of the chunks lets every core stream its share of the window: about 25%
-less time per push at P = 10^7 on the 2-core development machine (benchmarks/monitor_step.py).
+less time per push at P = 10^7 on the 2-core development machine (benchmarks/monitor_step.py). It is
+opt-in (``threads=``): in one measured demo run the training step around a pooled push was slower
+(51 against 42 ms), and the fused kernel (``_fused.py``), the default for float32 windows, already uses
+torch's own threads.
 
 Each worker thread runs torch with ONE intra-op thread, so the workers never nest OpenMP teams (nested
 teams spin-wait against each other and are far slower than either alone). ``torch.set_num_threads`` sets

@@ -123,8 +123,8 @@ class SpectralMonitor:
             warning and carrying on.
         history: records kept in memory (:attr:`records`); the run store keeps all of them.
         chunk_size: elements per chunk of the push loop (see :class:`UpdateWindow`).
-        threads: host threads sharing a push when the window is on the CPU (see :class:`UpdateWindow`);
-            default torch's intra-op thread count.
+        threads: host threads sharing a torch-path push when the window is on the CPU (see
+            :class:`UpdateWindow`); default 1.
         kernel: "auto", "fused" or "torch": how a push runs (see :class:`UpdateWindow`).
         config: extra JSON-able settings saved in the run store beside the monitor's own.
         sinks: loggers fed besides the run store (:mod:`spectral_edge.sinks`: TensorBoard, W&B, MLflow,
