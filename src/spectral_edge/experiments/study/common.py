@@ -175,6 +175,47 @@ class RunOutcome:
         return cls(**values)
 
 
+def check_ints(config: Any, names: Sequence[str], *, minimum: int) -> None:
+    """Raise ValueError unless every field in ``names`` is an int (not a bool) ≥ ``minimum``."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def check_training_settings(config: Any) -> None:
+    """The checks every recipe's optimiser fields share: ``post_grok_steps``, ``lr``, ``init_scale``,
+    ``grad_clip``, ``weight_decay``, ``betas``, and heads dividing ``d_model``."""
+    post = config.post_grok_steps
+    if post is not None and (isinstance(post, bool) or not isinstance(post, int) or post < 0):
+        raise ValueError(f"post_grok_steps must be None or an int >= 0, got {post!r}")
+    for name in ("lr", "init_scale", "grad_clip"):
+        value = getattr(config, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite float > 0, got {value!r}")
+    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite float >= 0, got {config.weight_decay!r}")
+    if len(config.betas) != 2 or not all(0.0 <= b < 1.0 for b in config.betas):
+        raise ValueError(f"betas must be two floats in [0, 1), got {config.betas!r}")
+    if config.d_model % config.n_heads:
+        raise ValueError(
+            f"d_model must be a multiple of n_heads, got d_model={config.d_model}, n_heads={config.n_heads}"
+        )
+
+
+def seeds_by_weight_decay(presets: Mapping[str, Any], suite: str) -> list[Any]:
+    """A one-task family's runs in ``suite``: its preset for every seed (all three in ``full``, 42
+    otherwise) and weight decay (1 and 0), in that order."""
+    if suite not in SUITES:
+        raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
+    seeds = SEEDS if suite == "full" else SEEDS[:1]
+    return [
+        dataclasses.replace(presets[suite], seed=seed, weight_decay=wd)
+        for seed in seeds
+        for wd in WEIGHT_DECAYS
+    ]
+
+
 def run_name(family: str, config: Any) -> str:
     """``<family>-<task>-wd<ω>-seed<seed>``: a run directory name unique within one suite.
 

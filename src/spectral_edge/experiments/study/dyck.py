@@ -57,10 +57,9 @@ Other deviations from the paper, and why:
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -69,11 +68,11 @@ import torch.nn.functional as F
 from spectral_edge.experiments.models.causal import CausalTransformer
 from spectral_edge.experiments.study.common import (
     GROK_ACC,
-    SEEDS,
-    SUITES,
-    WEIGHT_DECAYS,
     RunOutcome,
     StudyRecorder,
+    check_ints,
+    check_training_settings,
+    seeds_by_weight_decay,
 )
 from spectral_edge.experiments.tasks.dyck import (
     DYCK_PROTOCOLS,
@@ -127,44 +126,25 @@ class Config:
             raise ValueError(f"task must be a Dyck data protocol, one of {DYCK_PROTOCOLS}; got {self.task!r}")
         if self.grok_metric not in GROK_METRICS:
             raise ValueError(f"grok_metric must be one of {GROK_METRICS}, got {self.grok_metric!r}")
-        for name in (
-            "n_train",
-            "n_test",
-            "ctx_len",
-            "max_pairs",
-            "n_layers",
-            "d_model",
-            "n_heads",
-            "d_mlp",
-            "max_steps",
-            "eval_every",
-            "monitor_interval",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        for name in ("seed", "data_seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-        if self.post_grok_steps is not None and (
-            isinstance(self.post_grok_steps, bool)
-            or not isinstance(self.post_grok_steps, int)
-            or self.post_grok_steps < 0
-        ):
-            raise ValueError(f"post_grok_steps must be None or an int >= 0, got {self.post_grok_steps!r}")
-        for name in ("lr", "init_scale", "grad_clip"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite float > 0, got {value!r}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be a finite float >= 0, got {self.weight_decay!r}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"betas must be two floats in [0, 1), got {self.betas!r}")
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"d_model must be a multiple of n_heads, got d_model={self.d_model}, n_heads={self.n_heads}"
-            )
+        check_ints(
+            self,
+            (
+                "n_train",
+                "n_test",
+                "ctx_len",
+                "max_pairs",
+                "n_layers",
+                "d_model",
+                "n_heads",
+                "d_mlp",
+                "max_steps",
+                "eval_every",
+                "monitor_interval",
+            ),
+            minimum=1,
+        )
+        check_ints(self, ("seed", "data_seed"), minimum=0)
+        check_training_settings(self)
 
 
 #: Named configurations. ``full`` is the study's run (what it measured is in the module docstring);
@@ -203,10 +183,7 @@ def variants(suite: str) -> list[Config]:
         >>> [(c.seed, c.weight_decay) for c in variants("full")][:3]
         [(42, 1.0), (42, 0.0), (137, 1.0)]
     """
-    if suite not in SUITES:
-        raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
-    seeds = SEEDS if suite == "full" else SEEDS[:1]
-    return [replace(PRESETS[suite], seed=seed, weight_decay=wd) for seed in seeds for wd in WEIGHT_DECAYS]
+    return seeds_by_weight_decay(PRESETS, suite)
 
 
 def make_data(config: Config) -> DyckData:
@@ -327,9 +304,9 @@ def run(
         ``ms_per_step``, ``eval_time_s`` and ``monitor_ms_per_step``.
 
     Example:
-        >>> import tempfile
+        >>> import dataclasses, tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     outcome = run(replace(PRESETS["smoke"], max_steps=4, eval_every=2), tmp)
+        ...     outcome = run(dataclasses.replace(PRESETS["smoke"], max_steps=4, eval_every=2), tmp)
         >>> outcome.steps, outcome.n_evals
         (4, 3)
     """

@@ -60,14 +60,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from spectral_edge.experiments.models.seq2seq import Seq2SeqTransformer, greedy_decode, sequence_accuracy
-from spectral_edge.experiments.study.common import SEEDS, SUITES, WEIGHT_DECAYS, RunOutcome, StudyRecorder
+from spectral_edge.experiments.study.common import (
+    RunOutcome,
+    StudyRecorder,
+    check_ints,
+    check_training_settings,
+    seeds_by_weight_decay,
+)
 from spectral_edge.experiments.tasks.scan import (
     IGNORE_INDEX,
     INPUT_VOCAB,
@@ -129,50 +135,31 @@ class Config:
             raise ValueError(f"min_lr_fraction must lie in [0, 1], got {self.min_lr_fraction!r}")
         if self.task not in SCAN_SPLITS:
             raise ValueError(f"task must be a SCAN split, one of {sorted(SCAN_SPLITS)}; got {self.task!r}")
-        for name in (
-            "n_train",
-            "n_test",
-            "n_train_eval",
-            "n_encoder_layers",
-            "n_decoder_layers",
-            "d_model",
-            "n_heads",
-            "d_mlp",
-            "batch_size",
-            "length_chunks",
-            "max_steps",
-            "eval_every",
-            "monitor_interval",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        for name in ("seed", "split_seed", "data_seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        check_ints(
+            self,
+            (
+                "n_train",
+                "n_test",
+                "n_train_eval",
+                "n_encoder_layers",
+                "n_decoder_layers",
+                "d_model",
+                "n_heads",
+                "d_mlp",
+                "batch_size",
+                "length_chunks",
+                "max_steps",
+                "eval_every",
+                "monitor_interval",
+            ),
+            minimum=1,
+        )
+        check_ints(self, ("seed", "split_seed", "data_seed"), minimum=0)
         if self.n_train_eval > self.n_train:
             raise ValueError(f"n_train_eval must be <= n_train = {self.n_train}, got {self.n_train_eval}")
         if self.batch_size > self.n_train:
             raise ValueError(f"batch_size must be <= n_train = {self.n_train}, got {self.batch_size}")
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"d_model must be a multiple of n_heads, got d_model={self.d_model}, n_heads={self.n_heads}"
-            )
-        if self.post_grok_steps is not None and (
-            isinstance(self.post_grok_steps, bool)
-            or not isinstance(self.post_grok_steps, int)
-            or self.post_grok_steps < 0
-        ):
-            raise ValueError(f"post_grok_steps must be None or an int >= 0, got {self.post_grok_steps!r}")
-        for name in ("lr", "init_scale", "grad_clip"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite float > 0, got {value!r}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be a finite float >= 0, got {self.weight_decay!r}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"betas must be two floats in [0, 1), got {self.betas!r}")
+        check_training_settings(self)
 
 
 #: Named configurations. ``full`` is the study's run (what it measured is in the module docstring);
@@ -212,10 +199,7 @@ def variants(suite: str) -> list[Config]:
         >>> len(variants("full")), len(variants("quick"))
         (6, 2)
     """
-    if suite not in SUITES:
-        raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
-    seeds = SEEDS if suite == "full" else SEEDS[:1]
-    return [replace(PRESETS[suite], seed=seed, weight_decay=wd) for seed in seeds for wd in WEIGHT_DECAYS]
+    return seeds_by_weight_decay(PRESETS, suite)
 
 
 def make_data(config: Config) -> tuple[ScanTensors, ScanTensors]:
@@ -344,9 +328,9 @@ def run(
         teacher-forced token accuracies, ``ms_per_step``, ``eval_time_s`` and ``monitor_ms_per_step``.
 
     Example:
-        >>> import tempfile
+        >>> import dataclasses, tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     outcome = run(replace(PRESETS["smoke"], max_steps=4, eval_every=2), tmp)
+        ...     outcome = run(dataclasses.replace(PRESETS["smoke"], max_steps=4, eval_every=2), tmp)
         >>> outcome.steps, outcome.n_evals, len(outcome.wq_ratio_final)
         (4, 3, 3)
     """
