@@ -69,3 +69,15 @@ def test_console_script_help_lists_the_commands():
         [sys.executable, "-m", "spectral_edge.cli.main", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "demo" in out and "export" in out and "spectral-edge demo --weight-decay 0" in out
+
+
+def test_the_command_line_shows_the_librarys_messages_on_stderr(capsys):
+    """A library leaves logging to its application; the CLI shows spectral_edge's INFO messages (such as
+    the fused kernel being compiled on first use), once, on the stderr of the moment."""
+    import logging
+
+    assert main(["export", "does-not-exist"]) == 2
+    assert main(["export", "does-not-exist"]) == 2
+    capsys.readouterr()
+    logging.getLogger("spectral_edge.tracking").info("compiling the kernel")
+    assert capsys.readouterr().err == "compiling the kernel\n"

@@ -593,6 +593,15 @@ def test_bad_threads(threads):
         UpdateWindow(10, window=3, threads=threads)
 
 
+def test_worker_threads_are_opt_in():
+    """By default a torch-path push runs in the caller: a pooled push slowed the training step around it."""
+    layout, _ = make_layout()
+    assert len(UpdateWindow(layout, window=3, chunk_size=CHUNK, kernel="torch")._worker_shares) == 1
+    assert (
+        len(UpdateWindow(layout, window=3, chunk_size=CHUNK, kernel="torch", threads=2)._worker_shares) == 2
+    )
+
+
 def test_worker_threads_leave_the_callers_thread_count_alone():
     """The workers run torch with one intra-op thread each; the caller's own setting must not change."""
     before = torch.get_num_threads()

@@ -134,11 +134,17 @@ def _show_library_messages() -> None:
     A library leaves logging to its application; the command line is that application.
     """
     logger = logging.getLogger("spectral_edge")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
         logger.setLevel(logging.INFO)
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to ``sys.stderr`` as it is when a message comes, not as it was when the handler was made
+    (``main`` may run several times in one process, each with its own stderr, as the tests do)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(record.getMessage(), file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -247,3 +247,79 @@ class _NoInterval:
     weight_decay: float
     max_steps: int
     eval_every: int
+
+
+# ------------------------------------------------------------------ shared recipe helpers
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    n_layers: int = 2
+    seed: int = 42
+    post_grok_steps: int | None = 500
+    lr: float = 1e-3
+    init_scale: float = 3.0
+    grad_clip: float = 1.0
+    weight_decay: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    d_model: int = 128
+    n_heads: int = 4
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"post_grok_steps": -1}, "post_grok_steps must be None or an int >= 0"),
+        ({"post_grok_steps": True}, "post_grok_steps must be None or an int >= 0"),
+        ({"lr": 0.0}, "lr must be a finite float > 0"),
+        ({"init_scale": float("nan")}, "init_scale must be a finite float > 0"),
+        ({"weight_decay": -1.0}, "weight_decay must be a finite float >= 0"),
+        ({"betas": (0.9, 1.0)}, "betas must be two floats"),
+        ({"n_heads": 3}, "d_model must be a multiple of n_heads"),
+    ],
+)
+def test_check_training_settings_names_the_bad_field(change, message):
+    common.check_training_settings(_Recipe())  # the defaults pass
+    with pytest.raises(ValueError, match=message):
+        common.check_training_settings(replace(_Recipe(), **change))
+
+
+def test_check_ints():
+    common.check_ints(_Recipe(), ("n_layers", "seed"), minimum=1)
+    with pytest.raises(ValueError, match="n_layers must be an int >= 1, got 0"):
+        common.check_ints(replace(_Recipe(), n_layers=0), ("n_layers",), minimum=1)
+    with pytest.raises(ValueError, match="seed must be an int >= 0, got True"):
+        common.check_ints(replace(_Recipe(), seed=True), ("seed",), minimum=0)
+
+
+def test_seeds_by_weight_decay():
+    presets = {suite: _Recipe() for suite in common.SUITES}
+    full = common.seeds_by_weight_decay(presets, "full")
+    assert [(c.seed, c.weight_decay) for c in full] == [(s, w) for s in (42, 137, 2024) for w in (1.0, 0.0)]
+    assert [(c.seed, c.weight_decay) for c in common.seeds_by_weight_decay(presets, "quick")] == [
+        (42, 1.0),
+        (42, 0.0),
+    ]
+    with pytest.raises(ValueError, match="suite must be one of"):
+        common.seeds_by_weight_decay(presets, "huge")
+
+
+def test_scale_parameters():
+    layer = torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in layer.parameters()]
+    common.scale_parameters(layer, 3.0)
+    for p, b in zip(layer.parameters(), before, strict=True):
+        torch.testing.assert_close(p.detach(), 3.0 * b)
+        assert p.requires_grad
+
+
+def test_past_grok_stops_only_long_enough_after_grokking(tmp_path):
+    model = Transformer(vocab_size=5, n_classes=3, seq_len=3, d_model=8, n_layers=1, n_heads=2, d_mlp=8)
+    optimizer = torch.optim.AdamW(model.parameters())
+    config = replace(modular.PRESETS["smoke"], max_steps=10)
+    with StudyRecorder(model, optimizer, tmp_path, family="modular", config=config) as recorder:
+        assert not recorder.past_grok(1000, 0)  # not grokked
+        recorder.grok_step = 300
+        assert not recorder.past_grok(799, 500)
+        assert recorder.past_grok(800, 500)
+        assert not recorder.past_grok(10_000, None)  # never stop early

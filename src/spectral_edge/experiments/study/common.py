@@ -216,6 +216,15 @@ def seeds_by_weight_decay(presets: Mapping[str, Any], suite: str) -> list[Any]:
     ]
 
 
+def scale_parameters(model: nn.Module, scale: float) -> None:
+    """Multiply every parameter by ``scale`` in place (the ×3 initial scale of the Dyck and SCAN recipes,
+    after Omnigrok, Liu et al. 2023: memorisation comes first and weight decay has a long way to shrink)."""
+    if scale != 1.0:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.mul_(scale)
+
+
 def run_name(family: str, config: Any) -> str:
     """``<family>-<task>-wd<ω>-seed<seed>``: a run directory name unique within one suite.
 
@@ -431,6 +440,15 @@ class StudyRecorder:
         if step in self._checkpoint_plan or grokked_now:
             self.save_checkpoint(step)
         return logged
+
+    def past_grok(self, step: int, post_grok_steps: int | None) -> bool:
+        """Whether training may stop at ``step`` (an evaluation step): it grokked at least
+        ``post_grok_steps`` steps ago. Never with ``post_grok_steps=None``."""
+        return (
+            post_grok_steps is not None
+            and self.grok_step is not None
+            and step - self.grok_step >= post_grok_steps
+        )
 
     def save_checkpoint(self, step: int) -> Path:
         """Save the model's state dict as ``checkpoints/step_<step>.safetensors`` (``.pt`` without safetensors)."""

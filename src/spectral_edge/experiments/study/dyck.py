@@ -72,6 +72,7 @@ from spectral_edge.experiments.study.common import (
     StudyRecorder,
     check_ints,
     check_training_settings,
+    scale_parameters,
     seeds_by_weight_decay,
 )
 from spectral_edge.experiments.tasks.dyck import (
@@ -224,10 +225,7 @@ def build_model(config: Config) -> CausalTransformer:
             n_heads=config.n_heads,
             d_mlp=config.d_mlp,
         )
-    if config.init_scale != 1.0:
-        with torch.no_grad():
-            for parameter in model.parameters():
-                parameter.mul_(config.init_scale)
+    scale_parameters(model, config.init_scale)
     return model
 
 
@@ -349,10 +347,8 @@ def run(
                 log_eval(step)
             if progress is not None:
                 progress(step, config.max_steps)
-            grok = recorder.grok_step
-            if evaluated and grok is not None and config.post_grok_steps is not None:
-                if step - grok >= config.post_grok_steps:
-                    break
+            if evaluated and recorder.past_grok(step, config.post_grok_steps):
+                break
         wall = time.perf_counter() - started
         extra = {
             f"final_{k}": recorder.latest[k] for k in ("test_token_acc", "test_novel_acc", "test_seq_acc")

@@ -324,9 +324,7 @@ def run(
             stop = False
             if step % config.eval_every == 0 or step == config.max_steps:
                 log_eval(step)
-                grok = recorder.grok_step
-                stop = config.post_grok_steps is not None and grok is not None
-                stop = stop and step - grok >= config.post_grok_steps
+                stop = recorder.past_grok(step, config.post_grok_steps)
             if progress is not None:
                 progress(step, config.max_steps)
             if stop:
