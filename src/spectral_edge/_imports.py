@@ -21,6 +21,8 @@ _EXTRA_FOR = {
     "mlflow": "mlflow",
     "plotly": "report",
     "weightwatcher": "weightwatcher",
+    "tokenizers": "lm",
+    "gguf": "lm",
 }
 
 
