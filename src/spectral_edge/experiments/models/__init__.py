@@ -1,6 +1,7 @@
-"""Small models for the experiments: decoder-only classifiers and an encoder–decoder for SCAN."""
+"""Small models for the experiments: decoder-only classifiers, an encoder–decoder for SCAN, and a GPT."""
 
 from spectral_edge.experiments.models.causal import CausalTransformer
+from spectral_edge.experiments.models.gpt import GPT, GPT_PRESETS, GPTConfig
 from spectral_edge.experiments.models.seq2seq import Seq2SeqTransformer, greedy_decode, sequence_accuracy
 from spectral_edge.experiments.models.transformer import Transformer, TransformerTrunk, query_weight
 
@@ -12,4 +13,7 @@ __all__ = [
     "greedy_decode",
     "sequence_accuracy",
     "query_weight",
+    "GPT",
+    "GPTConfig",
+    "GPT_PRESETS",
 ]
