@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,7 +23,8 @@ PINNED_VAL_LOSS = {
     "adamw-seed42": 3.5095391,
     "adamw-seed123": 3.5361696,
     "muon-seed42": 3.5176802,
-    "shift-milton-seed42": 3.2243702,
+    "shift-milton-seed42": 3.3328586,
+    "continue-shakespeare-seed42": 3.4091020,
 }
 
 
@@ -60,10 +62,13 @@ def test_smoke_suite_through_the_cli_then_resume(tmp_path, corpus_available, cap
     assert shift.first_step == 61
     with RunStore(out / "shift-milton-seed42", mode="r") as store:
         assert int(store.record_arrays()["step"][0]) == 62  # the carried window is full at once
+        # It runs on its own recipe's peak rate, not the one saved in the base run's optimizer state.
+        assert store.evals()["lr"][1].max() == pytest.approx(3e-4)
     # Tests 3 and 6 had their Hessian data.
     with RunStore(out / "adamw-seed42", mode="r") as store:
         arrays = store.arrays()
-    assert set(arrays) >= {"hessian_top", "probe_h", "probe_grad", "probe_sigma"}
+    assert set(arrays) >= {"hessian_top", "probe_h", "probe_grad", "probe_sigma", "probe_precond"}
+    assert np.all(arrays["probe_precond"][1] > 0)  # AdamW: 1/(√v̂ + ε) along each direction
     assert arrays["hessian_top"][1].shape == (3, 8)
     summary = json.loads((out / "summary.json").read_text())
     assert summary  # the builder's own tests check its content
@@ -76,6 +81,7 @@ def test_smoke_suite_through_the_cli_then_resume(tmp_path, corpus_available, cap
         "adamw-seed123": "skipped",
         "muon-seed42": "done",
         "shift-milton-seed42": "skipped",
+        "continue-shakespeare-seed42": "skipped",
     }
     assert load_outcome(out / "muon-seed42").final_val_loss == pytest.approx(
         PINNED_VAL_LOSS["muon-seed42"], rel=1e-5
@@ -163,3 +169,17 @@ def test_smollm2_finetune_with_the_monitor_at_every_step(tmp_path):
     assert outcome.final_val_loss < 6.0
     with RunStore(tmp_path / recipe.name, mode="r") as store:
         assert store.record_arrays()["step"].tolist() == [10, 11, 12]
+
+
+def test_a_failing_probe_is_logged_and_training_goes_on(tmp_path, monkeypatch, corpus_available, caplog):
+    def broken(*args, **kwargs):
+        raise np.linalg.LinAlgError("Eigenvalues did not converge")
+
+    monkeypatch.setattr(lm_train, "lanczos", broken)
+    config = dataclasses.replace(variants("smoke")[0], max_steps=24, hessian_at=(0.5, 1.0), probe_every=0)
+    outcome = run(config, tmp_path / config.name)
+    assert outcome.steps == 24 and np.isfinite(outcome.final_val_loss)
+    with RunStore(tmp_path / config.name, mode="r") as store:
+        assert store.evals()["probe_failed"][0].tolist() == [12, 24]
+        assert "hessian_top" not in store.arrays()
+    assert "training goes on" in caplog.text

@@ -11,9 +11,11 @@
     Lanczos on Hessian–vector products (Test 3, Prop 5.5), with ``hessian_lr`` (eval) there;
   - ``probe_h``, ``probe_grad``, ``probe_sigma`` every ``probe_every`` steps: h_j = v_jᵀHv_j,
     G_j = ⟨v_j, ∇L⟩ and σ_j along the window's top ``probe_directions`` directions v_j (Test 6, eq 68),
-    with ``probe_lr`` (eval).
+    with ``probe_lr`` (eval), and ``probe_precond``: p_j = Σ_i v_ji²/(√v̂_i + ε), Adam's preconditioner
+    along v_j (eq 9's p_j, h_eff = p_j h_j; NaN where a direction touches parameters Muon updates).
 
-  The Hessian is the training loss's on one fixed batch of ``probe_batch`` sequences.
+  The Hessian is the training loss's on one fixed batch of ``probe_batch`` sequences. A probe that fails
+  logs ``probe_failed`` = 1 at its step and training goes on.
 * ``w<W>/run.db`` for each further W (Test 4's W = 20), with the same evaluations;
 * ``state.pt`` when another run continues this one (the shift): model, optimizer, monitors, step;
 * ``outcome.json``, written last: :class:`LMOutcome`. Its presence marks the run complete.
@@ -26,7 +28,9 @@ Monitoring time is measured separately from the training step, so the outcome st
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
+import logging
 import math
 import os
 import shutil
@@ -45,6 +49,8 @@ from spectral_edge.curvature import HessianOperator, gradient_projections, lancz
 from spectral_edge.experiments.lmstudy.recipes import LMConfig, config_dict
 from spectral_edge.store import RunStore
 from spectral_edge.tracking.monitor import SpectralMonitor
+
+logger = logging.getLogger(__name__)
 
 OUTCOME_FILE = "outcome.json"
 STATE_FILE = "state.pt"
@@ -265,7 +271,7 @@ def run(
                 min_lr_ratio=config.min_lr_ratio,
             )  # fmt: skip
             set_schedule_factor(optimizer, factor)
-            current_lr[0] = config.lr * factor
+            current_lr[0] = float(optimizer.param_groups[0]["lr"])  # the AdamW η this step uses
 
             t0 = time.perf_counter()
             x, y = _random_batch(lm.train_tokens, config, generator)
@@ -274,7 +280,7 @@ def run(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
             optimizer.step()
-            loss_value = float(loss.detach())
+            loss_value = float(loss.detach())  # waits for the device, so the clock below is honest
             clock["train"] += time.perf_counter() - t0
             loss_sum += loss_value
             loss_count += 1
@@ -282,15 +288,19 @@ def run(
             t0 = time.perf_counter()
             for mon in monitors:
                 mon.step(step=step, loss=loss_value)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             clock["monitor"] += time.perf_counter() - t0
 
-            if local % config.eval_every == 0 or step == last_step:
+            # Global steps, so that a continuation evaluates and probes on its base run's grid of records.
+            if step % config.eval_every == 0 or step == last_step:
                 evaluate(step)
             t0 = time.perf_counter()
+            probe_args = (config, model, main, lm, probe_x, probe_y, step, current_lr[0], device, optimizer)
             if step in hessian_steps:
-                _lanczos_probe(config, model, main, lm, probe_x, probe_y, step, current_lr[0], device)
-            if config.probe_every and local % config.probe_every == 0 and main.last_record is not None:
-                _direction_probe(config, model, main, lm, probe_x, probe_y, step, current_lr[0], device)
+                _guarded_probe(_lanczos_probe, probe_args)
+            if config.probe_every and step % config.probe_every == 0 and main.last_record is not None:
+                _guarded_probe(_direction_probe, probe_args)
             clock["probe"] += time.perf_counter() - t0
             if progress is not None:
                 progress(local, config.max_steps)
@@ -304,8 +314,11 @@ def run(
     finally:
         for mon in monitors:
             mon.close()
-
+    peak_rss = _peak_rss_bytes()  # before the memory measurement below allocates more windows
     if config.kind == "finetune":
+        monitors.clear()  # their windows must be freed before the measurement
+        main = None
+        gc.collect()
         extra.update(_window_memory(model, config))
     outcome = LMOutcome(
         name=config.name,
@@ -324,7 +337,7 @@ def run(
         eval_s=clock["eval"],
         probe_s=clock["probe"],
         window_bytes=window_bytes,
-        peak_rss_bytes=_peak_rss_bytes(),
+        peak_rss_bytes=peak_rss,
         extra=extra,
         config=config_dict(config),
     )
@@ -390,7 +403,22 @@ def _second_order_attention():
     return sdpa_kernel([SDPBackend.MATH])
 
 
-def _lanczos_probe(config, model, main, lm, x, y, step, lr, device) -> None:
+def _guarded_probe(probe: Callable[..., None], args: tuple[Any, ...]) -> None:
+    """Run a Hessian probe on ``args`` (its positional arguments); a failure (a NaN loss, an eigensolver
+    error) is logged as ``probe_failed`` and training goes on: one diagnostic must not cost a long run."""
+    config, model, main, step = args[0], args[1], args[2], args[6]
+    try:
+        probe(*args)
+    except Exception as exc:  # any probe failure is reported, never raised into the training loop
+        logger.warning(
+            "%s at step %d of %s failed (%r); training goes on", probe.__name__, step, config.name, exc
+        )
+        main.log_eval(step, probe_failed=1.0)
+    finally:
+        model.train()
+
+
+def _lanczos_probe(config, model, main, lm, x, y, step, lr, device, optimizer) -> None:
     """Test 3: the top Hessian eigenvalues at ``step`` (Lanczos on Hessian–vector products)."""
     try:
         with _second_order_attention():
@@ -404,7 +432,7 @@ def _lanczos_probe(config, model, main, lm, x, y, step, lr, device) -> None:
         model.train()
 
 
-def _direction_probe(config, model, main, lm, x, y, step, lr, device) -> None:
+def _direction_probe(config, model, main, lm, x, y, step, lr, device, optimizer) -> None:
     """Test 6: h_j and G_j along the window's top directions at ``step`` (eq 68's inputs)."""
     try:
         directions, sigma = main.principal_directions(config.probe_directions)
@@ -415,9 +443,29 @@ def _direction_probe(config, model, main, lm, x, y, step, lr, device) -> None:
         main.store.add_array(step, "probe_h", h)
         main.store.add_array(step, "probe_grad", gradient_projections(op.gradient, directions))
         main.store.add_array(step, "probe_sigma", np.asarray(sigma, dtype=np.float64))
+        main.store.add_array(step, "probe_precond", _adam_preconditioning(optimizer, main, directions))
         main.log_eval(step, probe_lr=lr)
     finally:
         model.train()
+
+
+def _adam_preconditioning(optimizer, main: SpectralMonitor, directions: torch.Tensor) -> np.ndarray:
+    """p_j = Σ_i v_ji² / (√v̂_i + ε): Adam's preconditioner seen along each unit direction v_j (eq 9's
+    p_j, so that h_eff = p_j h_j); NaN for a direction that touches parameters not under Adam (Muon's)."""
+    pieces = []
+    for _, param in main.monitored_parameters():
+        state = optimizer.state.get(param, {})
+        group = next((g for g in optimizer.param_groups if any(p is param for p in g["params"])), None)
+        if "exp_avg_sq" not in state or group is None or "betas" not in group:
+            pieces.append(torch.full((param.numel(),), float("nan"), device=directions.device))
+            continue
+        beta2, eps = group["betas"][1], group["eps"]
+        step = float(state["step"])
+        v_hat = state["exp_avg_sq"].reshape(-1).float() / (1.0 - beta2**step)
+        pieces.append((1.0 / (v_hat.sqrt() + eps)).to(directions.device))
+    inverse_root = torch.cat(pieces)  # (P,)
+    unit = directions / torch.linalg.vector_norm(directions, dim=1, keepdim=True)
+    return (unit.square() * inverse_root).sum(dim=1).double().cpu().numpy()
 
 
 def _save_state(path: Path, model, optimizer, monitors, config: LMConfig, step: int) -> None:
@@ -445,7 +493,12 @@ def _load_init_state(config: LMConfig, suite_dir, model, optimizer) -> dict[str,
         )
     state = torch.load(path, map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
+    # load_state_dict restores the saved groups' hyperparameters too (the base run's peak rate); the
+    # continuation keeps Adam's moments but runs on its own recipe's rates and weight decay.
+    own = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
+    for group, settings in zip(optimizer.param_groups, own, strict=True):
+        group.update(settings)
     return state
 
 
