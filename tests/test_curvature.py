@@ -253,3 +253,20 @@ def test_curvature_along_the_monitors_directions():
     np.testing.assert_allclose(
         gradient_projections(hess.gradient, directions), v @ hess.gradient.numpy(), rtol=1e-9, atol=1e-15
     )
+
+
+def test_a_fused_attention_kernel_gets_an_error_that_says_how_to_fix_it():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    q = torch.randn(1, 2, 4, 8, requires_grad=True)
+
+    def loss():
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True).square().sum()
+
+    H = HessianOperator([q], loss)
+    with pytest.raises(RuntimeError, match="SDPBackend.MATH"):
+        H(torch.ones(H.dim))
+    with sdpa_kernel([SDPBackend.MATH]):
+        H = HessianOperator([q], loss)
+        assert torch.isfinite(H(torch.ones(H.dim))).all()

@@ -34,7 +34,9 @@ class HessianOperator:
     The loss is evaluated once, at construction, at the parameters' current values; the gradient graph
     is kept so that each product is one backward pass through it. Build a new operator after the
     parameters change. Put the model in ``eval()`` mode (or use a deterministic loss) so that dropout
-    does not make H random.
+    does not make H random. Fused attention kernels (``scaled_dot_product_attention``'s flash and
+    memory-efficient ones) have no second derivative: build and use the operator inside
+    ``torch.nn.attention.sdpa_kernel([SDPBackend.MATH])``, as the language-model study does.
 
     Args:
         model_or_params: an ``nn.Module`` (its parameters with ``requires_grad``), or an iterable of
@@ -84,9 +86,18 @@ class HessianOperator:
         if v.shape != (self.dim,):
             raise ValueError(f"expected a flat vector of shape ({self.dim},), got {tuple(v.shape)}")
         v = v.to(dtype=self._grad.dtype, device=self._grad.device)
-        parts = torch.autograd.grad(
-            self._grad, self.params, grad_outputs=v, retain_graph=True, allow_unused=True
-        )
+        try:
+            parts = torch.autograd.grad(
+                self._grad, self.params, grad_outputs=v, retain_graph=True, allow_unused=True
+            )
+        except RuntimeError as exc:
+            if "scaled_dot_product" not in str(exc):
+                raise
+            raise RuntimeError(
+                "this model's attention kernel has no second derivative (fused scaled_dot_product_attention); "
+                "build the operator and take the products inside "
+                "`with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):`"
+            ) from exc
         self.products += 1
         return torch.cat(
             [
