@@ -3,9 +3,15 @@
 Doctests run over ``src/`` (pyproject's ``--doctest-modules``). Modules of the optional integrations
 import their framework at the top, so they cannot be collected where that extra is not installed: leave
 them out there instead of failing the whole collection (their tests in tests/integrations skip).
+
+Several recipes are deterministic only for a given number of torch threads (their pinned numbers were
+measured with torch's default), so no test may leave another thread count behind for the next one.
 """
 
 import importlib.util
+
+import pytest
+import torch
 
 _NEEDS = {
     "src/spectral_edge/integrations/huggingface.py": "transformers",
@@ -13,3 +19,10 @@ _NEEDS = {
 }
 
 collect_ignore = [path for path, package in _NEEDS.items() if importlib.util.find_spec(package) is None]
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
