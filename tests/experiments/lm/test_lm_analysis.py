@@ -29,15 +29,6 @@ from spectral_edge.series import lag_correlation
 from spectral_edge.store import RunStore
 from spectral_edge.tracking.monitor import SpectralMonitor
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 P = 3000  # parameters of the pretraining runs
 NOISE = math.sqrt(10) / (10 * math.sqrt(P))  # ν: mode 2 at amplitude 1 sits 10× above the noise (R ≈ 10)
 T = 240  # steps of a pretraining run

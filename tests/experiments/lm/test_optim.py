@@ -26,15 +26,6 @@ from spectral_edge.experiments.optim import (
 TINY = GPT_PRESETS["tiny"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The machine is shared with long background jobs; these tests need no parallelism.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model(seed: int = 0, **overrides) -> GPT:
     torch.manual_seed(seed)
     return GPT(dataclasses.replace(TINY, **overrides))

@@ -28,14 +28,6 @@ PINNED_VAL_LOSS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def corpus_available():
     from spectral_edge.experiments.text import corpus_text

@@ -51,14 +51,11 @@ MILTON_WORKS = [
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The test machine is shared with long jobs: keep torch and the Rust tokenizer on one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_tokenizer_thread():
+    # torch runs on one thread here (conftest.py); so does the Rust tokenizer.
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TOKENIZERS_PARALLELISM", "false")
         yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from typing import Any
 
 from spectral_edge.experiments.lmstudy import analysis as an
 from spectral_edge.experiments.lmstudy.train import OUTCOME_FILE, load_outcome
+from spectral_edge.experiments.progress import format_duration
 
 __all__ = [
     "MANIFEST",
@@ -441,19 +442,6 @@ def _mean_sd(values: Sequence[float], fmt: Callable[[Any], str] = _num) -> str:
 def _range_text(values: Sequence[int]) -> str:
     lo, hi = min(values), max(values)
     return str(lo) if lo == hi else f"{lo}–{hi}"
-
-
-def _duration(seconds: Any) -> str:
-    if seconds is None or not math.isfinite(_f(seconds)):
-        return "?"
-    seconds = float(seconds)
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 def _tests(runs: Sequence[Mapping[str, Any]], key: str) -> list[Mapping[str, Any]]:
@@ -1058,8 +1046,8 @@ def format_markdown(summary: Mapping[str, Any]) -> str:
     timing = summary.get("timing") or {}
     runs = summary.get("runs") or []
     add(
-        f"Wall time {_duration(timing.get('wall_s'))} (suite.json totals); {len(runs)} complete run(s), "
-        f"{_duration(timing.get('runs_wall_s'))} of run time."
+        f"Wall time {format_duration(timing.get('wall_s'))} (suite.json totals); {len(runs)} complete run(s), "
+        f"{format_duration(timing.get('runs_wall_s'))} of run time."
     )
     add("")
     add(f"Paper: {summary.get('paper_source')}.")
@@ -1086,7 +1074,7 @@ def format_markdown(summary: Mapping[str, Any]) -> str:
         add(
             f"| `{r['name']}` | {r['kind']} | {r['steps']} | {_num(r['n_params'])} | {r['n_windows']} (W = {r['window']}) "
             f"| {_num(r['final_val_loss'])} | {_num(r['train_ms_per_step'])} | {_num(r['monitor_ms_per_step'])} "
-            f"| {_pct(r['monitor_overhead'])} | {_duration(r['wall_s'])} |"
+            f"| {_pct(r['monitor_overhead'])} | {format_duration(r['wall_s'])} |"
         )
 
     add("")

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from spectral_edge.experiments.progress import format_duration
 from spectral_edge.experiments.study import alarms as alarm_rules
 from spectral_edge.experiments.study.common import OUTCOME_FILE, RunOutcome, load_outcome
 from spectral_edge.experiments.study.suite import FAMILY_MODULES, read_manifest
@@ -473,9 +474,9 @@ def format_markdown(summary: Mapping[str, Any]) -> str:
     timing = summary["timing"]
     add(
         f"{summary['n_complete']} of {summary['n_planned']} planned runs complete. "
-        f"Wall time {_duration(timing['wall_s'])} over {timing['sessions']} session(s) "
-        f"(jobs {', '.join(str(j) for j in timing['jobs']) or '?'}); compute {_duration(timing['compute_s'])}: "
-        f"training {_duration(timing['train_s'])}, WeightWatcher {_duration(timing['weightwatcher_s'])}."
+        f"Wall time {format_duration(timing['wall_s'])} over {timing['sessions']} session(s) "
+        f"(jobs {', '.join(str(j) for j in timing['jobs']) or '?'}); compute {format_duration(timing['compute_s'])}: "
+        f"training {format_duration(timing['train_s'])}, WeightWatcher {format_duration(timing['weightwatcher_s'])}."
     )
     if suite != "full":
         add("")
@@ -668,7 +669,7 @@ def format_markdown(summary: Mapping[str, Any]) -> str:
     for r in summary["runs"]:
         add(
             f"| `{r['name']}` | {r['weight_decay']:g} | {r['steps']}/{r['max_steps']} | {_int(r['memorize_step'])} "
-            f"| {_int(r['grok_step'])} | {r['final_test_acc']:.3f} | {r['n_records']} | {_duration(r['wall_s'])} |"
+            f"| {_int(r['grok_step'])} | {r['final_test_acc']:.3f} | {r['n_records']} | {format_duration(r['wall_s'])} |"
         )
     add("")
     return "\n".join(lines)
@@ -705,19 +706,6 @@ def _rel(step: int | None, grok: int | None) -> str:
     if grok is None:
         return str(step)
     return f"{step} ({step - grok:+d})"
-
-
-def _duration(seconds: Any) -> str:
-    if seconds is None:
-        return "?"
-    seconds = float(seconds)
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 def _last_line(text: str | None) -> str | None:
