@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from spectral_edge.experiments.atomic import write_json
 from spectral_edge.experiments.lmstudy.recipes import SUITES, LMConfig, config_dict, variants
 from spectral_edge.experiments.lmstudy.train import STATE_FILE, load_outcome, run
 
@@ -207,9 +208,7 @@ class _Manifest:
             "done": sum(r.get("status") == "done" for r in runs),
             "failed": sum(r.get("status") in ("failed", "blocked") for r in runs),
         }
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_json(self.path, self.data, sort_keys=True)
 
 
 def _by_name(plan: list[LMConfig], name: str) -> LMConfig:

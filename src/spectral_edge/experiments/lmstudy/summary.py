@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from spectral_edge.experiments.atomic import write_json, write_text
 from spectral_edge.experiments.lmstudy import analysis as an
 from spectral_edge.experiments.lmstudy.train import OUTCOME_FILE, load_outcome
 from spectral_edge.experiments.progress import format_duration
@@ -1024,8 +1025,8 @@ def write_summary(out: str | os.PathLike[str]) -> tuple[Path, Path]:
     out = Path(out)
     summary = build_summary(out)
     md_path, json_path = out / SUMMARY_MD, out / SUMMARY_JSON
-    _atomic_text(json_path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    _atomic_text(md_path, format_markdown(summary))
+    write_json(json_path, summary, allow_nan=False)
+    write_text(md_path, format_markdown(summary))
     return md_path, json_path
 
 
@@ -1487,12 +1488,3 @@ def _last_line(text: str | None) -> str | None:
         return None
     lines = [line for line in str(text).strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else None
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

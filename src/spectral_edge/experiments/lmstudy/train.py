@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spectral_edge.curvature import HessianOperator, gradient_projections, lanczos, rayleigh_quotients
+from spectral_edge.experiments.atomic import write_json
 from spectral_edge.experiments.lmstudy.recipes import LMConfig, config_dict
 from spectral_edge.store import RunStore
 from spectral_edge.tracking.monitor import SpectralMonitor
@@ -341,9 +342,7 @@ def run(
         extra=extra,
         config=config_dict(config),
     )
-    tmp = run_dir / (OUTCOME_FILE + ".tmp")
-    tmp.write_text(json.dumps(outcome.to_dict(), indent=2, sort_keys=True))
-    os.replace(tmp, run_dir / OUTCOME_FILE)
+    write_json(run_dir / OUTCOME_FILE, outcome.to_dict(), sort_keys=True)
     return outcome
 
 

@@ -86,6 +86,7 @@ from typing import Any, Literal
 import numpy as np
 
 from spectral_edge._imports import require
+from spectral_edge.experiments.atomic import write_json
 from spectral_edge.experiments.study.common import CHECKPOINT_DIR, MEMORIZE_ACC, WINDOW
 
 # -- the fixed constants (see the module docstring) -------------------------------------------------------
@@ -572,7 +573,7 @@ def weightwatcher_series(
         result["seconds"] = float(result.get("seconds", 0.0)) + (time.perf_counter() - start)
         start = time.perf_counter()
         if cache:
-            _write_json(cache_path, result)
+            write_json(cache_path, result, indent=1)
     return result
 
 
@@ -682,13 +683,6 @@ def _fixed_numpy_seed(seed: int):
         yield
     finally:
         np.random.set_state(state)  # noqa: NPY002
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -80,6 +79,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spectral_edge.experiments.atomic import write_json
 from spectral_edge.experiments.grokking import GROK_ACC, MEMORIZE_ACC
 from spectral_edge.store import RunStore
 from spectral_edge.tracking.monitor import SpectralMonitor
@@ -238,15 +238,7 @@ def run_name(family: str, config: Any) -> str:
 
 def write_outcome(outcome: RunOutcome, run_dir: str | Path) -> Path:
     """Write ``outcome.json`` into ``run_dir`` atomically (temporary file, fsync, ``os.replace``)."""
-    path = Path(run_dir) / OUTCOME_FILE
-    tmp = path.with_name(f".{OUTCOME_FILE}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(outcome.to_dict(), handle, indent=2, allow_nan=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_json(Path(run_dir) / OUTCOME_FILE, outcome.to_dict())
 
 
 def load_outcome(run_dir: str | Path) -> RunOutcome | None:

@@ -51,6 +51,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, TextIO
 
+from spectral_edge.experiments.atomic import write_json
 from spectral_edge.experiments.study.common import (
     OUTCOME_FILE,
     SUITES,
@@ -641,7 +642,7 @@ class _Manifest:
             "done": sum(r.get("status") == "done" for r in runs),
             "failed": sum(r.get("status") == "failed" for r in runs),
         }
-        _atomic_json(self.path, self.data)
+        write_json(self.path, self.data)
 
     def seconds_per_step(self) -> dict[str, float]:
         """family -> mean seconds per step over the runs the manifest has finished (any session)."""
@@ -828,16 +829,6 @@ def _config_dict(config: Any) -> dict[str, Any]:
 def _canonical(value: Any) -> str:
     """A config as canonical JSON text, so a tuple and the list JSON made of it compare equal."""
     return json.dumps(json.loads(json.dumps(value, default=str)), sort_keys=True)
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, allow_nan=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 __all__ = [

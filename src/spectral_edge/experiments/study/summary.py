@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from spectral_edge.experiments.atomic import write_json, write_text
 from spectral_edge.experiments.progress import format_duration
 from spectral_edge.experiments.study import alarms as alarm_rules
 from spectral_edge.experiments.study.common import OUTCOME_FILE, RunOutcome, load_outcome
@@ -230,8 +231,8 @@ def write_summary(
     out = Path(out)
     summary = build_summary(out, weightwatcher=weightwatcher, planned=planned)
     json_path, md_path = out / SUMMARY_JSON, out / SUMMARY_MD
-    _atomic_text(json_path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    _atomic_text(md_path, format_markdown(summary))
+    write_json(json_path, summary, allow_nan=False)
+    write_text(md_path, format_markdown(summary))
     return json_path, md_path
 
 
@@ -725,12 +726,6 @@ def _json_ready(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_ready(v) for v in value]
     return value
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 __all__ = [
