@@ -573,6 +573,25 @@ def test_fused_kernel_needs_a_float32_cpu_window():
     assert UpdateWindow(10, window=3, storage_dtype=torch.bfloat16).kernel == "torch"
 
 
+@pytest.mark.parametrize("window", [2, 5, 7, 10, 13])
+def test_fused_kernel_across_lane_row_and_block_boundaries(window):
+    """Tensors long enough to use every path of the kernel: its vector lanes (32 and 8 values) with a
+    remainder, its rows taken five at a time with a remainder (W = 7, 13), and its 8192-value blocks
+    with a partial last block, plus a tensor shorter than one lane; against a float64 reference."""
+    sizes = [2 * 8192 + 37, 8192, 100, 5]
+    layout, _ = ParameterLayout.build(
+        [f"t{i}.weight" for i in range(len(sizes))], [(n,) for n in sizes], group_of
+    )
+    stream = ThetaStream(layout, torch.float32, seed=window)
+    win = UpdateWindow(layout, window=window, kernel="fused")
+    win.snapshot(stream.tensors())
+    rows: list[np.ndarray] = []
+    for _ in range(window + 3):  # fill and wrap around
+        rows = (rows + [stream.step()])[-window:]
+        assert win.push(stream.tensors()).status == "pushed"
+    check_window(win, rows, group_columns(layout))
+
+
 def test_fused_kernel_falls_back_for_float64_parameters_and_matches_the_torch_path():
     """float64 parameters in a float32 window: the fused kernel does not apply, the torch path serves."""
     theta = torch.randn(50, dtype=torch.float64)

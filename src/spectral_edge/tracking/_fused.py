@@ -33,6 +33,76 @@ _SOURCE = r"""
 #include <algorithm>
 #include <vector>
 
+// On x86-64 with GCC, the block routine is compiled for AVX2 and for the baseline, and the loader picks
+// the one this CPU runs (ifunc); elsewhere it is compiled once for the baseline.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SE_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SE_CLONES
+#endif
+
+// Independent partial sums: a single running sum makes every add wait for the previous one (3-4 cycles),
+// which caps a dot product far below memory speed. L separate lanes are L independent chains that the
+// compiler keeps in vector registers; summing them at the end is exact reassociation, no -ffast-math.
+constexpr int64_t L = 32;
+
+static inline float lane_total(const float* acc) {
+  float s = 0.f;
+  for (int64_t j = 0; j < L; ++j) s += acc[j];
+  return s;
+}
+
+// out[r] = <d, row r> for R rows of X at once (rows P apart): R streams in flight instead of one, and each
+// value of d loaded once for R products.
+template <int R>
+static inline void dot_rows(const float* __restrict d, const float* x0, int64_t P, int64_t n,
+                            double* out) {
+  constexpr int64_t M = 8;  // lanes per row
+  alignas(64) float acc[R][M];
+  for (int r = 0; r < R; ++r)
+    for (int64_t j = 0; j < M; ++j) acc[r][j] = 0.f;
+  int64_t k = 0;
+  for (; k + M <= n; k += M)
+    for (int r = 0; r < R; ++r) {
+      const float* __restrict xr = x0 + r * P + k;
+      for (int64_t j = 0; j < M; ++j) acc[r][j] += d[k + j] * xr[j];
+    }
+  for (int r = 0; r < R; ++r) {
+    float s = 0.f;
+    for (int64_t j = 0; j < M; ++j) s += acc[r][j];
+    for (int64_t i = k; i < n; ++i) s += d[i] * x0[r * P + i];
+    out[r] = s;
+  }
+}
+
+constexpr int R = 5;
+
+// One block of n <= B values: d = theta - prev (prev refreshed to theta), out[w] = <d, row w of X>
+// (the target row too: its old value is b, the update leaving), out[W] = |d|^2, then d over the target row.
+SE_CLONES
+static void push_block(const float* __restrict th, float* __restrict pv, float* __restrict d,
+                       float* x, int64_t P, int64_t W, int64_t col, int64_t target, int64_t n,
+                       double* __restrict out) {
+  alignas(64) float acc[L];
+  for (int64_t j = 0; j < L; ++j) acc[j] = 0.f;
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    for (int64_t j = 0; j < L; ++j) {
+      const float v = th[i + j] - pv[i + j];
+      pv[i + j] = th[i + j];
+      d[i + j] = v;
+      acc[j] += v * v;
+    }
+  }
+  float dd = lane_total(acc);
+  for (; i < n; ++i) { const float v = th[i] - pv[i]; pv[i] = th[i]; d[i] = v; dd += v * v; }
+  int64_t w = 0;
+  for (; w + R <= W; w += R) dot_rows<R>(d, x + w * P + col, P, n, out + w);
+  for (; w < W; ++w) dot_rows<1>(d, x + w * P + col, P, n, out + w);
+  out[W] = dd;
+  std::copy(d, d + n, x + target * P + col);
+}
+
 // segments s: theta[s] and prev[s] are flat contiguous float32 CPU tensors of one length; their values
 // sit in columns [cols[s], cols[s] + n) of X (W x P, float32, contiguous); their dot products add to row
 // pieces[s] of partials (n_pieces x (W + 1), float64, accumulated into).
@@ -58,22 +128,8 @@ void fused_push(const std::vector<at::Tensor>& thetas, const std::vector<at::Ten
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t s = blocks[b].first, lo = blocks[b].second;
       const int64_t n = std::min(B, thetas[s].numel() - lo);
-      const float* th = thetas[s].data_ptr<float>() + lo;
-      float* pv = prevs[s].data_ptr<float>() + lo;
-      float dd = 0.f;
-      #pragma omp simd reduction(+:dd)
-      for (int64_t i = 0; i < n; ++i) { const float v = th[i] - pv[i]; pv[i] = th[i]; d[i] = v; dd += v * v; }
-      double* o = out.data() + b * (W + 1);
-      const int64_t c = cols[s] + lo;
-      for (int64_t w = 0; w < W; ++w) {  // the target row too: its old value is b, the update leaving
-        const float* xr = x + w * P + c;
-        float acc = 0.f;
-        #pragma omp simd reduction(+:acc)
-        for (int64_t i = 0; i < n; ++i) acc += d[i] * xr[i];
-        o[w] = acc;
-      }
-      o[W] = dd;
-      std::copy(d, d + n, x + target * P + c);
+      push_block(thetas[s].data_ptr<float>() + lo, prevs[s].data_ptr<float>() + lo, d, x, P, W,
+                 cols[s] + lo, target, n, out.data() + b * (W + 1));
     }
   });
   double* part = partials.data_ptr<double>();

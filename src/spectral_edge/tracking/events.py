@@ -7,11 +7,10 @@ learned silently from its first records; only changes are events.
 
 from __future__ import annotations
 
+import statistics
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from spectral_edge.spectrum.stability import AdiabaticRegimes
 from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
@@ -168,7 +167,7 @@ class EventDetector:
             event("k_star_shift", change[0], change[1], f"k* moved from {change[0]} to {k}")
 
         regime = self._regime_candidate(record)
-        smoothed = float(np.median(self._recent_adiabatic)) if self._recent_adiabatic else None
+        smoothed = statistics.median(self._recent_adiabatic) if self._recent_adiabatic else None
         change = self._regime.update(regime, smoothed)
         if change is not None:
             events.append(
@@ -197,7 +196,7 @@ class EventDetector:
         if adiabatic is None:
             return record.regime
         self._recent_adiabatic.append(adiabatic * lr if self.regimes.scale == "lr" and lr else adiabatic)
-        value = float(np.median(self._recent_adiabatic))
+        value = statistics.median(self._recent_adiabatic)
         low, high, m = self.regimes.low, self.regimes.high, self.thresholds.regime_margin
         stable = self._regime.stable
         if stable == "plateau":
