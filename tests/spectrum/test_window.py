@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from spectral_edge.errors import NotPositiveSemidefiniteError, SpectrumWarning
-from spectral_edge.spectrum.window import analyze_gram, analyze_window, cumulative_variance_rank
+from spectral_edge.spectrum.window import (
+    analyze_gram,
+    analyze_window,
+    cumulative_variance_rank,
+    gap_statistics_rows,
+    gram_singular_values,
+)
 from tests.spectrum.synthetic import planted_window, reference_singular_values
 
 SHAPES = [(w, p) for w in (2, 3, 10, 40) for p in (max(w - 1, 1), w + 5, 1_000, 100_000)] + [(10, 1_000_000)]
@@ -147,3 +153,36 @@ def test_cumulative_variance_rank_edges():
     assert cumulative_variance_rank(np.array([1.0, 1.0]), 1.0) == 2
     assert cumulative_variance_rank(np.array([0.0, 0.0]), 0.95) == 1
     assert cumulative_variance_rank(np.array([95.0, 5.0]), 0.95) == 1
+
+
+def test_stacked_group_spectra_match_one_gram_at_a_time():
+    """The monitor's batched path (gram_singular_values on a stack, gap_statistics_rows) against the
+    single-matrix analysis, on full-rank, rank-deficient, rank-one and all-zero Grams."""
+    rng = np.random.default_rng(5)
+    w = 6
+    grams = []
+    for rank in (6, 4, 2, 1, 0):
+        x = rng.standard_normal((w, 50)) * (np.arange(w) < rank)[:, None] * rng.uniform(0.5, 2.0, (w, 1))
+        grams.append(x @ x.T)
+    sigmas = gram_singular_values(np.stack(grams))
+    ratios, k_star, gap_ratio, rank = gap_statistics_rows(sigmas)
+    for i, g in enumerate(grams):
+        spec = analyze_gram(g)
+        np.testing.assert_allclose(sigmas[i], spec.singular_values, rtol=1e-12, atol=0)
+        assert int(rank[i]) == spec.rank == [6, 4, 2, 1, 0][i]
+        assert int(k_star[i]) == spec.k_star
+        assert float(gap_ratio[i]) == pytest.approx(spec.gap_ratio, rel=1e-12)
+        np.testing.assert_allclose(ratios[i], spec.ratios, rtol=1e-12)
+        # An independent reading of Def 6.1 on the non-zero singular values.
+        s = sigmas[i][sigmas[i] > 0]
+        expected_k = int(np.argmax(s[:-1] / s[1:])) + 1 if s.size >= 2 else 1
+        assert int(k_star[i]) == expected_k
+    assert gap_ratio[3] == np.inf and gap_ratio[4] == 1.0
+
+
+def test_stacked_clipping_falls_back_to_the_per_matrix_checks():
+    """One non-Gram matrix in a stack is refused with the single-matrix message."""
+    good = np.diag([4.0, 1.0, 0.5])
+    bad = np.diag([4.0, 1.0, -1.0])
+    with pytest.raises(NotPositiveSemidefiniteError):
+        gram_singular_values(np.stack([good, bad]))

@@ -185,6 +185,11 @@ def gram_singular_values(gram: Any, *, rank_rtol: float = DEFAULT_RANK_RTOL) -> 
     lam = np.linalg.eigvalsh(0.5 * (g + np.swapaxes(g, -1, -2)))[..., ::-1]
     if g.ndim == 2:
         return np.sqrt(_clip_eigenvalues(lam.copy(), rank_rtol))
+    top, lowest = lam[:, 0], lam[:, -1]
+    if np.all(top > 0.0) and np.all(lowest >= -rank_rtol * top):
+        # Every row is a plain Gram matrix: clip all at once (the monitor does this at every record).
+        clipped = np.where(lam < rank_rtol * top[:, None], 0.0, lam)
+        return np.sqrt(clipped)
     return np.stack([np.sqrt(_clip_eigenvalues(row.copy(), rank_rtol)) for row in lam])
 
 
@@ -197,19 +202,31 @@ def gap_statistics(singular_values: np.ndarray) -> tuple[np.ndarray, int, float,
         ``(ratios, k_star, gap_ratio, rank)`` with ``k_star`` 1-based.
     """
     s = np.asarray(singular_values, dtype=np.float64)
-    rank = int(np.count_nonzero(s > 0.0))
-    num, den = s[:-1], s[1:]
-    ratios = np.ones_like(num)
+    ratios, k_star, gap_ratio, rank = gap_statistics_rows(s[None, :])
+    return ratios[0], int(k_star[0]), float(gap_ratio[0]), int(rank[0])
+
+
+def gap_statistics_rows(singular_values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`gap_statistics` for each row of an (n, W) array at once (the monitor's per-group spectra).
+
+    k* is the argmax of the ratios inside the rank, so that structural zeros never win; rank 1 gives
+    k* = 1 with R = inf, rank 0 gives k* = 1 with R = 1.
+
+    Returns:
+        ``(ratios, k_star, gap_ratio, rank)``: (n, W−1) ratios, and (n,) k* (1-based), R and rank.
+    """
+    s = np.asarray(singular_values, dtype=np.float64)
+    rank = np.count_nonzero(s > 0.0, axis=1)
+    num, den = s[:, :-1], s[:, 1:]
     positive = den > 0.0
-    ratios[positive] = num[positive] / den[positive]
+    ratios = np.divide(num, den, out=np.ones_like(num), where=positive)
     ratios[(num > 0.0) & ~positive] = np.inf
-    if rank >= 2:
-        k_star = int(np.argmax(ratios[: rank - 1])) + 1
-        gap_ratio = float(ratios[k_star - 1])
-    elif rank == 1:
-        k_star, gap_ratio = 1, float("inf")
-    else:
-        k_star, gap_ratio = 1, 1.0
+    inside = np.arange(num.shape[1])[None, :] < (rank - 1)[:, None]  # j + 1 < rank: both σ non-zero
+    k_star = np.argmax(np.where(inside, ratios, -np.inf), axis=1) + 1
+    k_star[rank < 2] = 1
+    gap_ratio = ratios[np.arange(s.shape[0]), k_star - 1]
+    gap_ratio[rank == 1] = np.inf
+    gap_ratio[rank == 0] = 1.0
     return ratios, k_star, gap_ratio, rank
 
 
