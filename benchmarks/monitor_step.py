@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e5, 1e6, 1e7])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--demo-steps", type=int, default=20, help="steps per block of the overhead test")
-    parser.add_argument("--demo-blocks", type=int, default=6, help="alternating blocks of the overhead test")
+    parser.add_argument("--demo-blocks", type=int, default=10, help="alternating blocks of the overhead test")
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument(
         "--chunk-size", type=int, default=None, help="the monitor's chunk size (default: its own)"
