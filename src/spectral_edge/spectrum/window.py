@@ -16,6 +16,7 @@ Rank-deficient windows (P < W, repeated or zero updates) have a defined answer a
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -193,95 +194,95 @@ def gram_singular_values(gram: Any, *, rank_rtol: float = DEFAULT_RANK_RTOL) -> 
     return np.stack([np.sqrt(_clip_eigenvalues(row.copy(), rank_rtol)) for row in lam])
 
 
-def gap_statistics(singular_values: np.ndarray) -> tuple[np.ndarray, int, float, int]:
+def gap_statistics(singular_values: Any) -> tuple[np.ndarray, int, float, int]:
     """Ratios σ_j/σ_{j+1}, k*, R and the numerical rank from descending singular values.
 
-    Zeros must already be exact (see the module docstring); this never divides by zero.
+    Zeros must already be exact (see the module docstring); this never divides by zero. k* is the
+    argmax of the ratios inside the rank (the first one on a tie), so that structural zeros never win;
+    rank 1 gives k* = 1 with R = inf, rank 0 gives k* = 1 with R = 1.
+
+    The W values are handled as Python floats (float64 like NumPy's): the monitor calls this for the
+    total and every group at each record, where NumPy's per-call overhead on 10 values cost far more
+    than the arithmetic.
 
     Returns:
         ``(ratios, k_star, gap_ratio, rank)`` with ``k_star`` 1-based.
     """
-    s = np.asarray(singular_values, dtype=np.float64)
-    ratios, k_star, gap_ratio, rank = gap_statistics_rows(s[None, :])
-    return ratios[0], int(k_star[0]), float(gap_ratio[0]), int(rank[0])
+    s = np.asarray(singular_values, dtype=np.float64).reshape(-1).tolist()
+    ratios, k_star, gap_ratio, rank = _gap_of_floats(s)
+    return np.array(ratios, dtype=np.float64), k_star, gap_ratio, rank
 
 
-def gap_statistics_rows(singular_values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`gap_statistics` for each row of an (n, W) array at once (the monitor's per-group spectra).
-
-    k* is the argmax of the ratios inside the rank, so that structural zeros never win; rank 1 gives
-    k* = 1 with R = inf, rank 0 gives k* = 1 with R = 1.
-
-    Returns:
-        ``(ratios, k_star, gap_ratio, rank)``: (n, W−1) ratios, and (n,) k* (1-based), R and rank.
-    """
-    s = np.asarray(singular_values, dtype=np.float64)
-    rank = np.count_nonzero(s > 0.0, axis=1)
-    num, den = s[:, :-1], s[:, 1:]
-    positive = den > 0.0
-    ratios = np.divide(num, den, out=np.ones_like(num), where=positive)
-    ratios[(num > 0.0) & ~positive] = np.inf
-    inside = np.arange(num.shape[1])[None, :] < (rank - 1)[:, None]  # j + 1 < rank: both σ non-zero
-    k_star = np.argmax(np.where(inside, ratios, -np.inf), axis=1) + 1
-    k_star[rank < 2] = 1
-    gap_ratio = ratios[np.arange(s.shape[0]), k_star - 1]
-    gap_ratio[rank == 1] = np.inf
-    gap_ratio[rank == 0] = 1.0
-    return ratios, k_star, gap_ratio, rank
+def _gap_of_floats(s: list[float]) -> tuple[list[float], int, float, int]:
+    rank = sum(1 for v in s if v > 0.0)
+    ratios = [
+        a / b if b > 0.0 else (math.inf if a > 0.0 else 1.0) for a, b in zip(s[:-1], s[1:], strict=True)
+    ]
+    if rank >= 2:
+        inside = ratios[: rank - 1]
+        k_star = inside.index(max(inside)) + 1
+        return ratios, k_star, ratios[k_star - 1], rank
+    return ratios, 1, (math.inf if rank == 1 else 1.0), rank
 
 
-def cumulative_variance_rank(eigenvalues: np.ndarray, threshold: float = 0.95) -> int:
+def cumulative_variance_rank(eigenvalues: Any, threshold: float = 0.95) -> int:
     """K_95: the fewest leading modes holding ``threshold`` of Σλ (Def 7.1, eq 17).
 
     Example:
         >>> cumulative_variance_rank(np.array([90.0, 6.0, 4.0]), 0.95)
         2
     """
-    lam = np.asarray(eigenvalues, dtype=np.float64)
-    total = lam.sum()
+    lam = np.asarray(eigenvalues, dtype=np.float64).reshape(-1).tolist()
+    total = sum(lam)
     if total <= 0.0:
         return 1
-    cumulative = np.cumsum(lam) / total
-    # A tiny slack so that a share of exactly `threshold` counts despite round-off in the cumsum.
-    return int(np.count_nonzero(cumulative < threshold - 1e-12)) + 1
+    # A running sum in order, as np.cumsum; a tiny slack so that a share of exactly `threshold` counts
+    # despite round-off in the sum.
+    below, running = 0, 0.0
+    for value in lam:
+        running += value
+        below += running / total < threshold - 1e-12
+    return below + 1
 
 
 def _spectrum_from_eigenvalues(lam: np.ndarray, evecs: np.ndarray, k95_threshold: float) -> WindowSpectrum:
-    sigma = np.sqrt(lam)
-    ratios, k_star, gap_ratio, rank = gap_statistics(sigma)
-    w = lam.shape[0]
+    # Plain floats for the W-length arithmetic (see gap_statistics); arrays only for what is returned.
+    lam_f = lam.tolist()
+    sigma_f = [math.sqrt(v) for v in lam_f]
+    ratios, k_star, gap_ratio, rank = _gap_of_floats(sigma_f)
+    w = len(lam_f)
 
     # Weighted variant k*_w = argmax (σ_j/Σσ)(σ_j/σ_{j+1}) of the author's replication scripts; inside the
     # rank like k*, so that structural zeros do not win.
-    total_sigma = sigma.sum()
+    total_sigma = sum(sigma_f)
     if rank >= 2:
-        scores = (sigma[: rank - 1] / total_sigma) * ratios[: rank - 1]
-        k_star_w = int(np.argmax(scores)) + 1
+        scores = [(sigma_f[j] / total_sigma) * ratios[j] for j in range(rank - 1)]
+        k_star_w = scores.index(max(scores)) + 1
+        gap_ratio_w = ratios[k_star_w - 1]
     else:
-        k_star_w = 1
-    gap_ratio_w = float(ratios[k_star_w - 1]) if rank >= 2 else gap_ratio
+        k_star_w, gap_ratio_w = 1, gap_ratio
 
-    total = float(lam.sum())
+    total = sum(lam_f)
     if total > 0.0:
-        p = lam[lam > 0.0] / total
-        effective_rank = float(np.exp(-np.sum(p * np.log(p))))
+        effective_rank = math.exp(-sum((v / total) * math.log(v / total) for v in lam_f if v > 0.0))
     else:
         effective_rank = 0.0
+    sigma = np.array(sigma_f, dtype=np.float64)
 
     return WindowSpectrum(
         singular_values=_frozen(sigma),
         eigenvalues=_frozen(lam),
         eigenvectors=_frozen(evecs),
-        ratios=_frozen(ratios),
+        ratios=_frozen(np.array(ratios, dtype=np.float64)),
         k_star=k_star,
         gap_ratio=gap_ratio,
-        gap=float(sigma[k_star - 1] - sigma[k_star]),
-        gap_lambda=float(lam[k_star - 1] - lam[k_star]),
-        k95=cumulative_variance_rank(lam, k95_threshold),
+        gap=sigma_f[k_star - 1] - sigma_f[k_star],
+        gap_lambda=lam_f[k_star - 1] - lam_f[k_star],
+        k95=cumulative_variance_rank(lam_f, k95_threshold),
         k95_threshold=float(k95_threshold),
         k_star_weighted=k_star_w,
         gap_ratio_weighted=gap_ratio_w,
-        g23=float(lam[1] - lam[2]) if w >= 3 else None,
+        g23=lam_f[1] - lam_f[2] if w >= 3 else None,
         rank=rank,
         effective_rank=effective_rank,
         total_variance=total,

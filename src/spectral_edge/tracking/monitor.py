@@ -34,7 +34,7 @@ from spectral_edge.spectrum.window import (
     DEFAULT_RANK_RTOL,
     FLOAT32_RANK_RTOL,
     analyze_gram,
-    gap_statistics_rows,
+    gap_statistics,
     gram_singular_values,
 )
 from spectral_edge.tracking.events import EventDetector, EventThresholds
@@ -509,8 +509,8 @@ class SpectralMonitor:
         groups: dict[str, GroupSpectrum] = {}
         if len(grams) > 1:
             sigmas = gram_singular_values(np.stack(list(grams.values())), rank_rtol=rtol)  # (n_groups, W)
-            _, ks, rs, _ = gap_statistics_rows(sigmas)
-            for name, sigma, k, r in zip(grams, sigmas, ks.tolist(), rs.tolist(), strict=True):
+            for name, sigma in zip(grams, sigmas, strict=True):
+                _, k, r, _ = gap_statistics(sigma)
                 groups[name] = GroupSpectrum(k_star=k, gap_ratio=r, singular_values=sigma)
         return SpectralRecord(
             step=self.step_count,
