@@ -214,6 +214,7 @@ def gap_statistics(singular_values: Any) -> tuple[np.ndarray, int, float, int]:
 
 
 def _gap_of_floats(s: list[float]) -> tuple[list[float], int, float, int]:
+    """:func:`gap_statistics` on a list of floats, the ratios left as a list."""
     rank = sum(1 for v in s if v > 0.0)
     ratios = [
         a / b if b > 0.0 else (math.inf if a > 0.0 else 1.0) for a, b in zip(s[:-1], s[1:], strict=True)
