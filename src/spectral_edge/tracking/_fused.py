@@ -168,7 +168,7 @@ def fused_kernel() -> Any:
 
             _put_ninja_on_path()
             logger.info(
-                "spectral-edge: building the fused CPU push kernel (once per machine, about a minute)"
+                "spectral-edge: loading the fused CPU push kernel (compiled on first use, about a minute)"
             )
             _module = load_inline(
                 "spectral_edge_fused_push",
