@@ -166,8 +166,11 @@ class EventDetector:
         if change is not None:
             event("k_star_shift", change[0], change[1], f"k* moved from {change[0]} to {k}")
 
-        regime = self._regime_candidate(record)
+        adiabatic, lr = getattr(record, "adiabatic", None), getattr(record, "lr", None)
+        if adiabatic is not None:
+            self._recent_adiabatic.append(adiabatic * lr if self.regimes.scale == "lr" and lr else adiabatic)
         smoothed = statistics.median(self._recent_adiabatic) if self._recent_adiabatic else None
+        regime = record.regime if adiabatic is None else self._regime_candidate(smoothed, lr)
         change = self._regime.update(regime, smoothed)
         if change is not None:
             events.append(
@@ -190,13 +193,9 @@ class EventDetector:
             return record.k_star
         return stable
 
-    def _regime_candidate(self, record: SpectralRecord) -> str | None:
-        """The record's regime, with the cut-offs widened by the margin away from the current regime."""
-        adiabatic, lr = getattr(record, "adiabatic", None), getattr(record, "lr", None)
-        if adiabatic is None:
-            return record.regime
-        self._recent_adiabatic.append(adiabatic * lr if self.regimes.scale == "lr" and lr else adiabatic)
-        value = statistics.median(self._recent_adiabatic)
+    def _regime_candidate(self, value: float, lr: float | None) -> str:
+        """The regime of the smoothed 𝒜 ``value``, with the cut-offs widened by the margin away from the
+        current regime."""
         low, high, m = self.regimes.low, self.regimes.high, self.thresholds.regime_margin
         stable = self._regime.stable
         if stable == "plateau":
