@@ -182,8 +182,8 @@ def test_stacked_group_spectra_match_one_gram_at_a_time():
     assert gap_ratios[3] == np.inf and gap_ratios[4] == 1.0
 
 
-def test_stacked_clipping_falls_back_to_the_per_matrix_checks():
-    """One non-Gram matrix in a stack is refused with the single-matrix message."""
+def test_stacked_clipping_checks_every_matrix():
+    """One non-Gram matrix in a stack is refused, as it would be alone."""
     good = np.diag([4.0, 1.0, 0.5])
     bad = np.diag([4.0, 1.0, -1.0])
     with pytest.raises(NotPositiveSemidefiniteError):

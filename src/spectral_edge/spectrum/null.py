@@ -48,7 +48,7 @@ def noise_level_from_spectrum(eigenvalues: np.ndarray, n_params: int) -> float:
     if n_params < 1:
         raise ValueError(f"n_params must be >= 1, got {n_params}")
     # Plain floats: W values, where NumPy's per-call cost was most of the time at every record.
-    lam = sorted((float(v) for v in np.asarray(eigenvalues, dtype=np.float64).reshape(-1)), reverse=True)
+    lam = sorted(np.asarray(eigenvalues, dtype=np.float64).reshape(-1).tolist(), reverse=True)
     bottom = lam[len(lam) // 2 :]
     return math.sqrt(max(math.fsum(bottom) / len(bottom), 0.0) / n_params)
 

@@ -184,14 +184,7 @@ def gram_singular_values(gram: Any, *, rank_rtol: float = DEFAULT_RANK_RTOL) -> 
             f"expected finite (W, W) or (n, W, W) Gram matrices with W >= 2, got shape {g.shape}"
         )
     lam = np.linalg.eigvalsh(0.5 * (g + np.swapaxes(g, -1, -2)))[..., ::-1]
-    if g.ndim == 2:
-        return np.sqrt(_clip_eigenvalues(lam.copy(), rank_rtol))
-    top, lowest = lam[:, 0], lam[:, -1]
-    if np.all(top > 0.0) and np.all(lowest >= -rank_rtol * top):
-        # Every row is a plain Gram matrix: clip all at once (the monitor does this at every record).
-        clipped = np.where(lam < rank_rtol * top[:, None], 0.0, lam)
-        return np.sqrt(clipped)
-    return np.stack([np.sqrt(_clip_eigenvalues(row.copy(), rank_rtol)) for row in lam])
+    return np.sqrt(_clip_eigenvalues(lam, rank_rtol))
 
 
 def gap_statistics(singular_values: Any) -> tuple[np.ndarray, int, float, int]:
@@ -291,32 +284,38 @@ def _spectrum_from_eigenvalues(lam: np.ndarray, evecs: np.ndarray, k95_threshold
 
 
 def _clip_eigenvalues(evals: np.ndarray, rank_rtol: float) -> np.ndarray:
-    """Zero the round-off eigenvalues; warn about, or refuse, clearly negative ones."""
-    top = float(evals[0])
-    if top <= 0.0:
-        if top < 0.0:
-            raise NotPositiveSemidefiniteError(
-                f"the largest eigenvalue of the Gram matrix is negative ({top:.3e}): it is not X Xᵀ"
-            )
-        return np.zeros_like(evals)
-    lowest = float(evals[-1])
-    if lowest < -NEGATIVE_RAISE_RTOL * top:
+    """Zero the round-off eigenvalues; warn about, or refuse, clearly negative ones.
+
+    ``evals`` is (W,) or a stack (n, W), each row descending; every row is checked and clipped against
+    its own λ_1, in one pass for the whole stack. Returns a new array.
+    """
+    top, lowest = evals[..., :1], evals[..., -1:]
+    if np.any(top < 0.0):
         raise NotPositiveSemidefiniteError(
-            f"the Gram matrix has eigenvalue {lowest:.3e} against λ_1 = {top:.3e}; a Gram matrix X Xᵀ "
+            f"the largest eigenvalue of the Gram matrix is negative ({float(top.min()):.3e}): it is not X Xᵀ"
+        )
+    live = top > 0.0  # an all-zero Gram (λ_1 = 0) is zero, whatever its round-off
+    refused = live & (lowest < -NEGATIVE_RAISE_RTOL * top)
+    if np.any(refused):
+        i = np.flatnonzero(refused.reshape(-1))[0]
+        raise NotPositiveSemidefiniteError(
+            f"the Gram matrix has eigenvalue {float(lowest.reshape(-1)[i]):.3e} against "
+            f"λ_1 = {float(top.reshape(-1)[i]):.3e}; a Gram matrix X Xᵀ "
             "is positive semi-definite. Pass the Gram of the updates, not a covariance estimate or a "
             "difference of Grams."
         )
-    if lowest < -rank_rtol * top:
+    clipped = live & (lowest < -rank_rtol * top)
+    if np.any(clipped):
+        i = np.flatnonzero(clipped.reshape(-1))[0]
         warnings.warn(
-            f"clipped a negative eigenvalue {lowest:.3e} (λ_1 = {top:.3e}) of the Gram matrix to 0; "
+            f"clipped a negative eigenvalue {float(lowest.reshape(-1)[i]):.3e} "
+            f"(λ_1 = {float(top.reshape(-1)[i]):.3e}) of the Gram matrix to 0; "
             "it is below the round-off level rank_rtol·λ_1; was G accumulated in lower precision than "
             "rank_rtol assumes?",
             SpectrumWarning,
             stacklevel=3,
         )
-    lam = evals.copy()
-    lam[lam < rank_rtol * top] = 0.0
-    return lam
+    return np.where(live & (evals >= rank_rtol * top), evals, 0.0)
 
 
 #: Columns per block when a torch window's Gram is formed on its own device in float64.
