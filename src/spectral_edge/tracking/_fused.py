@@ -52,9 +52,10 @@ _SOURCE = r"""
 // compiler keeps in vector registers. The order of the adds is written out, so no -ffast-math is needed.
 constexpr int64_t L = 32;
 
+template <int64_t N>
 static inline float lane_total(const float* acc) {
   float s = 0.f;
-  for (int64_t j = 0; j < L; ++j) s += acc[j];
+  for (int64_t j = 0; j < N; ++j) s += acc[j];
   return s;
 }
 
@@ -74,14 +75,13 @@ static inline void dot_rows(const float* __restrict d, const float* x0, int64_t 
       for (int64_t j = 0; j < M; ++j) acc[r][j] += d[k + j] * xr[j];
     }
   for (int r = 0; r < R; ++r) {
-    float s = 0.f;
-    for (int64_t j = 0; j < M; ++j) s += acc[r][j];
+    float s = lane_total<M>(acc[r]);
     for (int64_t i = k; i < n; ++i) s += d[i] * x0[r * P + i];
     out[r] = s;
   }
 }
 
-constexpr int R = 5;
+constexpr int ROWS_PER_SWEEP = 5;
 
 // One block of n <= B values: d = theta - prev (prev refreshed to theta), out[w] = <d, row w of X>
 // (the target row too: its old value is b, the update leaving), out[W] = |d|^2, then d over the target row.
@@ -100,10 +100,11 @@ static void push_block(const float* __restrict th, float* __restrict pv, float* 
       acc[j] += v * v;
     }
   }
-  float dd = lane_total(acc);
+  float dd = lane_total<L>(acc);
   for (; i < n; ++i) { const float v = th[i] - pv[i]; pv[i] = th[i]; d[i] = v; dd += v * v; }
   int64_t w = 0;
-  for (; w + R <= W; w += R) dot_rows<R>(d, x + w * P + col, P, n, out + w);
+  for (; w + ROWS_PER_SWEEP <= W; w += ROWS_PER_SWEEP)
+    dot_rows<ROWS_PER_SWEEP>(d, x + w * P + col, P, n, out + w);
   for (; w < W; ++w) dot_rows<1>(d, x + w * P + col, P, n, out + w);
   out[W] = dd;
   std::copy(d, d + n, x + target * P + col);
