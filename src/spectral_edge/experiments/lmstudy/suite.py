@@ -29,11 +29,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from spectral_edge.experiments.atomic import write_json
+from spectral_edge.experiments.atomic import MANIFEST, read_manifest, write_json
 from spectral_edge.experiments.lmstudy.recipes import SUITES, LMConfig, config_dict, variants
 from spectral_edge.experiments.lmstudy.train import STATE_FILE, load_outcome, run
 
-MANIFEST = "suite.json"
 _LOG_EVERY_S = 30.0
 
 
@@ -138,13 +137,6 @@ def run_suite(
     finally:
         manifest.write()
     return SuiteReport(suite, out, statuses, time.time() - started)
-
-
-def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any] | None:
-    try:
-        return json.loads((Path(out) / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 class _Ticker:

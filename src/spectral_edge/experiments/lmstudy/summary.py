@@ -19,7 +19,6 @@ are chosen and filled from the numbers. :func:`write_summary` writes both files 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -29,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from spectral_edge.experiments.atomic import write_json, write_text
+from spectral_edge.experiments.atomic import MANIFEST, read_manifest, write_json, write_text
 from spectral_edge.experiments.lmstudy import analysis as an
 from spectral_edge.experiments.lmstudy.train import OUTCOME_FILE, load_outcome
 from spectral_edge.experiments.progress import format_duration
@@ -48,7 +47,6 @@ __all__ = [
     "write_summary",
 ]
 
-MANIFEST = "suite.json"
 SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"
 #: The paper's collapse onset: step 7500 ± 300 of 10K (§33, SED README), as a fraction of training.
 PAPER_ONSET_FRACTION = (0.75, 0.03)
@@ -195,15 +193,6 @@ RULES: dict[str, str] = {
 
 
 # -- finding and analysing runs ------------------------------------------------------------------------------
-
-
-def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """``<out>/suite.json`` as a dict, or None when it is missing or unreadable."""
-    try:
-        data = json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def find_runs(out: str | os.PathLike[str]) -> dict[str, Path]:

@@ -51,7 +51,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, TextIO
 
-from spectral_edge.experiments.atomic import write_json
+from spectral_edge.experiments.atomic import MANIFEST, read_manifest, write_json
 from spectral_edge.experiments.study.common import (
     OUTCOME_FILE,
     SUITES,
@@ -68,7 +68,6 @@ FAMILY_MODULES: dict[str, str] = {
     "scan": "spectral_edge.experiments.study.scan",
 }
 #: The suite manifest inside the output directory.
-MANIFEST = "suite.json"
 _MANIFEST_FORMAT = 1
 #: Seconds between progress messages a worker sends (and lines printed when stderr is not a terminal).
 _WORKER_PROGRESS_EVERY = 0.5
@@ -653,15 +652,6 @@ class _Manifest:
                 t[0] += float(entry.get("wall_s", 0.0)) + float(entry.get("ww_s", 0.0))
                 t[1] += float(entry["steps"])
         return {family: s / n for family, (s, n) in totals.items() if n > 0 and s > 0}
-
-
-def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The suite manifest of ``out`` (``suite.json``), or None when there is none (or it is unreadable)."""
-    path = Path(out) / MANIFEST
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _identity(run: PlannedRun) -> dict[str, Any]:
