@@ -314,7 +314,8 @@ def run(
         }
     finally:
         for mon in monitors:
-            mon.close()
+            mon.close()  # closes only a store it opened itself; these it was handed
+            mon.store.close()
     peak_rss = _peak_rss_bytes()  # before the memory measurement below allocates more windows
     if config.kind == "finetune":
         monitors.clear()  # their windows must be freed before the measurement

@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from spectral_edge._imports import require
+from spectral_edge.experiments.atomic import write_text
 from spectral_edge.experiments.fetch import cache_dir
 
 #: The tokenizer kinds :func:`train_tokenizer` knows.
@@ -121,20 +120,9 @@ class Tokenizer:
         return cls(data["kind"], data)
 
     def save(self, path: str | Path) -> Path:
-        """Write the tokenizer as JSON, atomically (a temporary file, then ``os.replace``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A reader never sees a half-written file: another process that loads the cache while this one
-        # writes finds either no file or the complete one.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.to_dict(), handle, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        """Write the tokenizer as JSON, atomically: another process that loads the cache meanwhile finds
+        either no file or the complete one."""
+        return write_text(path, json.dumps(self.to_dict(), ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
