@@ -112,19 +112,22 @@ static void push_block(const float* __restrict th, float* __restrict pv, float* 
 
 // segments s: theta[s] and prev[s] are flat contiguous float32 CPU tensors of one length; their values
 // sit in columns [cols[s], cols[s] + n) of X (W x P, float32, contiguous); their dot products add to row
-// pieces[s] of partials (n_pieces x (W + 1), float64, accumulated into).
+// rows[s] of partials (n_rows x (W + 1), float64, accumulated into): the window passes each segment's group.
 void fused_push(const std::vector<at::Tensor>& thetas, const std::vector<at::Tensor>& prevs,
-                const std::vector<int64_t>& cols, const std::vector<int64_t>& pieces,
+                const std::vector<int64_t>& cols, const std::vector<int64_t>& rows,
                 at::Tensor X, int64_t target, at::Tensor partials) {
   TORCH_CHECK(X.is_contiguous() && X.scalar_type() == at::kFloat && X.dim() == 2, "X must be (W, P) float32");
   TORCH_CHECK(partials.scalar_type() == at::kDouble && partials.is_contiguous(), "partials must be float64");
   const int64_t W = X.size(0), P = X.size(1);
   TORCH_CHECK(partials.size(1) == W + 1, "partials must have W + 1 columns");
   constexpr int64_t B = 8192;
+  TORCH_CHECK(prevs.size() == thetas.size() && cols.size() == thetas.size() && rows.size() == thetas.size(),
+              "one prev, column and row per segment");
   std::vector<std::pair<int64_t, int64_t>> blocks;  // (segment, first element)
   for (size_t s = 0; s < thetas.size(); ++s) {
     const int64_t n = thetas[s].numel();
     TORCH_CHECK(prevs[s].numel() == n && cols[s] >= 0 && cols[s] + n <= P, "segment does not fit X");
+    TORCH_CHECK(rows[s] >= 0 && rows[s] < partials.size(0), "segment's row is outside partials");
     for (int64_t lo = 0; lo < n; lo += B) blocks.emplace_back(static_cast<int64_t>(s), lo);
   }
   const int64_t nb = static_cast<int64_t>(blocks.size());
@@ -141,7 +144,7 @@ void fused_push(const std::vector<at::Tensor>& thetas, const std::vector<at::Ten
   });
   double* part = partials.data_ptr<double>();
   for (int64_t b = 0; b < nb; ++b) {
-    double* row = part + pieces[blocks[b].first] * (W + 1);
+    double* row = part + rows[blocks[b].first] * (W + 1);
     const double* o = out.data() + b * (W + 1);
     for (int64_t w = 0; w <= W; ++w) row[w] += o[w];
   }

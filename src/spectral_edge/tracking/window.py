@@ -90,11 +90,11 @@ class ParameterLayout:
         )
         return layout, order
 
-    @property
+    @functools.cached_property  # read at every push and record; the layout is frozen
     def numels(self) -> tuple[int, ...]:
         return tuple(math.prod(s) for s in self.shapes)
 
-    @property
+    @functools.cached_property
     def n_params(self) -> int:
         """P, the total number of scalars."""
         return sum(self.numels)
@@ -264,7 +264,9 @@ class UpdateWindow:
                     "warning logged by spectral_edge); install a C++ compiler and ninja, or use kernel='auto'"
                 )
         self.kernel = "fused" if self._kernel is not None else "torch"
-        self._partials64 = torch.zeros(len(plan), window + 1, dtype=torch.float64)
+        # The fused kernel adds each segment's dot products straight into its group's row.
+        self._group_partials = torch.zeros(len(layout.group_names), window + 1, dtype=torch.float64)
+        self._group_partials_np = self._group_partials.numpy()  # a view: no conversion per push
         self._fused_key: tuple[int, ...] | None = None
         self._fused_args: tuple[list[torch.Tensor], list[torch.Tensor], list[int], list[int]] | None = None
 
@@ -303,9 +305,13 @@ class UpdateWindow:
 
     def group_grams(self) -> dict[str, np.ndarray]:
         """Every group's Gram matrix in time order (one gather for all of them)."""
+        return dict(zip(self.layout.group_names, self.stacked_group_grams(), strict=True))
+
+    def stacked_group_grams(self) -> np.ndarray:
+        """The groups' Gram matrices in time order as one (n_groups, count, count) float64 array, in the
+        order of ``layout.group_names`` (a copy)."""
         idx = np.asarray(self._order, dtype=np.intp)
-        stacked = self._gram[:, idx[:, None], idx[None, :]]  # (n_groups, count, count), a copy
-        return dict(zip(self.layout.group_names, stacked, strict=True))
+        return self._gram[:, idx[:, None], idx[None, :]]
 
     def principal_directions(self, k: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
         """The top-k right singular vectors of X: unit directions in parameter space, v_j = Xᵀu_j/σ_j.
@@ -450,9 +456,9 @@ class UpdateWindow:
 
         fused = self._fused_segments(current) if from_snapshot and not keep_references else None
         if fused is not None:
-            self._partials64.zero_()
-            self._kernel.fused_push(*fused, x, target, self._partials64)
-            chunk_rows = self._partials64.numpy()  # (n_chunks, W + 1)
+            self._group_partials.zero_()
+            self._kernel.fused_push(*fused, x, target, self._group_partials)
+            group_rows = self._group_partials_np  # (n_groups, W + 1)
         else:
             shares = self._worker_shares
             if len(shares) == 1:
@@ -460,10 +466,11 @@ class UpdateWindow:
             else:
                 run_in_workers([functools.partial(run, share, k) for k, share in enumerate(shares)])
             chunk_rows = partials.to(device="cpu", dtype=torch.float64).numpy()  # (n_chunks, W + 1)
-        group_rows = np.zeros((len(self.layout.group_names), w + 1))
-        np.add.at(group_rows, self._chunk_group, chunk_rows)
-        total = group_rows.sum(axis=0)
-        added_sq = float(total[w])
+            group_rows = np.zeros((len(self.layout.group_names), w + 1))
+            np.add.at(group_rows, self._chunk_group, chunk_rows)
+        # The W + 1 totals as floats: the scalars below are read off them without a NumPy call each.
+        total = group_rows.sum(axis=0).tolist()
+        added_sq = total[w]
 
         if not math.isfinite(added_sq) or added_sq == 0.0:
             status = "zero" if added_sq == 0.0 else "nonfinite"
@@ -476,11 +483,10 @@ class UpdateWindow:
             norm = math.sqrt(added_sq) if added_sq >= 0.0 else float("nan")
             return PushResult(status=status, update_norm=norm, dropped=dropping)
 
-        idx = np.asarray(self._order, dtype=np.intp)
-        window_dots = total[idx].copy()  # ⟨x_i, a⟩ in time order, before the push
+        window_dots = np.array([total[i] for i in self._order])  # ⟨x_i, a⟩ in time order, before the push
         if dropping:
             dropped_sq = float(self._gram[:, target, target].sum())
-            a_dot_b = float(total[target])
+            a_dot_b = total[target]
             dc = delta_c_frobenius(added_sq, dropped_sq, a_dot_b)
             self._order.pop(0)
         else:
@@ -488,12 +494,15 @@ class UpdateWindow:
 
         # Row and column `target` of each group's Gram: dots with the slots still in the window, ‖a‖² on
         # the diagonal, zeros against empty slots.
-        keep = np.zeros(w, dtype=bool)
-        keep[self._order] = True
-        new_rows = np.where(keep[None, :], group_rows[:, :w], 0.0)
-        new_rows[:, target] = group_rows[:, w]
-        self._gram[:, target, :] = new_rows
-        self._gram[:, :, target] = new_rows
+        gram = self._gram
+        if len(self._order) == w - 1:  # every other slot holds an update (the steady state)
+            gram[:, target, :] = group_rows[:, :w]
+        else:
+            keep = np.zeros(w, dtype=bool)
+            keep[self._order] = True
+            gram[:, target, :] = np.where(keep[None, :], group_rows[:, :w], 0.0)
+        gram[:, target, target] = group_rows[:, w]
+        gram[:, :, target] = gram[:, target, :]
         self._order.append(target)
         self.pushes += 1
         return PushResult(
@@ -509,7 +518,8 @@ class UpdateWindow:
         self, current: list[torch.Tensor]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int], list[int]] | None:
         """The fused kernel's arguments for ``current``: one segment per tensor (or slice of one), with
-        its θ_prev view, first column and piece; None when the kernel does not apply to these tensors.
+        its θ_prev view, first column and group (its row of the partial sums); None when the kernel does
+        not apply to these tensors.
 
         Cached while the parameters keep their identity and the snapshot its buffers, so a push costs
         one C++ call and no Python work per tensor.
@@ -526,27 +536,27 @@ class UpdateWindow:
         thetas: list[torch.Tensor] = []
         prevs: list[torch.Tensor] = []
         cols: list[int] = []
-        pieces: list[int] = []
+        rows: list[int] = []
         numels = self.layout.numels
         for i, (kind, idx, lo, hi, col) in enumerate(self._plan):
             if kind == "slice":
                 thetas.append(current[idx[0]][lo:hi])
                 prevs.append(self._prev[i])
                 cols.append(col)
-                pieces.append(i)
+                rows.append(int(self._chunk_group[i]))
                 continue
             offset = 0
             for t in idx:
                 thetas.append(current[t])
                 prevs.append(self._prev[i][offset : offset + numels[t]])
                 cols.append(col + offset)
-                pieces.append(i)
+                rows.append(int(self._chunk_group[i]))
                 offset += numels[t]
         if not all(t.is_contiguous() for t in thetas):
             return None
         # Only a cached flat list (the live parameters' views) keeps its identity between pushes.
         self._fused_key = key if current is self._flat_cache else None
-        self._fused_args = (thetas, prevs, cols, pieces)
+        self._fused_args = (thetas, prevs, cols, rows)
         return self._fused_args
 
     def _delta_of_slice(
