@@ -9,8 +9,11 @@ import torch
 from spectral_edge.errors import NotPositiveSemidefiniteError, SpectrumWarning
 from spectral_edge.spectrum.window import (
     analyze_gram,
+    analyze_gram_with_parts,
     analyze_window,
     cumulative_variance_rank,
+    descending_eigh,
+    gap_positions,
     gap_statistics,
     gram_singular_values,
 )
@@ -188,3 +191,59 @@ def test_stacked_clipping_checks_every_matrix():
     bad = np.diag([4.0, 1.0, -1.0])
     with pytest.raises(NotPositiveSemidefiniteError):
         gram_singular_values(np.stack([good, bad]))
+
+
+def test_total_and_parts_in_one_call_match_separate_analyses():
+    """analyze_gram_with_parts (the monitor's record: the total and its groups' Grams, one eigensolver
+    call) against analyze_gram of the total and gram_singular_values of the parts, and against an SVD of
+    each part's X; gap_positions against gap_statistics row by row."""
+    rng = np.random.default_rng(11)
+    w = 7
+    xs = []
+    for rank in (7, 3, 1, 0):  # full-rank, rank-deficient, rank-one and all-zero parts
+        xs.append(
+            rng.standard_normal((w, 40)) * (np.arange(w) < rank)[:, None] * rng.uniform(0.5, 2.0, (w, 1))
+        )
+    parts = np.stack([x @ x.T for x in xs])
+    total = parts.sum(axis=0)
+    spec, part_sigmas = analyze_gram_with_parts(total, parts)
+    alone = analyze_gram(total)
+    for name in ("singular_values", "ratios", "eigenvalues"):
+        np.testing.assert_allclose(getattr(spec, name), getattr(alone, name), rtol=1e-12, atol=0)
+    assert (spec.k_star, spec.k95, spec.rank) == (alone.k_star, alone.k95, alone.rank)
+    np.testing.assert_allclose(part_sigmas, gram_singular_values(parts), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(spec.singular_values, reference_singular_values(np.hstack(xs)), rtol=1e-10)
+    for x, sigma in zip(xs, part_sigmas, strict=True):
+        np.testing.assert_allclose(
+            sigma[: np.linalg.matrix_rank(x)],
+            reference_singular_values(x)[: np.linalg.matrix_rank(x)],
+            rtol=1e-10,
+        )
+    positions = gap_positions(part_sigmas)
+    for sigma, (k, r) in zip(part_sigmas, positions, strict=True):
+        _, k_ref, r_ref, _ = gap_statistics(sigma)
+        assert (k, r) == (k_ref, r_ref)
+    assert positions[2] == (1, np.inf) and positions[3] == (1, 1.0)
+    assert analyze_gram_with_parts(total, None)[1] is None
+    assert not spec.singular_values.flags.writeable and not spec.eigenvectors.flags.writeable
+
+
+def test_parts_are_checked_like_the_total():
+    good = np.diag([4.0, 1.0, 0.5])
+    with pytest.raises(ValueError, match=r"parts must be \(n, 3, 3\)"):
+        analyze_gram_with_parts(good, np.stack([np.eye(2)]))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        analyze_gram_with_parts(good, np.stack([np.full((3, 3), np.nan)]))
+    with pytest.raises(NotPositiveSemidefiniteError):
+        analyze_gram_with_parts(good, np.stack([good, np.diag([4.0, 1.0, -1.0])]))
+
+
+def test_descending_eigh_orders_and_symmetrises():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((2, 5, 5))
+    lam, vec = descending_eigh(a)
+    sym = 0.5 * (a + a.transpose(0, 2, 1))
+    for i in range(2):
+        assert np.all(np.diff(lam[i]) <= 0)
+        np.testing.assert_allclose(vec[i] @ np.diag(lam[i]) @ vec[i].T, sym[i], atol=1e-12)
+        np.testing.assert_allclose(lam[i], np.sort(np.linalg.eigvalsh(sym[i]))[::-1], rtol=1e-12)

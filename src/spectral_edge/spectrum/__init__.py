@@ -31,8 +31,10 @@ from spectral_edge.spectrum.stability import (
 from spectral_edge.spectrum.window import (
     WindowSpectrum,
     analyze_gram,
+    analyze_gram_with_parts,
     analyze_window,
     cumulative_variance_rank,
+    gap_positions,
     gap_statistics,
     gram_singular_values,
 )
@@ -42,7 +44,9 @@ __all__ = [
     "WindowSpectrum",
     "analyze_window",
     "analyze_gram",
+    "analyze_gram_with_parts",
     "gap_statistics",
+    "gap_positions",
     "gram_singular_values",
     "cumulative_variance_rank",
     # stability (Parts IV, VI) and the adiabatic parameter

@@ -14,6 +14,8 @@ from typing import Literal
 
 import numpy as np
 
+from spectral_edge.spectrum.window import descending_eigh
+
 #: Cut-offs of the adiabatic regimes. The paper (Prop 34.3) names the regimes 𝒜 ≪ 1, 𝒜 ~ 1 and 𝒜 ≫ 1
 #: but gives no numbers; these defaults put "~ 1" at one decade either side of 1, applied to η·𝒜 (see
 #: AdiabaticRegimes). They are settable everywhere a regime is computed.
@@ -55,29 +57,34 @@ def stability_coefficients(
     lam = np.asarray(eigenvalues, dtype=np.float64)
     if delta_c_fro == 0.0:
         return np.ones_like(lam)
-    separation = nearest_eigenvalue_gaps(lam)
+    # Plain floats for the W values, as in nearest_eigenvalue_gaps.
+    values = lam.reshape(-1).tolist()
+    separation = _nearest_gaps(values)
     if include_zero:
-        separation = np.minimum(separation, np.abs(lam))
-    alpha = np.zeros_like(lam)
-    positive = separation > 0.0
-    alpha[positive] = 1.0 - c * delta_c_fro**2 / separation[positive] ** 2
-    return np.clip(alpha, 0.0, 1.0)
+        separation = [min(d, abs(v)) for d, v in zip(separation, values, strict=True)]
+    shift = c * delta_c_fro**2
+    alpha = [min(max(1.0 - shift / d**2, 0.0), 1.0) if d > 0.0 else 0.0 for d in separation]
+    return np.array(alpha, dtype=np.float64).reshape(lam.shape)
 
 
 def nearest_eigenvalue_gaps(eigenvalues: np.ndarray) -> np.ndarray:
     """δ_j = min_{k≠j} |λ_j − λ_k| for every j (Def 16.1). Needs at least 2 eigenvalues."""
-    lam = np.asarray(eigenvalues, dtype=np.float64).reshape(-1).tolist()
+    return np.array(_nearest_gaps(np.asarray(eigenvalues, dtype=np.float64).reshape(-1).tolist()))
+
+
+def _nearest_gaps(lam: list[float]) -> list[float]:
+    """:func:`nearest_eigenvalue_gaps` on plain floats: W is small and this runs at every record, where
+    NumPy's per-call cost was far more than the arithmetic."""
     if len(lam) < 2:
         raise ValueError(f"need at least 2 eigenvalues, got {len(lam)}")
-    # The nearest other eigenvalue is a neighbour in sorted order; plain floats, since W is small and this
-    # runs at every record.
+    # The nearest other eigenvalue is a neighbour in sorted order.
     order = sorted(range(len(lam)), key=lam.__getitem__)
     gaps = [0.0] * len(lam)
     for pos, j in enumerate(order):
         below = lam[j] - lam[order[pos - 1]] if pos > 0 else math.inf
         above = lam[order[pos + 1]] - lam[j] if pos + 1 < len(order) else math.inf
         gaps[j] = min(below, above)
-    return np.array(gaps, dtype=np.float64)
+    return gaps
 
 
 def half_window_alignment(gram: np.ndarray, *, rank_rtol: float = 1e-13) -> np.ndarray:
@@ -110,17 +117,20 @@ def half_window_alignment(gram: np.ndarray, *, rank_rtol: float = 1e-13) -> np.n
     # script gives the extra update to the second half).
     first, second = slice(0, h), slice(w - h, w)
     # Both halves in one LAPACK call: at every record, each call's fixed cost outweighs an h × h solve.
-    lam, u = _descending_eigh(np.stack([g[first, first], g[second, second]]))
-    (lam1, lam2), (u1, u2) = lam, u
-    cross = u1.T @ g[first, second] @ u2  # (h, h) = diag(σ¹) V₁ᵀV₂ diag(σ²)
-    alpha = np.zeros(h)
-    top = max(float(lam1[0]), float(lam2[0]))
+    lam, u = descending_eigh(np.stack([g[first, first], g[second, second]]))
+    (lam1, lam2), (u1, u2) = lam.tolist(), u
+    # The diagonal of u₁ᵀ G₁₂ u₂ = diag(σ¹) V₁ᵀV₂ diag(σ²), without forming the rest of it.
+    cross = np.einsum("aj,aj->j", u1, g[first, second] @ u2).tolist()
+    top = max(lam1[0], lam2[0])
     if top <= 0.0:
-        return alpha
+        return np.zeros(h)
     # Directions whose eigenvalue is round-off (a half with fewer than h independent updates) are undefined.
-    live = (lam1 > rank_rtol * top) & (lam2 > rank_rtol * top)
-    alpha[live] = np.abs(np.diag(cross)[live]) / np.sqrt(lam1[live] * lam2[live])
-    return np.clip(alpha, 0.0, 1.0)
+    cut = rank_rtol * top
+    alpha = [
+        min(abs(d) / math.sqrt(a * b), 1.0) if a > cut and b > cut else 0.0
+        for d, a, b in zip(cross, lam1, lam2, strict=True)
+    ]
+    return np.array(alpha, dtype=np.float64)
 
 
 def davis_kahan_bound(delta_c_fro: float, gap_lambda: float) -> float:
@@ -227,10 +237,3 @@ class AdiabaticRegimes:
         if value > self.high:
             return "forgetting"
         return "transition"
-
-
-def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (descending) and eigenvectors (columns) of a symmetric matrix or a stack of them."""
-    sym = 0.5 * (matrix + np.swapaxes(matrix, -1, -2))
-    lam, vec = np.linalg.eigh(sym)
-    return lam[..., ::-1].copy(), vec[..., ::-1].copy()

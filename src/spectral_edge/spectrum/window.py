@@ -142,6 +142,46 @@ def analyze_gram(
         >>> analyze_gram(np.diag([9.0, 1.0, 1.0])).k_star
         1
     """
+    return _analyze_stack(gram, None, k95_threshold, rank_rtol)[0]
+
+
+def analyze_gram_with_parts(
+    gram: Any,
+    parts: Any,
+    *,
+    k95_threshold: float = 0.95,
+    rank_rtol: float = DEFAULT_RANK_RTOL,
+) -> tuple[WindowSpectrum, np.ndarray | None]:
+    """:func:`analyze_gram` of G and :func:`gram_singular_values` of its parts, from one eigensolver call.
+
+    The monitor's record needs the total Gram's spectrum and the singular values of each group's Gram
+    (which sum to it); diagonalising them as one stack pays the solver's fixed cost once. Every matrix is
+    symmetrised and clipped as :func:`analyze_gram` does, each against its own λ_1.
+
+    Args:
+        gram: (W, W) Gram matrix, as for :func:`analyze_gram`.
+        parts: (n, W, W) Gram matrices of parts of the updates, or None.
+        k95_threshold, rank_rtol: as for :func:`analyze_gram`.
+
+    Returns:
+        ``(spectrum, part_singular_values)``: the :class:`WindowSpectrum` of ``gram`` and the (n, W)
+        descending singular values of ``parts`` (None when ``parts`` is None).
+
+    Raises:
+        As :func:`analyze_gram`, for ``gram`` or any part.
+
+    Example:
+        >>> spec, parts = analyze_gram_with_parts(np.diag([9.0, 1.0]), np.array([np.diag([9.0, 0.0])] * 2) / 2)
+        >>> spec.k_star, parts.tolist()
+        (1, [[2.1213203435596424, 0.0], [2.1213203435596424, 0.0]])
+    """
+    return _analyze_stack(gram, parts, k95_threshold, rank_rtol)
+
+
+def _analyze_stack(
+    gram: Any, parts: Any, k95_threshold: float, rank_rtol: float
+) -> tuple[WindowSpectrum, np.ndarray | None]:
+    """The one body of :func:`analyze_gram` and :func:`analyze_gram_with_parts`."""
     if not 0.0 < k95_threshold <= 1.0:
         raise ValueError(f"k95_threshold must be in (0, 1], got {k95_threshold!r}")
     if not 0.0 <= rank_rtol < 1.0:
@@ -152,13 +192,27 @@ def analyze_gram(
         raise ValueError(f"a Gram matrix must be square (W, W), got shape {g.shape}")
     if w < 2:
         raise ValueError(f"a window needs at least 2 updates to have a gap, got W={w}")
-    if not np.all(np.isfinite(g)):
+    stack = g[None]
+    if parts is not None:
+        parts = np.asarray(parts, dtype=np.float64)
+        if parts.ndim != 3 or parts.shape[1:] != (w, w):
+            raise ValueError(f"parts must be (n, {w}, {w}) Gram matrices, got shape {parts.shape}")
+        stack = np.concatenate([stack, parts])
+    if not np.all(np.isfinite(stack)):
         raise ValueError("the Gram matrix holds NaN or Inf: an update was not finite")
-    g = 0.5 * (g + g.T)
-    evals, evecs = np.linalg.eigh(g)  # ascending
-    evals, evecs = evals[::-1].copy(), evecs[:, ::-1].copy()
-    lam = _clip_eigenvalues(evals, rank_rtol)
-    return _spectrum_from_eigenvalues(lam, evecs, k95_threshold)
+    lam, vec = descending_eigh(stack)
+    # A warning names the line that called analyze_gram(_with_parts), two frames above this one.
+    lam = _clip_eigenvalues(lam, rank_rtol, stacklevel=4)
+    spectrum = _spectrum_from_eigenvalues(lam[0], vec[0], k95_threshold)
+    return spectrum, (np.sqrt(lam[1:]) if parts is not None else None)
+
+
+def descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and eigenvectors (columns, in the same order) of a symmetric matrix or a
+    stack of them, in one LAPACK call; the input is symmetrised first, so round-off asymmetry is harmless."""
+    sym = 0.5 * (matrix + np.swapaxes(matrix, -1, -2))
+    lam, vec = np.linalg.eigh(sym)  # ascending
+    return lam[..., ::-1].copy(), vec[..., ::-1].copy()
 
 
 def gram_singular_values(gram: Any, *, rank_rtol: float = DEFAULT_RANK_RTOL) -> np.ndarray:
@@ -194,9 +248,8 @@ def gap_statistics(singular_values: Any) -> tuple[np.ndarray, int, float, int]:
     argmax of the ratios inside the rank (the first one on a tie), so that structural zeros never win;
     rank 1 gives k* = 1 with R = inf, rank 0 gives k* = 1 with R = 1.
 
-    The W values are handled as Python floats (float64 like NumPy's): the monitor calls this for the
-    total and every group at each record, where NumPy's per-call overhead on 10 values cost far more
-    than the arithmetic.
+    The W values are handled as Python floats (float64 like NumPy's): on 10 values at every record,
+    NumPy's per-call overhead cost far more than the arithmetic.
 
     Returns:
         ``(ratios, k_star, gap_ratio, rank)`` with ``k_star`` 1-based.
@@ -204,6 +257,17 @@ def gap_statistics(singular_values: Any) -> tuple[np.ndarray, int, float, int]:
     s = np.asarray(singular_values, dtype=np.float64).reshape(-1).tolist()
     ratios, k_star, gap_ratio, rank = _gap_of_floats(s)
     return np.array(ratios, dtype=np.float64), k_star, gap_ratio, rank
+
+
+def gap_positions(singular_values: Any) -> list[tuple[int, float]]:
+    """``(k*, R)`` of each row of a (n, W) stack of descending singular values, as :func:`gap_statistics`
+    finds them: one conversion to floats for the whole stack (the monitor's per-group gaps).
+
+    Example:
+        >>> gap_positions(np.array([[4.0, 1.0, 0.5], [3.0, 2.0, 0.1]]))
+        [(1, 4.0), (2, 20.0)]
+    """
+    return [_gap_of_floats(row)[1:3] for row in np.asarray(singular_values, dtype=np.float64).tolist()]
 
 
 def _gap_of_floats(s: list[float]) -> tuple[list[float], int, float, int]:
@@ -261,13 +325,16 @@ def _spectrum_from_eigenvalues(lam: np.ndarray, evecs: np.ndarray, k95_threshold
         effective_rank = math.exp(-sum((v / total) * math.log(v / total) for v in lam_f if v > 0.0))
     else:
         effective_rank = 0.0
-    sigma = np.array(sigma_f, dtype=np.float64)
+    # lam and evecs come contiguous from descending_eigh; the two others are new: only mark them read-only.
+    sigma, ratios_array = np.array(sigma_f, dtype=np.float64), np.array(ratios, dtype=np.float64)
+    for array in (sigma, ratios_array, lam, evecs):
+        array.setflags(write=False)
 
     return WindowSpectrum(
-        singular_values=_frozen(sigma),
-        eigenvalues=_frozen(lam),
-        eigenvectors=_frozen(evecs),
-        ratios=_frozen(np.array(ratios, dtype=np.float64)),
+        singular_values=sigma,
+        eigenvalues=lam,
+        eigenvectors=evecs,
+        ratios=ratios_array,
         k_star=k_star,
         gap_ratio=gap_ratio,
         gap=sigma_f[k_star - 1] - sigma_f[k_star],
@@ -283,13 +350,17 @@ def _spectrum_from_eigenvalues(lam: np.ndarray, evecs: np.ndarray, k95_threshold
     )
 
 
-def _clip_eigenvalues(evals: np.ndarray, rank_rtol: float) -> np.ndarray:
+def _clip_eigenvalues(evals: np.ndarray, rank_rtol: float, stacklevel: int = 3) -> np.ndarray:
     """Zero the round-off eigenvalues; warn about, or refuse, clearly negative ones.
 
     ``evals`` is (W,) or a stack (n, W), each row descending; every row is checked and clipped against
     its own λ_1, in one pass for the whole stack. Returns a new array.
     """
     top, lowest = evals[..., :1], evals[..., -1:]
+    # The common case, every eigenvalue above the round-off floor, costs one test; a negative λ_1 fails
+    # it too (then λ_W ≤ λ_1 < 0 < −rank_rtol·λ_1).
+    if not np.any(lowest < -rank_rtol * top):
+        return np.where(evals >= rank_rtol * top, evals, 0.0)
     if np.any(top < 0.0):
         raise NotPositiveSemidefiniteError(
             f"the largest eigenvalue of the Gram matrix is negative ({float(top.min()):.3e}): it is not X Xᵀ"
@@ -313,7 +384,7 @@ def _clip_eigenvalues(evals: np.ndarray, rank_rtol: float) -> np.ndarray:
             "it is below the round-off level rank_rtol·λ_1; was G accumulated in lower precision than "
             "rank_rtol assumes?",
             SpectrumWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return np.where(live & (evals >= rank_rtol * top), evals, 0.0)
 
@@ -354,10 +425,4 @@ def _as_float64_matrix(values: Any) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 2:
         raise ValueError(f"expected a 2-D (W, P) or (W, W) array, got {array.ndim} dimension(s)")
-    return array
-
-
-def _frozen(array: np.ndarray) -> np.ndarray:
-    array = np.ascontiguousarray(array, dtype=np.float64)
-    array.setflags(write=False)
     return array
