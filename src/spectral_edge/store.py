@@ -193,7 +193,7 @@ class RunStore:
             config = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
         if not isinstance(config, Mapping):
             raise TypeError(f"config must be a mapping or a dataclass instance, got {type(config).__name__}")
-        text = json.dumps(_jsonable(config, "config"), allow_nan=False)
+        text = _STRICT_JSON.encode(_jsonable(config, "config"))
         with self._transaction() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO config (id, json, wall_time) VALUES (1, ?, ?)", (text, time.time())
@@ -335,12 +335,15 @@ class RunStore:
                 value = None
             values[name] = value
         values["nan_fields"] = json.dumps(nan_fields) if nan_fields else None
-        names = ", ".join(_quote(n) for n in values)
-        marks = ", ".join("?" for _ in values)
+        insert = _insert_statement(table, tuple(values))
+        if not new_columns:
+            # The connection is in autocommit mode: one statement is one transaction, committed on return.
+            self._require_writable().execute(insert, tuple(values.values()))
+            return
         with self._transaction() as conn:
             for name, sql_type in new_columns.items():
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {_quote(name)} {sql_type}")
-            conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", tuple(values.values()))
+            conn.execute(insert, tuple(values.values()))
         known.update(new_columns)  # only once committed: a rolled-back ALTER added nothing
 
     # -- reads ----------------------------------------------------------------------------------------
@@ -722,6 +725,12 @@ def _version(distribution: str) -> str:
         return "unknown"
 
 
+@functools.lru_cache(maxsize=64)
+def _insert_statement(table: str, columns: tuple[str, ...]) -> str:
+    """The INSERT for these columns; cached, as every record of a run has the same ones."""
+    return f"INSERT INTO {table} ({', '.join(map(_quote, columns))}) VALUES ({', '.join('?' * len(columns))})"
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -772,6 +781,11 @@ def _annotated_columns(cls: type) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+#: JSON with NaN and Inf refused (_jsonable has already spelled them as strings); one encoder for all
+#: writes, since json.dumps with a keyword builds a new one per call, at every record.
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)
+
+
 def _row_of(obj: Any) -> list[tuple[str, str, Any]]:
     """(column, SQL type, value to bind) per field of a dataclass instance; NaN stays a float here."""
     annotated = dict(_annotated_columns(type(obj)))
@@ -782,7 +796,7 @@ def _row_of(obj: Any) -> list[tuple[str, str, Any]]:
         if sql_type is None:  # unknown annotation and a None value: the column's NULL default says it all
             continue
         if sql_type == _JSON_TYPE:
-            bound = None if value is None else json.dumps(_jsonable(value, f.name), allow_nan=False)
+            bound = None if value is None else _STRICT_JSON.encode(_jsonable(value, f.name))
         else:
             bound = value.item() if isinstance(value, np.generic) else value
             if not (bound is None or isinstance(bound, (bool, int, float, str))):
@@ -806,6 +820,11 @@ def _value_type(value: Any) -> str | None:
     return _JSON_TYPE
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def _jsonable(value: Any, where: str) -> Any:
     """Plain JSON values, with non-finite floats as 'inf'/'-inf'/'nan' strings (as SpectralRecord.to_dict)."""
     if value is None or isinstance(value, (bool, str)):
@@ -818,7 +837,10 @@ def _jsonable(value: Any, where: str) -> Any:
         number = float(value)
         return number if math.isfinite(number) else str(number)
     if isinstance(value, np.ndarray):
-        return [_jsonable(x, where) for x in value.tolist()]
+        items = value.tolist()
+        if value.ndim == 1 and value.dtype.kind == "f":  # a record's vectors: one pass, no recursion
+            return [x if math.isfinite(x) else str(x) for x in items]
+        return [_jsonable(x, where) for x in items]
     if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
@@ -832,7 +854,7 @@ def _jsonable(value: Any, where: str) -> Any:
         return [_jsonable(x, f"{where}[{i}]") for i, x in enumerate(value)]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
-            f.name: _jsonable(getattr(value, f.name), f"{where}.{f.name}") for f in dataclasses.fields(value)
+            name: _jsonable(getattr(value, name), f"{where}.{name}") for name in _field_names(type(value))
         }
     if isinstance(value, os.PathLike):
         return os.fspath(value)
