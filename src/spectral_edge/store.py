@@ -43,7 +43,8 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,6 +83,13 @@ class RunStore:
         overwrite: with ``mode="w"``, replace an existing run that already holds records (or a database
             that is not a run). Without it, ``"w"`` refuses such a file; a run without records, or an
             empty half-written database, is replaced silently since nothing would be lost.
+        write_behind: commit :meth:`add_record`, :meth:`add_event`, :meth:`add_eval` and
+            :meth:`add_array` on a writer thread, so that a training loop does not wait for SQLite: each
+            call hands its write over and returns, after waiting for the previous write to finish. At
+            most one write is ever in flight, so a killed process still loses at most that one. A write's
+            error is raised by the next write, :meth:`flush`, a read or :meth:`close`. Reads through this
+            object see every write handed over; another process sees a write once it is committed,
+            normally while the next training step runs. The monitor opens its stores this way.
 
     Raises:
         RunStoreError: the run is missing (``"r"``), is not a spectral-edge run or is half-written
@@ -90,7 +98,7 @@ class RunStore:
         ValueError: ``mode`` is not one of ``"w"``, ``"a"``, ``"r"``.
 
     Every write commits its own transaction, so a reader opened with ``mode="r"`` (in this or another
-    process) sees each record as soon as :meth:`add_record` returns. A read-only reader may leave
+    process) sees each record as soon as :meth:`add_record` returns (without ``write_behind``). A read-only reader may leave
     ``run.db-wal``/``run.db-shm`` beside the database: that is how SQLite readers share a WAL.
 
     Example:
@@ -106,7 +114,12 @@ class RunStore:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], mode: Literal["w", "a", "r"] = "a", *, overwrite: bool = False
+        self,
+        path: str | os.PathLike[str],
+        mode: Literal["w", "a", "r"] = "a",
+        *,
+        overwrite: bool = False,
+        write_behind: bool = False,
     ) -> None:
         if mode not in ("w", "a", "r"):
             raise ValueError(f"mode must be 'w' (create), 'a' (append) or 'r' (read-only), got {mode!r}")
@@ -116,6 +129,13 @@ class RunStore:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._column_types: dict[str, dict[str, str]] = {}  # table -> column -> declared type
+        # write_behind: one writer thread and the one write handed to it (guarded by _pending_lock, not
+        # _lock, which the writer itself takes).
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
+        self._pending_lock = threading.Lock()
+        if write_behind and mode != "r":
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spectral-edge-store")
         if mode == "r":
             self._conn = _open_readonly(self.path)
             try:
@@ -158,11 +178,26 @@ class RunStore:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the database; safe to call twice. Reads and writes afterwards raise RunStoreError."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        """Finish the write in flight, close the database; safe to call twice. Reads and writes
+        afterwards raise RunStoreError. With ``write_behind``, an error of that last write is raised
+        once the database is closed."""
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+    def flush(self) -> None:
+        """Wait until the write handed to the writer thread is committed (``write_behind``), and raise its
+        error if it failed; without ``write_behind`` every write is already committed."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, None
+        if pending is not None and (error := pending.exception()) is not None:
+            raise error
 
     def __enter__(self) -> RunStore:
         return self
@@ -175,7 +210,7 @@ class RunStore:
 
     def __len__(self) -> int:
         """The number of records."""
-        with self._lock:
+        with self._reading():
             return self._require_open().execute("SELECT COUNT(*) FROM records").fetchone()[0]
 
     # -- writes ---------------------------------------------------------------------------------------
@@ -194,6 +229,7 @@ class RunStore:
         if not isinstance(config, Mapping):
             raise TypeError(f"config must be a mapping or a dataclass instance, got {type(config).__name__}")
         text = _STRICT_JSON.encode(_jsonable(config, "config"))
+        self.flush()  # in order with the writes handed over before it
         with self._transaction() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO config (id, json, wall_time) VALUES (1, ?, ?)", (text, time.time())
@@ -209,13 +245,15 @@ class RunStore:
         """
         if not isinstance(record, SpectralRecord):
             raise TypeError(f"add_record expects a SpectralRecord, got {type(record).__name__}")
-        self._insert("records", record, wall_time)
+        now = time.time() if wall_time is None else wall_time  # when it was filed, not when committed
+        self._write(lambda: self._insert("records", record, now))
 
     def add_event(self, event: SpectralEvent, *, wall_time: float | None = None) -> None:
         """Append one event, committed at once (``wall_time`` as in :meth:`add_record`)."""
         if not isinstance(event, SpectralEvent):
             raise TypeError(f"add_event expects a SpectralEvent, got {type(event).__name__}")
-        self._insert("events", event, wall_time)
+        now = time.time() if wall_time is None else wall_time
+        self._write(lambda: self._insert("events", event, now))
 
     def add_eval(self, step: int, metrics: Mapping[str, float], *, wall_time: float | None = None) -> None:
         """Append evaluation values logged at ``step`` (one row per name), committed as one transaction.
@@ -240,8 +278,12 @@ class RunStore:
             rows.append((step, name, None if math.isnan(number) else number, now))
         if not rows:
             return
-        with self._transaction() as conn:
-            conn.executemany("INSERT INTO evals (step, name, value, wall_time) VALUES (?, ?, ?, ?)", rows)
+
+        def insert() -> None:
+            with self._transaction() as conn:
+                conn.executemany("INSERT INTO evals (step, name, value, wall_time) VALUES (?, ?, ?, ?)", rows)
+
+        self._write(insert)
 
     def add_array(self, step: int, name: str, values: Any, *, wall_time: float | None = None) -> None:
         """Store a 1-D array under ``name`` at ``step`` (e.g. the σ vector of W_Q at an evaluation).
@@ -259,15 +301,17 @@ class RunStore:
         """
         array = np.asarray(values, dtype=np.float64).reshape(-1)
         payload = json.dumps(array.tolist())  # NaN/Infinity tokens: Python's json reads them back
-        with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO arrays (step, name, json, wall_time) VALUES (?, ?, ?, ?)",
-                (int(step), str(name), payload, time.time() if wall_time is None else float(wall_time)),
-            )
+        row = (int(step), str(name), payload, time.time() if wall_time is None else float(wall_time))
+
+        def insert() -> None:
+            with self._transaction() as conn:
+                conn.execute("INSERT INTO arrays (step, name, json, wall_time) VALUES (?, ?, ?, ?)", row)
+
+        self._write(insert)
 
     def arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """name -> (steps int64 (n,), values float64 (n, width)), padded with NaN where widths differ."""
-        with self._lock:
+        with self._reading():
             conn = self._require_open()
             if "arrays" not in _table_names(conn):  # a run written before arrays existed
                 return {}
@@ -302,15 +346,37 @@ class RunStore:
             1 [10, 20]
             >>> tmp.cleanup()
         """
+        self.flush()
         with self._transaction() as conn:
             return sum(
                 conn.execute(f"DELETE FROM {table} WHERE step > ?", (int(step),)).rowcount
                 for table in ("records", "events", "evals", "arrays")
             )
 
-    def _insert(self, table: str, obj: Any, wall_time: float | None) -> None:
+    def _write(self, write: Callable[[], None]) -> None:
+        """Run ``write`` now, or with ``write_behind`` hand it to the writer thread once the previous
+        write has finished; an error of that previous write is raised after this one is handed over."""
+        if self._writer is None:
+            write()
+            return
+        self._require_writable()  # a closed or read-only store fails here, not on the writer thread
+        with self._pending_lock:
+            previous = self._pending
+            error = previous.exception() if previous is not None else None  # waits for it
+            self._pending = self._writer.submit(write)
+        if error is not None:
+            raise error
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for a read, after the writes handed over so far are committed."""
+        self.flush()
+        with self._lock:
+            yield self._require_open()
+
+    def _insert(self, table: str, obj: Any, wall_time: float) -> None:
         self._require_writable()
-        values: dict[str, Any] = {"wall_time": time.time() if wall_time is None else float(wall_time)}
+        values: dict[str, Any] = {"wall_time": float(wall_time)}
         new_columns: dict[str, str] = {}
         nan_fields = []
         rows = _row_of(obj)  # JSON encoding outside the lock
@@ -350,14 +416,14 @@ class RunStore:
 
     def config(self) -> dict[str, Any]:
         """The stored configuration (``{}`` when none was written)."""
-        with self._lock:
-            row = self._require_open().execute("SELECT json FROM config WHERE id = 1").fetchone()
+        with self._reading() as conn:
+            row = conn.execute("SELECT json FROM config WHERE id = 1").fetchone()
         return {} if row is None else _from_json(json.loads(row[0]), arrays=False)
 
     def meta(self) -> dict[str, Any]:
         """Format, schema version (an int), creation time and library versions, as stored."""
-        with self._lock:
-            rows = self._require_open().execute("SELECT key, value FROM meta ORDER BY key").fetchall()
+        with self._reading() as conn:
+            rows = conn.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
         out: dict[str, Any] = dict(rows)
         out["schema_version"] = int(out["schema_version"])
         return out
@@ -412,12 +478,8 @@ class RunStore:
 
     def evals(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """name -> (steps int64 (n,), values float64 (n,)), ordered by step then insertion."""
-        with self._lock:
-            rows = (
-                self._require_open()
-                .execute("SELECT name, step, value FROM evals ORDER BY step, id")
-                .fetchall()
-            )
+        with self._reading() as conn:
+            rows = conn.execute("SELECT name, step, value FROM evals ORDER BY step, id").fetchall()
         grouped: dict[str, tuple[list[int], list[float]]] = {}
         for name, step, value in rows:
             steps, values = grouped.setdefault(name, ([], []))
@@ -429,8 +491,7 @@ class RunStore:
         }
 
     def _read(self, table: str, sql: str) -> list[dict[str, Any]]:
-        with self._lock:
-            conn = self._require_open()
+        with self._reading() as conn:
             # Refreshed on every read: a writer in another process may have added columns.
             types = self._column_types[table] = _table_columns(conn, table)
             cursor = conn.execute(sql)

@@ -93,7 +93,8 @@ def run_demo(
         )
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     data, model = make_data(config), build_model(config)
-    store = RunStore(run_dir, mode="w", overwrite=True)
+    # Records are committed on the store's writer thread while the next step trains (one in flight at most).
+    store = RunStore(run_dir, mode="w", overwrite=True, write_behind=True)
     current_lr = {"lr": config.lr}
     monitor = SpectralMonitor(
         model,

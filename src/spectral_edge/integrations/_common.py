@@ -40,14 +40,17 @@ def check_monitor_kwargs(kwargs: Mapping[str, Any]) -> None:
     SpectralMonitor([torch.zeros(2)], **trial).close()
 
 
-def open_store(store: Any, *, resuming: bool, resume_step: int | None = None) -> tuple[Any, bool]:
+def open_store(
+    store: Any, *, resuming: bool, resume_step: int | None = None, write_behind: bool = True
+) -> tuple[Any, bool]:
     """The run store for ``store=`` and whether the callback owns (and so closes) it.
 
     A path is opened with ``mode="w"`` for a new run (refusing to overwrite one that holds records) and
     ``mode="a"`` when training resumes from a checkpoint, so the resumed run appends to the same store.
     When training resumes from the checkpoint of step ``resume_step``, the rows the interrupted run
     wrote after that step are deleted: they belong to the trajectory that is being replaced, and would
-    otherwise appear twice.
+    otherwise appear twice. A store opened from a path commits on a writer thread (``write_behind``),
+    as the monitor's own stores do; a strict monitor passes ``write_behind=False``.
     """
     if store is None:
         return None, False
@@ -55,7 +58,7 @@ def open_store(store: Any, *, resuming: bool, resume_step: int | None = None) ->
     if owned:
         from spectral_edge.store import RunStore
 
-        store = RunStore(store, mode="a" if resuming else "w")
+        store = RunStore(store, mode="a" if resuming else "w", write_behind=write_behind)
     if resume_step is not None and resume_step > 0:
         removed = store.truncate_after(resume_step)
         if removed:

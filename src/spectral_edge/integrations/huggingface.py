@@ -171,6 +171,7 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
                     self.store,
                     resuming=resuming or self._opened,
                     resume_step=state.global_step if resuming else None,
+                    write_behind=not self.monitor_kwargs.get("strict", False),
                 ),
             )
             self._store, self._owns_store = opened or (None, False)

@@ -126,6 +126,7 @@ class SpectralEdgeLightningCallback(pl.Callback):
                     self.store,
                     resuming=resuming or self._opened,
                     resume_step=trainer.global_step if resuming else None,
+                    write_behind=not self.monitor_kwargs.get("strict", False),
                 ),
             )
             self._store, self._owns_store = opened or (None, False)

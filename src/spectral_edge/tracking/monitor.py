@@ -109,7 +109,9 @@ class SpectralMonitor:
         groups: how to split the parameters into groups with their own Gram (see :func:`group_function`);
             group Grams come from the same pass and sum to the total.
         store: a run directory (str/Path, created; an error if it already holds records) or a
-            :class:`~spectral_edge.store.RunStore` (open it with ``mode="a"`` to resume a run).
+            :class:`~spectral_edge.store.RunStore` (open it with ``mode="a"`` to resume a run). A store
+            the monitor opens from a path commits on a writer thread (``write_behind``, one record in
+            flight at most) unless ``strict``, so that training does not wait for SQLite.
         storage_dtype: torch.float32 (default), torch.bfloat16 (half the memory) or torch.float64.
         storage_device: where the W × P window lives; default the parameters' device.
         k95_threshold: cumulative-variance threshold of K_95 (Def 7.1).
@@ -257,7 +259,7 @@ class SpectralMonitor:
 
         self._user_config = dict(config or {})
         self._owns_store = isinstance(store, (str, Path))  # close() closes only a store it opened
-        self.store = _open_store(store)
+        self.store = _open_store(store, write_behind=not strict)
         self._save_config()
         # Registered last, once nothing above can fail; removed by close() or when the monitor is freed.
         self._registry_hooks = _watch_registrations(self) if self._module is not None else []
@@ -390,7 +392,8 @@ class SpectralMonitor:
                 self._guarded(_sink_name(sink), sink.close)
         finally:  # strict mode raises a sink's error, but the store is closed all the same
             if self.store is not None and self._owns_store:
-                self.store.close()
+                # Closing commits the last record; its error, if any, is a warning outside strict mode.
+                self._guarded("the run store", self.store.close)
 
     def __enter__(self) -> SpectralMonitor:
         return self
@@ -706,11 +709,11 @@ def _trainable_named_tensors(source: Any) -> tuple[list[tuple[str, torch.Tensor]
     return named, frozen
 
 
-def _open_store(store: Any) -> Any:
+def _open_store(store: Any, *, write_behind: bool) -> Any:
     if store is None:
         return None
     if isinstance(store, (str, Path)):
         from spectral_edge.store import RunStore
 
-        return RunStore(store, mode="w")
+        return RunStore(store, mode="w", write_behind=write_behind)
     return store
