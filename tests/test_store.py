@@ -250,6 +250,8 @@ def test_killed_writer_keeps_every_committed_record(tmp_path: Path, write_behind
                     break
             proc.kill()  # SIGKILL: no atexit, no close(), mid-loop
             proc.wait(timeout=30)
+            # The writer ran on while this loop read: the lines it printed before the kill are in the pipe.
+            committed = max([committed, *(int(line) for line in proc.stdout.read().split())])
         finally:
             watchdog.cancel()
         stderr = proc.stderr.read()
@@ -573,3 +575,49 @@ def test_write_behind_close_raises_the_last_failed_write_after_closing(tmp_path:
         store.add_record(make_record(2))  # refused at once, not on the writer thread
     with RunStore(tmp_path / "run", mode="r") as reader:
         assert len(reader) == 1
+
+
+def test_write_behind_config_and_truncation_still_happen_after_a_failed_write(tmp_path: Path) -> None:
+    """write_config and truncate_after do their own work first, then raise the earlier write's error,
+    as add_* do."""
+    bad = _RecordWithNewFields(**dataclasses.asdict(make_record(1)) | {"phase": object()})
+    with RunStore(tmp_path / "run", mode="w", write_behind=True) as store:
+        store.add_eval(5, {"loss": 1.0})
+        store.add_record(bad)
+        with pytest.raises(TypeError, match="phase"):
+            store.write_config({"a": 1})
+        assert store.config() == {"a": 1}
+        store.add_record(bad)
+        with pytest.raises(TypeError, match="phase"):
+            store.truncate_after(2)
+        assert store.evals() == {}
+
+
+def test_a_failed_commit_rolls_back_so_later_writes_are_not_swallowed(tmp_path: Path) -> None:
+    """A COMMIT that fails leaves no open transaction behind for the next autocommit INSERT to join
+    (which close() would then roll back)."""
+
+    class CommitFailsOnce:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn, self.failed = conn, False
+
+        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+            if sql == "COMMIT" and not self.failed:
+                self.failed = True
+                raise sqlite3.OperationalError("database is locked")
+            return self.conn.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.conn, name)
+
+    path = tmp_path / "run"
+    with RunStore(path, mode="w") as store:
+        real = store._conn
+        store._conn = CommitFailsOnce(real)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            store.add_eval(1, {"loss": 1.0})
+        assert not real.in_transaction
+        store.add_record(make_record(0))
+        store._conn = real
+    with RunStore(path, mode="r") as reader:
+        assert len(reader) == 1 and reader.evals() == {}

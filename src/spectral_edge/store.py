@@ -87,9 +87,10 @@ class RunStore:
             :meth:`add_array` on a writer thread, so that a training loop does not wait for SQLite: each
             call hands its write over and returns, after waiting for the previous write to finish. At
             most one write is ever in flight, so a killed process still loses at most that one. A write's
-            error is raised by the next write, :meth:`flush`, a read or :meth:`close`. Reads through this
-            object see every write handed over; another process sees a write once it is committed,
-            normally while the next training step runs. The monitor opens its stores this way.
+            error is raised by the next write, :meth:`flush`, a read or :meth:`close`. A record is encoded
+            when it is committed. Reads through this object see every write handed over; another
+            connection sees a write once it is committed, normally while the next training step runs,
+            and the last one once the store is flushed or closed. The monitor opens its stores this way.
 
     Raises:
         RunStoreError: the run is missing (``"r"``), is not a spectral-edge run or is half-written
@@ -194,10 +195,19 @@ class RunStore:
     def flush(self) -> None:
         """Wait until the write handed to the writer thread is committed (``write_behind``), and raise its
         error if it failed; without ``write_behind`` every write is already committed."""
+        error = self._finish_pending()
+        if error is not None:
+            raise error
+
+    def _finish_pending(self) -> BaseException | None:
+        """Wait for the write in flight and return its error, if any (each error is returned once).
+
+        It waits holding ``_pending_lock``, so no other thread hands a second write over or reads past
+        the unfinished one meanwhile; the writer thread never takes that lock, so this cannot deadlock.
+        """
         with self._pending_lock:
             pending, self._pending = self._pending, None
-        if pending is not None and (error := pending.exception()) is not None:
-            raise error
+            return pending.exception() if pending is not None else None
 
     def __enter__(self) -> RunStore:
         return self
@@ -229,11 +239,13 @@ class RunStore:
         if not isinstance(config, Mapping):
             raise TypeError(f"config must be a mapping or a dataclass instance, got {type(config).__name__}")
         text = _STRICT_JSON.encode(_jsonable(config, "config"))
-        self.flush()  # in order with the writes handed over before it
+        earlier_error = self._finish_pending()  # in order with the writes handed over before it
         with self._transaction() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO config (id, json, wall_time) VALUES (1, ?, ?)", (text, time.time())
             )
+        if earlier_error is not None:  # raised as add_* raise it: after this call's own write
+            raise earlier_error
 
     def add_record(self, record: SpectralRecord, *, wall_time: float | None = None) -> None:
         """Append one record, committed at once.
@@ -245,14 +257,14 @@ class RunStore:
         """
         if not isinstance(record, SpectralRecord):
             raise TypeError(f"add_record expects a SpectralRecord, got {type(record).__name__}")
-        now = time.time() if wall_time is None else wall_time  # when it was filed, not when committed
+        now = time.time() if wall_time is None else float(wall_time)  # when filed, not when committed
         self._write(lambda: self._insert("records", record, now))
 
     def add_event(self, event: SpectralEvent, *, wall_time: float | None = None) -> None:
         """Append one event, committed at once (``wall_time`` as in :meth:`add_record`)."""
         if not isinstance(event, SpectralEvent):
             raise TypeError(f"add_event expects a SpectralEvent, got {type(event).__name__}")
-        now = time.time() if wall_time is None else wall_time
+        now = time.time() if wall_time is None else float(wall_time)
         self._write(lambda: self._insert("events", event, now))
 
     def add_eval(self, step: int, metrics: Mapping[str, float], *, wall_time: float | None = None) -> None:
@@ -346,12 +358,15 @@ class RunStore:
             1 [10, 20]
             >>> tmp.cleanup()
         """
-        self.flush()
+        earlier_error = self._finish_pending()
         with self._transaction() as conn:
-            return sum(
+            removed = sum(
                 conn.execute(f"DELETE FROM {table} WHERE step > ?", (int(step),)).rowcount
                 for table in ("records", "events", "evals", "arrays")
             )
+        if earlier_error is not None:
+            raise earlier_error
+        return removed
 
     def _write(self, write: Callable[[], None]) -> None:
         """Run ``write`` now, or with ``write_behind`` hand it to the writer thread once the previous
@@ -538,11 +553,12 @@ class RunStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
+                # A failed COMMIT too: an open transaction would swallow the next autocommit INSERTs.
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
 
 def export_run(

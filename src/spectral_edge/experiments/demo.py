@@ -13,11 +13,12 @@ import dataclasses
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from spectral_edge.errors import MissingExtraError
+from spectral_edge.errors import MissingExtraError, SpectrumWarning
 from spectral_edge.experiments.grokking import (
     GROK_ACC,
     MEMORIZE_ACC,
@@ -129,7 +130,15 @@ def run_demo(
         result = train(config, model, data, on_step=on_step, on_eval=on_eval, progress=on_progress)
     finally:
         monitor.close()
-        store.close()
+        try:
+            store.close()  # commits the last record, on the store's writer thread until now
+        except Exception as exc:  # never let it hide train()'s own error or fail a finished run
+            warnings.warn(
+                f"spectral-edge: the run store's last write failed ({exc!r}); the records before it are "
+                f"stored in {store.path}",
+                SpectrumWarning,
+                stacklevel=2,
+            )
 
     png = None
     if figure:
