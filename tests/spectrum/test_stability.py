@@ -153,3 +153,11 @@ def test_include_zero_gives_the_covariance_bound_when_p_exceeds_w():
     lam = np.array([10.0, 4.0, 1.0])
     assert stability_coefficients(lam, 1.5)[2] == pytest.approx(0.75)  # the paper's Def 16.1 on G
     assert stability_coefficients(lam, 1.5, include_zero=True)[2] == 0.0  # 1 − 1.5²/1² < 0
+
+
+def test_extreme_scales_neither_raise_nor_lose_the_clip():
+    """Plain-float arithmetic at scales where a square underflows or overflows: α stays in [0, 1]."""
+    np.testing.assert_array_equal(stability_coefficients(np.array([1e-170, 0.0]), 0.1), [0.0, 0.0])
+    np.testing.assert_allclose(stability_coefficients(np.array([1e200, 0.0, -1.0]), 0.1), [1.0, 0.99, 0.99])
+    alpha = half_window_alignment(np.diag([1e-170, 2e-170, 1e-171, 0.0]))
+    assert np.all((alpha >= 0.0) & (alpha <= 1.0))

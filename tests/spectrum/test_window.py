@@ -247,3 +247,13 @@ def test_descending_eigh_orders_and_symmetrises():
         assert np.all(np.diff(lam[i]) <= 0)
         np.testing.assert_allclose(vec[i] @ np.diag(lam[i]) @ vec[i].T, sym[i], atol=1e-12)
         np.testing.assert_allclose(lam[i], np.sort(np.linalg.eigvalsh(sym[i]))[::-1], rtol=1e-12)
+
+
+def test_clipping_fast_path_keeps_the_refusal_and_the_sign_of_zero():
+    """With rank_rtol above the refusal level a clearly negative eigenvalue is still refused, and an
+    all-zero Gram (LAPACK may return −0.0) gives +0.0."""
+    with pytest.raises(NotPositiveSemidefiniteError):
+        analyze_gram(np.diag([1.0, 0.5, -0.005]), rank_rtol=0.01)
+    sigma = analyze_gram(-0.0 * np.eye(3)).singular_values
+    assert np.all(sigma == 0.0) and not np.any(np.signbit(sigma))
+    assert analyze_gram(np.diag([1.0, 1e-320, 0.0]), rank_rtol=0.0).effective_rank == pytest.approx(1.0)

@@ -408,6 +408,19 @@ def test_metrics_land_in_the_record():
             assert all(type(v) is float for v in rec.metrics.values())
 
 
+def test_record_arrays_are_read_only():
+    """A record's arrays cannot be changed after the fact (a write-behind store encodes it later)."""
+    model = MLP()
+    opt = make_optimizer("adamw", model)
+    mon = SpectralMonitor(model, window=4)
+    for batch in make_batches(5):
+        train_step(model, opt, batch)
+        rec = mon.step()
+    arrays = [rec.singular_values, rec.ratios, rec.alpha, rec.alpha_half]
+    arrays += [group.singular_values for group in rec.groups.values()]
+    assert rec.groups and all(not a.flags.writeable for a in arrays)
+
+
 def test_explicit_step_numbers():
     model = MLP()
     opt = make_optimizer("sgd", model)

@@ -62,8 +62,12 @@ def stability_coefficients(
     separation = _nearest_gaps(values)
     if include_zero:
         separation = [min(d, abs(v)) for d, v in zip(separation, values, strict=True)]
-    shift = c * delta_c_fro**2
-    alpha = [min(max(1.0 - shift / d**2, 0.0), 1.0) if d > 0.0 else 0.0 for d in separation]
+    # c (‖ΔC‖_F/δ_j)²: a quotient first and products, which overflow to inf where d² would underflow to
+    # 0 (a ZeroDivisionError on floats) or ** would raise OverflowError.
+    alpha = [
+        min(max(1.0 - c * (delta_c_fro / d) * (delta_c_fro / d), 0.0), 1.0) if d > 0.0 else 0.0
+        for d in separation
+    ]
     return np.array(alpha, dtype=np.float64).reshape(lam.shape)
 
 
@@ -127,7 +131,7 @@ def half_window_alignment(gram: np.ndarray, *, rank_rtol: float = 1e-13) -> np.n
     # Directions whose eigenvalue is round-off (a half with fewer than h independent updates) are undefined.
     cut = rank_rtol * top
     alpha = [
-        min(abs(d) / math.sqrt(a * b), 1.0) if a > cut and b > cut else 0.0
+        min(abs(d) / (math.sqrt(a) * math.sqrt(b)), 1.0) if a > cut and b > cut else 0.0  # a·b may underflow
         for d, a, b in zip(cross, lam1, lam2, strict=True)
     ]
     return np.array(alpha, dtype=np.float64)

@@ -322,7 +322,9 @@ def _spectrum_from_eigenvalues(lam: np.ndarray, evecs: np.ndarray, k95_threshold
 
     total = sum(lam_f)
     if total > 0.0:
-        effective_rank = math.exp(-sum((v / total) * math.log(v / total) for v in lam_f if v > 0.0))
+        # p > 0 tested after the division: a positive λ_j far below the total can underflow to 0.
+        shares = [v / total for v in lam_f]
+        effective_rank = math.exp(-sum(p * math.log(p) for p in shares if p > 0.0))
     else:
         effective_rank = 0.0
     # lam and evecs come contiguous from descending_eigh; the two others are new: only mark them read-only.
@@ -357,10 +359,11 @@ def _clip_eigenvalues(evals: np.ndarray, rank_rtol: float, stacklevel: int = 3) 
     its own λ_1, in one pass for the whole stack. Returns a new array.
     """
     top, lowest = evals[..., :1], evals[..., -1:]
-    # The common case, every eigenvalue above the round-off floor, costs one test; a negative λ_1 fails
-    # it too (then λ_W ≤ λ_1 < 0 < −rank_rtol·λ_1).
-    if not np.any(lowest < -rank_rtol * top):
-        return np.where(evals >= rank_rtol * top, evals, 0.0)
+    # The common case, nothing below −min(rank_rtol, NEGATIVE_RAISE_RTOL)·λ_1, costs one test and needs
+    # neither a warning nor a refusal; a negative λ_1 fails it too (then λ_W ≤ λ_1 < 0 < −rtol·λ_1).
+    if not np.any(lowest < -min(rank_rtol, NEGATIVE_RAISE_RTOL) * top):
+        # evals > 0 as well: an all-zero Gram (λ_1 = 0) gives +0.0 even where LAPACK returned −0.0.
+        return np.where((evals > 0.0) & (evals >= rank_rtol * top), evals, 0.0)
     if np.any(top < 0.0):
         raise NotPositiveSemidefiniteError(
             f"the largest eigenvalue of the Gram matrix is negative ({float(top.min()):.3e}): it is not X Xᵀ"

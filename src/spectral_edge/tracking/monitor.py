@@ -534,8 +534,8 @@ class SpectralMonitor:
             g23=spec.g23,
             rank=spec.rank,
             effective_rank=spec.effective_rank,
-            alpha=stability_coefficients(spec.eigenvalues, dc, self.alpha_c),
-            alpha_half=half_window_alignment(total, rank_rtol=rtol) if self.window >= 4 else None,
+            alpha=_read_only(stability_coefficients(spec.eigenvalues, dc, self.alpha_c)),
+            alpha_half=_read_only(half_window_alignment(total, rank_rtol=rtol)) if self.window >= 4 else None,
             delta_c_fro=dc,
             davis_kahan=davis_kahan_bound(dc, spec.gap_lambda),
             adiabatic=adiabatic,
@@ -648,6 +648,13 @@ class SpectralMonitor:
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, SpectrumWarning, stacklevel=4)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A record holds read-only arrays (see SpectralRecord): a sink or a store encoding it later sees
+    what the monitor measured."""
+    array.setflags(write=False)
+    return array
 
 
 def _sink_name(sink: Any) -> str:
