@@ -90,14 +90,16 @@ def bench_demo_overhead(steps: int, blocks: int, *, with_store: bool = False) ->
     """Overhead of the monitor (interval 1, W = 10) on the demo's own training step.
 
     The demo's ``train`` loop runs unchanged (the step ``make demo`` takes: a seeded minibatch, forward,
-    backward, gradient-norm clipping, AdamW, the loss and norm read back); its ``on_step`` hook calls the
-    monitor in every other block of ``steps`` steps. Each step is timed from the end of one hook call to
-    the end of the next; steps with an evaluation in that span are left out. Two measures:
+    backward, gradient-norm clipping, AdamW, the loss and norm read back) with its evaluations switched
+    off; its ``on_step`` hook calls the monitor in one block of each pair of ``steps``-step blocks, first
+    in even pairs and second in odd ones, so that a drift in step time cancels. Each step is timed from
+    the end of one hook call to the end of the next; the first step of every block is left out, as it
+    carries the other arm's after-effects. Two measures:
 
     * inside: the median time in ``monitor.step()`` over the median step without the monitor;
-    * with − without: for each pair of neighbouring blocks, (mean step with − mean step without) / mean
-      step without, and the median over pairs, which also counts what the monitor costs the training
-      step after it (caches it evicted).
+    * with − without: for each pair of blocks, (mean step with − mean step without) / mean step without,
+      and the median over pairs, which also counts what the monitor costs the training step after it
+      (caches it evicted, a store's writer thread).
 
     With ``with_store`` the monitor also files every record in a run store opened as the demo opens it
     (``write_behind``: committed on the store's thread while the next step trains).
@@ -114,21 +116,31 @@ def bench_demo_overhead(steps: int, blocks: int, *, with_store: bool = False) ->
     config = dataclasses.replace(config, max_steps=warmup + 2 * blocks * steps, eval_every=10**9)
     data, model = make_data(config), build_model(config)
     current_lr = {"lr": config.lr}
+
+    def block_of(step: int) -> int:
+        return (step - warmup - 1) // steps
+
+    def monitored(step: int) -> bool:
+        if step <= warmup:
+            return True
+        k = block_of(step)
+        return k % 2 == (1 if (k // 2) % 2 == 0 else 0)  # pairs alternate: off-on, on-off, ...
+
+    def measured(step: int) -> bool:
+        return step > warmup and (step - warmup - 1) % steps != 0
+
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(f"{tmp}/run", mode="w", write_behind=True) if with_store else None
         monitor = SpectralMonitor(model, window=WINDOW, lr=lambda: current_lr["lr"], store=store)
         step_end: dict[int, float] = {}
         inside: list[float] = []
 
-        def monitored(step: int) -> bool:
-            return step <= warmup or ((step - warmup - 1) // steps) % 2 == 1
-
         def on_step(step: int, metrics: dict[str, float]) -> None:
             current_lr["lr"] = metrics["lr"]
             if monitored(step):
                 t0 = time.perf_counter()
                 monitor.step(step=step, loss=metrics["loss"])
-                if step > warmup:
+                if measured(step):
                     inside.append(time.perf_counter() - t0)
             step_end[step] = time.perf_counter()
 
@@ -138,20 +150,20 @@ def bench_demo_overhead(steps: int, blocks: int, *, with_store: bool = False) ->
             monitor.close()
             if store is not None:
                 store.close()
-    step_s = {s: step_end[s] - step_end[s - 1] for s in step_end if s - 1 in step_end and s > warmup + 1}
-    block_means: list[tuple[float, float]] = []  # (without, with) for each pair of blocks
-    for b in range(blocks):
-        first = warmup + 1 + 2 * b * steps
-        off = [step_s[s] for s in range(first, first + steps) if s in step_s]
-        on = [step_s[s] for s in range(first + steps, first + 2 * steps) if s in step_s]
-        block_means.append((statistics.fmean(off), statistics.fmean(on)))
+    step_s = {s: step_end[s] - step_end[s - 1] for s in step_end if s - 1 in step_end and measured(s)}
+    by_arm: dict[tuple[int, bool], list[float]] = {}  # (pair, monitored) -> step times
+    for s, t in step_s.items():
+        by_arm.setdefault((block_of(s) // 2, monitored(s)), []).append(t)
+    pairs = [
+        (statistics.fmean(by_arm[(b, False)]), statistics.fmean(by_arm[(b, True)])) for b in range(blocks)
+    ]
     without = statistics.median(t for s, t in step_s.items() if not monitored(s))
     return {
         "P": float(monitor.n_params),
         "train_step_s": without,
         "monitor_s": statistics.median(inside),
         "overhead_inside": statistics.median(inside) / without,
-        "overhead_ab": statistics.median((on - off) / off for off, on in block_means),
+        "overhead_ab": statistics.median((on - off) / off for off, on in pairs),
     }
 
 
