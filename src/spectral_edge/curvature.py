@@ -34,9 +34,9 @@ class HessianOperator:
     The loss is evaluated once, at construction, at the parameters' current values; the gradient graph
     is kept so that each product is one backward pass through it. Build a new operator after the
     parameters change. Put the model in ``eval()`` mode (or use a deterministic loss) so that dropout
-    does not make H random. Fused attention kernels (``scaled_dot_product_attention``'s flash and
-    memory-efficient ones) have no second derivative: build and use the operator inside
-    ``torch.nn.attention.sdpa_kernel([SDPBackend.MATH])``, as the language-model study does.
+    does not make H random. The loss and its gradient graph are built with ``scaled_dot_product_attention``
+    on its plain math kernel: the fused (flash, memory-efficient) kernels have no second derivative, and
+    the math kernel computes the same function.
 
     Args:
         model_or_params: an ``nn.Module`` (its parameters with ``requires_grad``), or an iterable of
@@ -59,7 +59,7 @@ class HessianOperator:
         self.names, self.params = _named_trainable(model_or_params)
         if not self.params:
             raise ValueError("no trainable parameters: every tensor passed has requires_grad=False")
-        with torch.enable_grad():
+        with torch.enable_grad(), _attention_with_second_derivative():
             loss = loss_fn()
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise ValueError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}")
@@ -86,18 +86,10 @@ class HessianOperator:
         if v.shape != (self.dim,):
             raise ValueError(f"expected a flat vector of shape ({self.dim},), got {tuple(v.shape)}")
         v = v.to(dtype=self._grad.dtype, device=self._grad.device)
-        try:
-            parts = torch.autograd.grad(
-                self._grad, self.params, grad_outputs=v, retain_graph=True, allow_unused=True
-            )
-        except RuntimeError as exc:
-            if "scaled_dot_product" not in str(exc):
-                raise
-            raise RuntimeError(
-                "this model's attention kernel has no second derivative (fused scaled_dot_product_attention); "
-                "build the operator and take the products inside "
-                "`with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):`"
-            ) from exc
+        # The graph was recorded on the math attention kernel, whose backward has a derivative.
+        parts = torch.autograd.grad(
+            self._grad, self.params, grad_outputs=v, retain_graph=True, allow_unused=True
+        )
         self.products += 1
         return torch.cat(
             [
@@ -105,6 +97,13 @@ class HessianOperator:
                 for part, n in zip(parts, self._numels, strict=True)
             ]
         ).detach()
+
+
+def _attention_with_second_derivative() -> Any:
+    """``scaled_dot_product_attention`` restricted to its math kernel, the one with a double backward."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 @dataclass(frozen=True)

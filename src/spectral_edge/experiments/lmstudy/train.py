@@ -394,15 +394,6 @@ def _hessian(
     return HessianOperator(main.monitored_parameters(), lambda: _loss(lm, x, y))
 
 
-def _second_order_attention():
-    """Attention kernels that have a double backward: the fused CPU (flash) kernel of
-    ``scaled_dot_product_attention`` has no derivative of its backward, so Hessian–vector products
-    take the plain math kernel (the same function, computed unfused)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.MATH])
-
-
 def _guarded_probe(probe: Callable[..., None], args: tuple[Any, ...]) -> None:
     """Run a Hessian probe on ``args`` (its positional arguments); a failure (a NaN loss, an eigensolver
     error) is logged as ``probe_failed`` and training goes on: one diagnostic must not cost a long run."""
@@ -421,10 +412,9 @@ def _guarded_probe(probe: Callable[..., None], args: tuple[Any, ...]) -> None:
 def _lanczos_probe(config, model, main, lm, x, y, step, lr, device, optimizer) -> None:
     """Test 3: the top Hessian eigenvalues at ``step`` (Lanczos on Hessian–vector products)."""
     try:
-        with _second_order_attention():
-            op = _hessian(main, lm, x, y, device)
-            result = lanczos(op, op.dim, k=config.lanczos_k, iterations=config.lanczos_iterations,
-                             seed=config.seed, device=device)  # fmt: skip
+        op = _hessian(main, lm, x, y, device)
+        result = lanczos(op, op.dim, k=config.lanczos_k, iterations=config.lanczos_iterations,
+                         seed=config.seed, device=device)  # fmt: skip
         main.store.add_array(step, "hessian_top", result.eigenvalues)
         main.store.add_array(step, "hessian_residuals", result.residuals)
         main.log_eval(step, hessian_lr=lr)
@@ -437,9 +427,8 @@ def _direction_probe(config, model, main, lm, x, y, step, lr, device, optimizer)
     try:
         directions, sigma = main.principal_directions(config.probe_directions)
         directions = directions.to(device=device, dtype=torch.float32)
-        with _second_order_attention():
-            op = _hessian(main, lm, x, y, device)
-            h = rayleigh_quotients(op, directions)
+        op = _hessian(main, lm, x, y, device)
+        h = rayleigh_quotients(op, directions)
         main.store.add_array(step, "probe_h", h)
         main.store.add_array(step, "probe_grad", gradient_projections(op.gradient, directions))
         main.store.add_array(step, "probe_sigma", np.asarray(sigma, dtype=np.float64))
