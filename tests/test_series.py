@@ -14,10 +14,48 @@ from spectral_edge.series import (
     gap_flow_check,
     gap_flow_terms,
     lag_correlation,
+    pearson,
     three_phases,
 )
 
 # ------------------------------------------------------------------ lag correlation
+
+
+def test_missing_samples_keep_their_positions_when_pairwise():
+    """missing='pairwise' drops pairs after shifting, so lag ℓ still pairs samples ℓ apart; on finite
+    series it equals the default; the default refuses NaN."""
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal(50), rng.standard_normal(50)
+    full = lag_correlation(x, y, max_lag=4, detrend_order=1)
+    same = lag_correlation(x, y, max_lag=4, detrend_order=1, missing="pairwise")
+    np.testing.assert_array_equal(full.r, same.r)
+    assert (full.n, full.best_lag) == (same.n, same.best_lag)
+
+    x[[3, 20]], y[31] = np.nan, np.inf
+    with pytest.raises(ValueError, match="missing='pairwise'"):
+        lag_correlation(x, y, max_lag=4)
+    got = lag_correlation(x, y, max_lag=4, detrend_order=None, missing="pairwise")
+    assert got.n == 47
+    for lag, r in zip(got.lags.tolist(), got.r.tolist(), strict=True):
+        pairs = [(x[i], y[i + lag]) for i in range(50) if 0 <= i + lag < 50]
+        a, b = np.array([p for p in pairs if np.isfinite(p[0]) and np.isfinite(p[1])]).T
+        assert r == pytest.approx(np.corrcoef(a, b)[0, 1], rel=1e-12)
+    with pytest.raises(ValueError, match="missing must be"):
+        lag_correlation(x, y, missing="drop")
+
+
+def test_detrend_fits_on_the_finite_samples_only():
+    t = np.linspace(0.0, 1.0, 9)
+    y = 2.0 + 3.0 * t
+    y[4] = np.nan
+    out = detrend(y, 1)
+    assert np.isnan(out[4])
+    np.testing.assert_allclose(np.delete(out, 4), 0.0, atol=1e-12)
+
+
+def test_pearson_edges():
+    assert pearson([1.0, 2.0, 4.0], [2.0, 4.0, 8.0]) == pytest.approx(1.0)
+    assert np.isnan(pearson([1.0, 2.0], [1.0, 2.0])) and np.isnan(pearson([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
 
 
 @pytest.mark.parametrize("lag", [-4, -1, 0, 2, 5])

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -36,29 +36,44 @@ def detrend(y: np.ndarray, order: int | None = 1) -> np.ndarray:
     """y minus its least-squares polynomial of ``order`` in normalised time t ∈ [0, 1].
 
     ``order=1`` is the thesis harness's linear detrend, ``3`` the SED scripts' cubic one, ``0`` removes
-    the mean, None leaves y unchanged.
+    the mean, None leaves y unchanged. Non-finite samples keep their place as NaN and are left out of
+    the fit (t still runs over all n samples).
 
     Example:
         >>> detrend(np.array([1.0, 2.0, 3.0, 4.0])).round(12).tolist()
         [0.0, 0.0, 0.0, 0.0]
     """
     y = np.asarray(y, dtype=np.float64)
-    if order is None:
-        return y.copy()
-    if order < 0:
+    if order is not None and order < 0:
         raise ValueError(f"detrend order must be >= 0 or None, got {order}")
+    keep = np.isfinite(y)
+    out = np.where(keep, y, np.nan)
+    if order is None or not keep.any():
+        return out
     t = np.linspace(0.0, 1.0, y.size) if y.size > 1 else np.zeros(1)
-    coef = np.polynomial.polynomial.polyfit(t, y, min(order, max(y.size - 1, 0)))
-    return y - np.polynomial.polynomial.polyval(t, coef)
+    coef = np.polynomial.polynomial.polyfit(t[keep], y[keep], min(order, int(keep.sum()) - 1))
+    out[keep] = y[keep] - np.polynomial.polynomial.polyval(t[keep], coef)
+    return out
 
 
 def lag_correlation(
-    x: Iterable[float], y: Iterable[float], *, max_lag: int = 5, detrend_order: int | None = 1
+    x: Iterable[float],
+    y: Iterable[float],
+    *,
+    max_lag: int = 5,
+    detrend_order: int | None = 1,
+    missing: Literal["raise", "pairwise"] = "raise",
 ) -> LagCorrelation:
     """r(lag) between x and y for lag in −max_lag…max_lag, after detrending each (Test 4, §24).
 
     lag > 0 pairs x[i] with y[i + lag] (x leads y by ``lag`` samples); lag < 0 pairs x[i − lag] with
     y[i] (y leads). The thesis reports the zero-lag |r| and the best |r| with its lag (Table 4).
+
+    ``missing="pairwise"`` accepts non-finite samples (an evaluation that did not happen, a window not
+    yet full): the series keep their positions, each is detrended on its finite samples, shifted, and
+    only then are the pairs with a non-finite member dropped, lag by lag, so that a lag of ℓ samples
+    still pairs samples ℓ apart. ``n`` is then the number of finite pairs at lag 0. With every sample
+    finite both policies give the same result.
 
     Example:
         >>> t = np.arange(40.0)
@@ -70,13 +85,17 @@ def lag_correlation(
     ys = np.asarray(list(y), dtype=np.float64)
     if xs.shape != ys.shape or xs.ndim != 1:
         raise ValueError(f"x and y must be 1-D series of one length, got {xs.shape} and {ys.shape}")
-    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
-        raise ValueError("the series hold NaN or Inf; drop or clip those samples first")
-    if xs.size < 3 + max_lag:
-        raise ValueError(f"need at least max_lag + 3 = {max_lag + 3} samples, got {xs.size}")
+    if missing not in ("raise", "pairwise"):
+        raise ValueError(f"missing must be 'raise' or 'pairwise', got {missing!r}")
+    both = np.isfinite(xs) & np.isfinite(ys)
+    if missing == "raise" and not both.all():
+        raise ValueError("the series hold NaN or Inf; drop or clip those samples, or pass missing='pairwise'")
+    n = int(both.sum())
+    if n < 3 + max_lag:
+        raise ValueError(f"need at least max_lag + 3 = {max_lag + 3} finite pairs, got {n}")
     xd, yd = detrend(xs, detrend_order), detrend(ys, detrend_order)
     lags = np.arange(-max_lag, max_lag + 1)
-    r = np.array([_pearson(*_shifted(xd, yd, int(lag))) for lag in lags])
+    r = np.array([pearson(*_finite_pairs(*_shifted(xd, yd, int(lag)))) for lag in lags])
     finite = np.where(np.isfinite(r), np.abs(r), -1.0)
     best = int(np.argmax(finite))
     return LagCorrelation(
@@ -85,7 +104,7 @@ def lag_correlation(
         zero_lag_r=float(r[max_lag]),
         best_lag=int(lags[best]),
         best_r=float(r[best]),
-        n=int(xs.size),
+        n=n,
     )
 
 
@@ -257,7 +276,7 @@ def gap_flow_check(steps: np.ndarray, gap: np.ndarray, terms: GapFlowTerms) -> G
         measured=measured,
         predicted=predicted,
         r_squared=r2,
-        correlation=_pearson(measured, predicted),
+        correlation=pearson(measured, predicted),
         shares={name: (v / total if total > 0 else 0.0) for name, v in sizes.items()},
     )
 
@@ -314,7 +333,19 @@ def _shifted(x: np.ndarray, y: np.ndarray, lag: int) -> tuple[np.ndarray, np.nda
     return x, y
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+def _finite_pairs(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keep = np.isfinite(x) & np.isfinite(y)
+    return (x, y) if keep.all() else (x[keep], y[keep])
+
+
+def pearson(a: Any, b: Any) -> float:
+    """Pearson's r of two equal-length samples; NaN with fewer than 3 pairs or a constant sample.
+
+    Example:
+        >>> pearson([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 9.0]) > 0.99
+        True
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.size < 3:
         return float("nan")
     a, b = a - a.mean(), b - b.mean()

@@ -42,7 +42,14 @@ from typing import Any
 import numpy as np
 
 from spectral_edge.experiments.lmstudy.train import LMOutcome, load_outcome
-from spectral_edge.series import LagCorrelation, aligned_series, gap_flow_terms, three_phases
+from spectral_edge.series import (
+    LagCorrelation,
+    aligned_series,
+    gap_flow_terms,
+    lag_correlation,
+    pearson,
+    three_phases,
+)
 from spectral_edge.spectrum.null import adam_noise_level, bbp_ratio, krylov_bound, null_max_ratio_quantile
 from spectral_edge.store import DB_NAME, RunStore
 
@@ -253,15 +260,6 @@ def _mode(values: np.ndarray) -> tuple[int | None, float, dict[int, int]]:
     return mode, top / len(ints), dict(sorted(counts.items()))
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.size < 3:
-        return math.nan
-    a, b = a - a.mean(), b - b.mean()
-    denom = float(np.sqrt(np.sum(a * a) * np.sum(b * b)))
-    return float(np.sum(a * b) / denom) if denom > 0 else math.nan
-
-
 def _at_or_before(steps: np.ndarray, step: int) -> int | None:
     """Index of the latest record at or before ``step`` (the window a probe at ``step`` saw), None if none.
 
@@ -464,32 +462,12 @@ class KStarResult:
     reason: str | None = None
 
 
-def _detrend_finite(y: np.ndarray, order: int | None) -> np.ndarray:
-    """y minus its polynomial of ``order`` in normalised time t ∈ [0, 1] over all n samples, fitted on the
-    finite samples only; non-finite samples stay NaN (with every sample finite this is
-    :func:`~spectral_edge.series.detrend`)."""
-    y = np.asarray(y, dtype=np.float64)
-    out = np.full(y.shape, np.nan)
-    keep = np.isfinite(y)
-    if not keep.any():
-        return out
-    if order is None:
-        out[keep] = y[keep]
-        return out
-    t = np.linspace(0.0, 1.0, y.size) if y.size > 1 else np.zeros(1)
-    coef = np.polynomial.polynomial.polyfit(t[keep], y[keep], min(order, int(keep.sum()) - 1))
-    out[keep] = y[keep] - np.polynomial.polynomial.polyval(t[keep], coef)
-    return out
-
-
 def _lag(x: np.ndarray, y: np.ndarray, detrend_order: int | None) -> tuple[LagCorrelation | None, str | None]:
     """r(lag) of x against y for lags −MAX_LAG…MAX_LAG (lag > 0: x leads), or (None, why).
 
-    The series keep their evaluation positions: each is detrended on its finite samples, shifted, and only
-    then are the pairs with a non-finite member dropped, lag by lag. Dropping them before shifting (the
-    old way) would close up the gaps, so a lag of ℓ samples would pair evaluations more than ℓ apart. With
-    every sample finite this equals :func:`~spectral_edge.series.lag_correlation`. ``n`` is the number of
-    finite pairs at lag 0; at least MAX_LAG + 3 are needed.
+    :func:`~spectral_edge.series.lag_correlation` with ``missing="pairwise"``: the series keep their
+    evaluation positions, and pairs with a non-finite member are dropped lag by lag, after shifting.
+    ``n`` is the number of finite pairs at lag 0; at least MAX_LAG + 3 are needed.
 
     Example:
         >>> t = np.arange(40.0)
@@ -503,27 +481,10 @@ def _lag(x: np.ndarray, y: np.ndarray, detrend_order: int | None) -> tuple[LagCo
     n = int(np.count_nonzero(np.isfinite(x) & np.isfinite(y)))
     if n < MAX_LAG + 3:
         return None, f"{n} paired evaluations; lags ±{MAX_LAG} need at least {MAX_LAG + 3}"
-    xd, yd = _detrend_finite(x, detrend_order), _detrend_finite(y, detrend_order)
-    lags = np.arange(-MAX_LAG, MAX_LAG + 1)
-    r = np.full(lags.size, np.nan)
-    for i, lag in enumerate(lags.tolist()):
-        a, b = (xd[:-lag], yd[lag:]) if lag > 0 else (xd[-lag:], yd[:lag]) if lag < 0 else (xd, yd)
-        keep = np.isfinite(a) & np.isfinite(b)
-        r[i] = _pearson(a[keep], b[keep])
-    if not np.any(np.isfinite(r)):
+    lc = lag_correlation(x, y, max_lag=MAX_LAG, detrend_order=detrend_order, missing="pairwise")
+    if not np.any(np.isfinite(lc.r)):
         return None, "a series is constant after detrending: no correlation is defined"
-    best = int(np.argmax(np.where(np.isfinite(r), np.abs(r), -1.0)))
-    return (
-        LagCorrelation(
-            lags=lags,
-            r=r,
-            zero_lag_r=float(r[MAX_LAG]),
-            best_lag=int(lags[best]),
-            best_r=float(r[best]),
-            n=n,
-        ),
-        None,
-    )
+    return lc, None
 
 
 def k_star_test(run: str | os.PathLike[str] | RunSeries, *, detrend_order: int | None = 1) -> KStarResult:
@@ -1023,7 +984,7 @@ def _damping(run: RunSeries) -> DampingTest:
         return DampingTest(max(t.size - 2, 0), reason=why)
     dg = (g[2:] - g[:-2]) / (t[2:] - t[:-2])
     gi = g[1:-1]
-    r = _pearson(gi, dg)
+    r = pearson(gi, dg)
     if not math.isfinite(r):
         return DampingTest(int(gi.size), reason="g or dg/dt is constant: no correlation")
     a, b = np.polyfit(gi, dg, 1)
@@ -1091,7 +1052,7 @@ def _eq68_fit(reading: str, measured: np.ndarray, terms: Any) -> Eq68Fit:
         ss_tot = float(np.sum((measured - measured.mean()) ** 2))
         ss_res = float(np.sum((measured - pred) ** 2))
         r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else None
-        c = _pearson(pred, measured)
+        c = pearson(pred, measured)
         corr = c if math.isfinite(c) else None
     return Eq68Fit(reading, tuple(float(x) for x in pred), r2, corr, slope, shares)
 
