@@ -210,9 +210,13 @@ def _analyze_stack(
 def descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues (descending) and eigenvectors (columns, in the same order) of a symmetric matrix or a
     stack of them, in one LAPACK call; the input is symmetrised first, so round-off asymmetry is harmless."""
-    sym = 0.5 * (matrix + np.swapaxes(matrix, -1, -2))
-    lam, vec = np.linalg.eigh(sym)  # ascending
+    lam, vec = np.linalg.eigh(_symmetrised(matrix))  # ascending
     return lam[..., ::-1].copy(), vec[..., ::-1].copy()
+
+
+def _symmetrised(matrix: np.ndarray) -> np.ndarray:
+    """(M + Mᵀ)/2 of a matrix or of each matrix of a stack: LAPACK reads one triangle only."""
+    return 0.5 * (matrix + np.swapaxes(matrix, -1, -2))
 
 
 def gram_singular_values(gram: Any, *, rank_rtol: float = DEFAULT_RANK_RTOL) -> np.ndarray:
@@ -237,7 +241,7 @@ def gram_singular_values(gram: Any, *, rank_rtol: float = DEFAULT_RANK_RTOL) -> 
         raise ValueError(
             f"expected finite (W, W) or (n, W, W) Gram matrices with W >= 2, got shape {g.shape}"
         )
-    lam = np.linalg.eigvalsh(0.5 * (g + np.swapaxes(g, -1, -2)))[..., ::-1]
+    lam = np.linalg.eigvalsh(_symmetrised(g))[..., ::-1]
     return np.sqrt(_clip_eigenvalues(lam, rank_rtol))
 
 
@@ -359,16 +363,25 @@ def _clip_eigenvalues(evals: np.ndarray, rank_rtol: float, stacklevel: int = 3) 
     its own λ_1, in one pass for the whole stack. Returns a new array.
     """
     top, lowest = evals[..., :1], evals[..., -1:]
-    # The common case, nothing below −min(rank_rtol, NEGATIVE_RAISE_RTOL)·λ_1, costs one test and needs
-    # neither a warning nor a refusal; a negative λ_1 fails it too (then λ_W ≤ λ_1 < 0 < −rtol·λ_1).
-    if not np.any(lowest < -min(rank_rtol, NEGATIVE_RAISE_RTOL) * top):
-        # evals > 0 as well: an all-zero Gram (λ_1 = 0) gives +0.0 even where LAPACK returned −0.0.
-        return np.where((evals > 0.0) & (evals >= rank_rtol * top), evals, 0.0)
+    # Nothing to refuse or warn about unless some λ_W is below −min(rank_rtol, NEGATIVE_RAISE_RTOL)·λ_1
+    # (a negative λ_1 is too: then λ_W ≤ λ_1 < 0 < −rtol·λ_1); the common case costs this one test.
+    if np.any(lowest < -min(rank_rtol, NEGATIVE_RAISE_RTOL) * top):
+        _check_negative_eigenvalues(top, lowest, rank_rtol, stacklevel + 1)
+    # evals > 0 as well: an all-zero Gram (λ_1 = 0) is zero, whatever its round-off, and +0.0 where
+    # LAPACK returned −0.0.
+    return np.where((evals > 0.0) & (evals >= rank_rtol * top), evals, 0.0)
+
+
+def _check_negative_eigenvalues(
+    top: np.ndarray, lowest: np.ndarray, rank_rtol: float, stacklevel: int
+) -> None:
+    """Refuse a stack row whose λ_1 is negative or whose λ_W is clearly negative; warn about one whose
+    λ_W is below the round-off level rank_rtol·λ_1 (rows with λ_1 = 0 are zero Grams and pass)."""
     if np.any(top < 0.0):
         raise NotPositiveSemidefiniteError(
             f"the largest eigenvalue of the Gram matrix is negative ({float(top.min()):.3e}): it is not X Xᵀ"
         )
-    live = top > 0.0  # an all-zero Gram (λ_1 = 0) is zero, whatever its round-off
+    live = top > 0.0
     refused = live & (lowest < -NEGATIVE_RAISE_RTOL * top)
     if np.any(refused):
         i = np.flatnonzero(refused.reshape(-1))[0]
@@ -389,7 +402,6 @@ def _clip_eigenvalues(evals: np.ndarray, rank_rtol: float, stacklevel: int = 3) 
             SpectrumWarning,
             stacklevel=stacklevel,
         )
-    return np.where(live & (evals >= rank_rtol * top), evals, 0.0)
 
 
 #: Columns per block when a torch window's Gram is formed on its own device in float64.
