@@ -492,15 +492,11 @@ class UpdateWindow:
         else:
             a_dot_b, dc = None, added_sq  # ΔC = a aᵀ: ‖ΔC‖_F = ‖a‖²
 
-        # Row and column `target` of each group's Gram: dots with the slots still in the window, ‖a‖² on
-        # the diagonal, zeros against empty slots.
+        # Row and column `target` of each group's Gram: dots with the other slots, ‖a‖² on the diagonal.
+        # An empty slot's row of X is zero (reset, a rejected update and loading leave it so), so its dot
+        # with a finite update is exactly 0: no mask is needed.
         gram = self._gram
-        if len(self._order) == w - 1:  # every other slot holds an update (the steady state)
-            gram[:, target, :] = group_rows[:, :w]
-        else:
-            keep = np.zeros(w, dtype=bool)
-            keep[self._order] = True
-            gram[:, target, :] = np.where(keep[None, :], group_rows[:, :w], 0.0)
+        gram[:, target, :] = group_rows[:, :w]
         gram[:, target, target] = group_rows[:, w]
         gram[:, :, target] = gram[:, target, :]
         self._order.append(target)
