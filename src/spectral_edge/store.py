@@ -48,7 +48,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -57,6 +57,8 @@ from spectral_edge.errors import RunStoreError
 from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
 
 __all__ = ["DB_NAME", "SCHEMA_VERSION", "RunStore", "export_run"]
+
+_T = TypeVar("_T")
 
 #: File name of the database inside a run directory.
 DB_NAME = "run.db"
@@ -99,8 +101,9 @@ class RunStore:
         ValueError: ``mode`` is not one of ``"w"``, ``"a"``, ``"r"``.
 
     Every write commits its own transaction, so a reader opened with ``mode="r"`` (in this or another
-    process) sees each record as soon as :meth:`add_record` returns (without ``write_behind``). A read-only reader may leave
-    ``run.db-wal``/``run.db-shm`` beside the database: that is how SQLite readers share a WAL.
+    process) sees each record as soon as :meth:`add_record` returns (without ``write_behind``). A
+    read-only reader may leave ``run.db-wal``/``run.db-shm`` beside the database: that is how SQLite
+    readers share a WAL.
 
     Example:
         >>> import tempfile
@@ -199,15 +202,20 @@ class RunStore:
         if error is not None:
             raise error
 
-    def _finish_pending(self) -> BaseException | None:
-        """Wait for the write in flight and return its error, if any (each error is returned once).
+    def _finish_pending(self, then: Callable[[], None] | None = None) -> BaseException | None:
+        """Wait for the write in flight, hand ``then`` to the writer thread if given, and return the
+        finished write's error, if any (each error is returned once).
 
         It waits holding ``_pending_lock``, so no other thread hands a second write over or reads past
         the unfinished one meanwhile; the writer thread never takes that lock, so this cannot deadlock.
         """
         with self._pending_lock:
             pending, self._pending = self._pending, None
-            return pending.exception() if pending is not None else None
+            error = pending.exception() if pending is not None else None
+            if then is not None:
+                assert self._writer is not None
+                self._pending = self._writer.submit(then)
+            return error
 
     def __enter__(self) -> RunStore:
         return self
@@ -239,13 +247,15 @@ class RunStore:
         if not isinstance(config, Mapping):
             raise TypeError(f"config must be a mapping or a dataclass instance, got {type(config).__name__}")
         text = _STRICT_JSON.encode(_jsonable(config, "config"))
-        earlier_error = self._finish_pending()  # in order with the writes handed over before it
-        with self._transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO config (id, json, wall_time) VALUES (1, ?, ?)", (text, time.time())
-            )
-        if earlier_error is not None:  # raised as add_* raise it: after this call's own write
-            raise earlier_error
+
+        def replace() -> None:
+            with self._transaction() as conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO config (id, json, wall_time) VALUES (1, ?, ?)",
+                    (text, time.time()),
+                )
+
+        self._write_now(replace)
 
     def add_record(self, record: SpectralRecord, *, wall_time: float | None = None) -> None:
         """Append one record, committed at once.
@@ -358,15 +368,15 @@ class RunStore:
             1 [10, 20]
             >>> tmp.cleanup()
         """
-        earlier_error = self._finish_pending()
-        with self._transaction() as conn:
-            removed = sum(
-                conn.execute(f"DELETE FROM {table} WHERE step > ?", (int(step),)).rowcount
-                for table in ("records", "events", "evals", "arrays")
-            )
-        if earlier_error is not None:
-            raise earlier_error
-        return removed
+
+        def delete() -> int:
+            with self._transaction() as conn:
+                return sum(
+                    conn.execute(f"DELETE FROM {table} WHERE step > ?", (int(step),)).rowcount
+                    for table in ("records", "events", "evals", "arrays")
+                )
+
+        return self._write_now(delete)
 
     def _write(self, write: Callable[[], None]) -> None:
         """Run ``write`` now, or with ``write_behind`` hand it to the writer thread once the previous
@@ -375,12 +385,18 @@ class RunStore:
             write()
             return
         self._require_writable()  # a closed or read-only store fails here, not on the writer thread
-        with self._pending_lock:
-            previous = self._pending
-            error = previous.exception() if previous is not None else None  # waits for it
-            self._pending = self._writer.submit(write)
+        error = self._finish_pending(then=write)
         if error is not None:
             raise error
+
+    def _write_now(self, write: Callable[[], _T]) -> _T:
+        """Run ``write`` on this thread, in order after the writes handed over before it; an error of
+        those is raised after ``write`` has run, as :meth:`_write` raises it after the hand-over."""
+        error = self._finish_pending()
+        result = write()
+        if error is not None:
+            raise error
+        return result
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
