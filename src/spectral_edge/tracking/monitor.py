@@ -514,9 +514,11 @@ class SpectralMonitor:
         nu = noise_level_from_spectrum(spec.eigenvalues, p)
         groups: dict[str, GroupSpectrum] = {}
         if group_sigmas is not None:
-            group_sigmas.setflags(write=False)
             for name, sigma, (k, r) in zip(
-                self._win.layout.group_names, group_sigmas, gap_positions(group_sigmas), strict=True
+                self._win.layout.group_names,
+                _read_only(group_sigmas),
+                gap_positions(group_sigmas),
+                strict=True,
             ):
                 groups[name] = GroupSpectrum(k_star=k, gap_ratio=r, singular_values=sigma)
         return SpectralRecord(
