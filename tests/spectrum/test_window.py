@@ -16,6 +16,8 @@ from spectral_edge.spectrum.window import (
     gap_positions,
     gap_statistics,
     gram_singular_values,
+    singular_values_from_eigenvalues,
+    spectrum_from_eigenvalues,
 )
 from tests.spectrum.synthetic import planted_window, reference_singular_values
 
@@ -257,3 +259,30 @@ def test_clipping_fast_path_keeps_the_refusal_and_the_sign_of_zero():
     sigma = analyze_gram(-0.0 * np.eye(3)).singular_values
     assert np.all(sigma == 0.0) and not np.any(np.signbit(sigma))
     assert analyze_gram(np.diag([1.0, 1e-320, 0.0]), rank_rtol=0.0).effective_rank == pytest.approx(1.0)
+
+
+def test_float_stage_from_a_known_eigendecomposition_equals_analyze_gram():
+    """spectrum_from_eigenvalues and singular_values_from_eigenvalues (what a caller with its own
+    eigensolver uses) give analyze_gram's answer, clipping, warning and refusing the same way."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 4)) * np.array([3.0, 1.0, 0.5, 0.1])  # rank 4 of 6: two round-off λ
+    gram = x @ x.T
+    lam, vec = descending_eigh(gram)
+    got = spectrum_from_eigenvalues(lam.tolist(), vec)
+    want = analyze_gram(gram)
+    for name in ("singular_values", "eigenvalues", "ratios"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+    for name in ("k_star", "gap_ratio", "gap", "gap_lambda", "k95", "k_star_weighted", "g23", "rank"):
+        assert getattr(got, name) == getattr(want, name)
+    assert got.effective_rank == want.effective_rank and got.rank == 4
+    parts = np.stack([gram, np.diag([4.0, 1.0, 0.0, 0.0, 0.0, 0.0])])
+    lam_parts = descending_eigh(parts)[0]
+    np.testing.assert_allclose(  # gram_singular_values uses eigvalsh: the same to round-off
+        singular_values_from_eigenvalues(lam_parts.tolist()), gram_singular_values(parts), rtol=1e-12
+    )
+    with pytest.warns(SpectrumWarning, match="clipped a negative eigenvalue"):
+        assert spectrum_from_eigenvalues([1.0, 0.5, -1e-8], np.eye(3)).eigenvalues[-1] == 0.0
+    with pytest.raises(NotPositiveSemidefiniteError):
+        singular_values_from_eigenvalues([[1.0, 0.5], [1.0, -0.1]])
+    with pytest.raises(ValueError, match="at least 2 updates"):
+        spectrum_from_eigenvalues([1.0], np.eye(1))

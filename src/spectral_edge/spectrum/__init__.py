@@ -24,7 +24,9 @@ from spectral_edge.spectrum.stability import (
     AdiabaticRegimes,
     adiabatic_parameter,
     davis_kahan_bound,
+    alignment_from_half_eigen,
     half_window_alignment,
+    half_window_eigen,
     nearest_eigenvalue_gaps,
     stability_coefficients,
 )
@@ -37,6 +39,8 @@ from spectral_edge.spectrum.window import (
     gap_positions,
     gap_statistics,
     gram_singular_values,
+    singular_values_from_eigenvalues,
+    spectrum_from_eigenvalues,
 )
 
 __all__ = [
@@ -48,11 +52,15 @@ __all__ = [
     "gap_statistics",
     "gap_positions",
     "gram_singular_values",
+    "spectrum_from_eigenvalues",
+    "singular_values_from_eigenvalues",
     "cumulative_variance_rank",
     # stability (Parts IV, VI) and the adiabatic parameter
     "stability_coefficients",
     "nearest_eigenvalue_gaps",
     "half_window_alignment",
+    "half_window_eigen",
+    "alignment_from_half_eigen",
     "davis_kahan_bound",
     "adiabatic_parameter",
     "AdiabaticRegimes",

@@ -112,6 +112,15 @@ def half_window_alignment(gram: np.ndarray, *, rank_rtol: float = 1e-13) -> np.n
         >>> half_window_alignment(x @ x.T).round(3).tolist()
         [0.991, 0.991]
     """
+    return alignment_from_half_eigen(*half_window_eigen(gram), rank_rtol=rank_rtol)
+
+
+def half_window_eigen(gram: np.ndarray) -> tuple[list[float], list[float], list[float]]:
+    """The eigen stage of :func:`half_window_alignment`: (λ⁽¹⁾, λ⁽²⁾, u₁ᵀ G₁₂ u₂ diagonal) as floats.
+
+    λ⁽ⁱ⁾ are the descending eigenvalues of the halves' Grams Gᵢᵢ (unclipped) and the third list holds
+    u_j⁽¹⁾ᵀ G₁₂ u_j⁽²⁾ = σ_j⁽¹⁾ σ_j⁽²⁾ ⟨v_j⁽¹⁾, v_j⁽²⁾⟩ for each j.
+    """
     g = np.asarray(gram, dtype=np.float64)
     w = g.shape[0]
     if g.shape != (w, w) or w < 4:
@@ -125,9 +134,17 @@ def half_window_alignment(gram: np.ndarray, *, rank_rtol: float = 1e-13) -> np.n
     (lam1, lam2), (u1, u2) = lam.tolist(), u
     # The diagonal of u₁ᵀ G₁₂ u₂ = diag(σ¹) V₁ᵀV₂ diag(σ²), without forming the rest of it.
     cross = np.einsum("aj,aj->j", u1, g[first, second] @ u2).tolist()
+    return lam1, lam2, cross
+
+
+def alignment_from_half_eigen(
+    lam1: list[float], lam2: list[float], cross: list[float], *, rank_rtol: float = 1e-13
+) -> np.ndarray:
+    """The float stage of :func:`half_window_alignment`, from :func:`half_window_eigen`'s three lists:
+    α_j = |u_j⁽¹⁾ᵀ G₁₂ u_j⁽²⁾| / (σ_j⁽¹⁾ σ_j⁽²⁾), 0 where either eigenvalue is round-off."""
     top = max(lam1[0], lam2[0])
     if top <= 0.0:
-        return np.zeros(h)
+        return np.zeros(len(lam1))
     # Directions whose eigenvalue is round-off (a half with fewer than h independent updates) are undefined.
     cut = rank_rtol * top
     alpha = [

@@ -182,10 +182,7 @@ def _analyze_stack(
     gram: Any, parts: Any, k95_threshold: float, rank_rtol: float
 ) -> tuple[WindowSpectrum, np.ndarray | None]:
     """The one body of :func:`analyze_gram` and :func:`analyze_gram_with_parts`."""
-    if not 0.0 < k95_threshold <= 1.0:
-        raise ValueError(f"k95_threshold must be in (0, 1], got {k95_threshold!r}")
-    if not 0.0 <= rank_rtol < 1.0:
-        raise ValueError(f"rank_rtol must be in [0, 1), got {rank_rtol!r}")
+    _check_options(k95_threshold, rank_rtol)
     g = _as_float64_matrix(gram)
     w = g.shape[0]
     if g.shape != (w, w):
@@ -202,9 +199,65 @@ def _analyze_stack(
         raise ValueError("the Gram matrix holds NaN or Inf: an update was not finite")
     lam, vec = descending_eigh(stack)
     # A warning names the line that called analyze_gram(_with_parts), two frames above this one.
-    lam = _clip_eigenvalues(lam, rank_rtol, stacklevel=4)
-    spectrum = _spectrum_from_eigenvalues(lam[0], vec[0], k95_threshold)
-    return spectrum, (np.sqrt(lam[1:]) if parts is not None else None)
+    rows = _clipped_rows(lam.tolist(), rank_rtol, stacklevel=4)
+    spectrum = _spectrum_from_eigenvalues(rows[0], vec[0], k95_threshold)
+    return spectrum, (_singular_values_of_rows(rows[1:]) if parts is not None else None)
+
+
+def spectrum_from_eigenvalues(
+    eigenvalues: Any,
+    eigenvectors: np.ndarray,
+    *,
+    k95_threshold: float = 0.95,
+    rank_rtol: float = DEFAULT_RANK_RTOL,
+) -> WindowSpectrum:
+    """:func:`analyze_gram` for a Gram matrix whose eigen-decomposition is already known.
+
+    For callers with their own eigensolver (the monitor's compiled one, ``tracking/_spectra.py``): the
+    eigenvalues are clipped, checked and turned into the gap statistics exactly as :func:`analyze_gram`
+    does after its own ``eigh``.
+
+    Args:
+        eigenvalues: (W,) eigenvalues of G, descending, as returned by the solver (not clipped).
+        eigenvectors: (W, W) the matching eigenvectors as columns; kept as given (made read-only).
+        k95_threshold, rank_rtol: as for :func:`analyze_gram`.
+
+    Example:
+        >>> spectrum_from_eigenvalues([9.0, 1.0, 1e-20], np.eye(3)).singular_values.tolist()
+        [3.0, 1.0, 0.0]
+    """
+    _check_options(k95_threshold, rank_rtol)
+    values = [float(v) for v in eigenvalues]
+    if len(values) < 2:
+        raise ValueError(f"a window needs at least 2 updates to have a gap, got W={len(values)}")
+    (clipped,) = _clipped_rows([values], rank_rtol, stacklevel=3)
+    return _spectrum_from_eigenvalues(clipped, np.asarray(eigenvectors, dtype=np.float64), k95_threshold)
+
+
+def singular_values_from_eigenvalues(rows: Any, *, rank_rtol: float = DEFAULT_RANK_RTOL) -> np.ndarray:
+    """σ = √λ for rows of descending eigenvalues of Gram matrices, clipped and checked as
+    :func:`analyze_gram` does, each row against its own λ_1: a read-only (n, W) array.
+
+    Example:
+        >>> singular_values_from_eigenvalues([[4.0, 1.0], [9.0, -1e-30]]).tolist()
+        [[2.0, 1.0], [3.0, 0.0]]
+    """
+    return _singular_values_of_rows(
+        _clipped_rows([list(map(float, r)) for r in rows], rank_rtol, stacklevel=3)
+    )
+
+
+def _singular_values_of_rows(rows: list[list[float]]) -> np.ndarray:
+    sigma = np.array([[math.sqrt(v) for v in row] for row in rows], dtype=np.float64)
+    sigma.setflags(write=False)
+    return sigma
+
+
+def _check_options(k95_threshold: float, rank_rtol: float) -> None:
+    if not 0.0 < k95_threshold <= 1.0:
+        raise ValueError(f"k95_threshold must be in (0, 1], got {k95_threshold!r}")
+    if not 0.0 <= rank_rtol < 1.0:
+        raise ValueError(f"rank_rtol must be in [0, 1), got {rank_rtol!r}")
 
 
 def descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -242,7 +295,8 @@ def gram_singular_values(gram: Any, *, rank_rtol: float = DEFAULT_RANK_RTOL) -> 
             f"expected finite (W, W) or (n, W, W) Gram matrices with W >= 2, got shape {g.shape}"
         )
     lam = np.linalg.eigvalsh(_symmetrised(g))[..., ::-1]
-    return np.sqrt(_clip_eigenvalues(lam, rank_rtol))
+    sigma = _singular_values_of_rows(_clipped_rows(lam.reshape(-1, lam.shape[-1]).tolist(), rank_rtol))
+    return sigma.reshape(lam.shape)
 
 
 def gap_statistics(singular_values: Any) -> tuple[np.ndarray, int, float, int]:
@@ -307,9 +361,8 @@ def cumulative_variance_rank(eigenvalues: Any, threshold: float = 0.95) -> int:
     return below + 1
 
 
-def _spectrum_from_eigenvalues(lam: np.ndarray, evecs: np.ndarray, k95_threshold: float) -> WindowSpectrum:
+def _spectrum_from_eigenvalues(lam_f: list[float], evecs: np.ndarray, k95_threshold: float) -> WindowSpectrum:
     # Plain floats for the W-length arithmetic (see gap_statistics); arrays only for what is returned.
-    lam_f = lam.tolist()
     sigma_f = [math.sqrt(v) for v in lam_f]
     ratios, k_star, gap_ratio, rank = _gap_of_floats(sigma_f)
     w = len(lam_f)
@@ -331,8 +384,9 @@ def _spectrum_from_eigenvalues(lam: np.ndarray, evecs: np.ndarray, k95_threshold
         effective_rank = math.exp(-sum(p * math.log(p) for p in shares if p > 0.0))
     else:
         effective_rank = 0.0
-    # lam and evecs come contiguous from descending_eigh; the two others are new: only mark them read-only.
+    # All three arrays are new; evecs comes from the solver and is only marked read-only.
     sigma, ratios_array = np.array(sigma_f, dtype=np.float64), np.array(ratios, dtype=np.float64)
+    lam = np.array(lam_f, dtype=np.float64)
     for array in (sigma, ratios_array, lam, evecs):
         array.setflags(write=False)
 
@@ -356,52 +410,50 @@ def _spectrum_from_eigenvalues(lam: np.ndarray, evecs: np.ndarray, k95_threshold
     )
 
 
-def _clip_eigenvalues(evals: np.ndarray, rank_rtol: float, stacklevel: int = 3) -> np.ndarray:
-    """Zero the round-off eigenvalues; warn about, or refuse, clearly negative ones.
+def _clipped_rows(rows: list[list[float]], rank_rtol: float, stacklevel: int = 3) -> list[list[float]]:
+    """Zero the round-off eigenvalues of each row; warn about, or refuse, clearly negative ones.
 
-    ``evals`` is (W,) or a stack (n, W), each row descending; every row is checked and clipped against
-    its own λ_1, in one pass for the whole stack. Returns a new array.
+    Each row holds one Gram's eigenvalues, descending, and is clipped against its own λ_1: values
+    below ``rank_rtol · λ_1``, and every value of an all-zero Gram (λ_1 = 0), become +0.0.
     """
-    top, lowest = evals[..., :1], evals[..., -1:]
     # Nothing to refuse or warn about unless some λ_W is below −min(rank_rtol, NEGATIVE_RAISE_RTOL)·λ_1
-    # (a negative λ_1 is too: then λ_W ≤ λ_1 < 0 < −rtol·λ_1); the common case costs this one test.
-    if np.any(lowest < -min(rank_rtol, NEGATIVE_RAISE_RTOL) * top):
-        _check_negative_eigenvalues(top, lowest, rank_rtol, stacklevel + 1)
-    # evals > 0 as well: an all-zero Gram (λ_1 = 0) is zero, whatever its round-off, and +0.0 where
-    # LAPACK returned −0.0.
-    return np.where((evals > 0.0) & (evals >= rank_rtol * top), evals, 0.0)
+    # (a negative λ_1 is too: then λ_W ≤ λ_1 < 0 < −rtol·λ_1); the common case costs this one test a row.
+    gate = -min(rank_rtol, NEGATIVE_RAISE_RTOL)
+    suspect = [(row[0], row[-1]) for row in rows if row[-1] < gate * row[0]]
+    if suspect:
+        _check_negative_eigenvalues(suspect, rank_rtol, stacklevel + 1)
+    # v > 0 as well: an all-zero Gram is zero whatever its round-off, and +0.0 where LAPACK returned −0.0.
+    return [[v if v > 0.0 and v >= rank_rtol * row[0] else 0.0 for v in row] for row in rows]
 
 
 def _check_negative_eigenvalues(
-    top: np.ndarray, lowest: np.ndarray, rank_rtol: float, stacklevel: int
+    extremes: list[tuple[float, float]], rank_rtol: float, stacklevel: int
 ) -> None:
-    """Refuse a stack row whose λ_1 is negative or whose λ_W is clearly negative; warn about one whose
-    λ_W is below the round-off level rank_rtol·λ_1 (rows with λ_1 = 0 are zero Grams and pass)."""
-    if np.any(top < 0.0):
-        raise NotPositiveSemidefiniteError(
-            f"the largest eigenvalue of the Gram matrix is negative ({float(top.min()):.3e}): it is not X Xᵀ"
-        )
-    live = top > 0.0
-    refused = live & (lowest < -NEGATIVE_RAISE_RTOL * top)
-    if np.any(refused):
-        i = np.flatnonzero(refused.reshape(-1))[0]
-        raise NotPositiveSemidefiniteError(
-            f"the Gram matrix has eigenvalue {float(lowest.reshape(-1)[i]):.3e} against "
-            f"λ_1 = {float(top.reshape(-1)[i]):.3e}; a Gram matrix X Xᵀ "
-            "is positive semi-definite. Pass the Gram of the updates, not a covariance estimate or a "
-            "difference of Grams."
-        )
-    clipped = live & (lowest < -rank_rtol * top)
-    if np.any(clipped):
-        i = np.flatnonzero(clipped.reshape(-1))[0]
-        warnings.warn(
-            f"clipped a negative eigenvalue {float(lowest.reshape(-1)[i]):.3e} "
-            f"(λ_1 = {float(top.reshape(-1)[i]):.3e}) of the Gram matrix to 0; "
-            "it is below the round-off level rank_rtol·λ_1; was G accumulated in lower precision than "
-            "rank_rtol assumes?",
-            SpectrumWarning,
-            stacklevel=stacklevel,
-        )
+    """Refuse a Gram whose λ_1 is negative or whose λ_W is clearly negative; warn (once) about one whose
+    λ_W is below the round-off level rank_rtol·λ_1. ``extremes`` holds (λ_1, λ_W) per Gram; Grams with
+    λ_1 = 0 are zero and pass."""
+    for top, _ in extremes:
+        if top < 0.0:
+            raise NotPositiveSemidefiniteError(
+                f"the largest eigenvalue of the Gram matrix is negative ({top:.3e}): it is not X Xᵀ"
+            )
+    for top, lowest in extremes:
+        if top > 0.0 and lowest < -NEGATIVE_RAISE_RTOL * top:
+            raise NotPositiveSemidefiniteError(
+                f"the Gram matrix has eigenvalue {lowest:.3e} against λ_1 = {top:.3e}; a Gram matrix X Xᵀ "
+                "is positive semi-definite. Pass the Gram of the updates, not a covariance estimate or a "
+                "difference of Grams."
+            )
+    for top, lowest in extremes:
+        if top > 0.0 and lowest < -rank_rtol * top:
+            warnings.warn(
+                f"clipped a negative eigenvalue {lowest:.3e} (λ_1 = {top:.3e}) of the Gram matrix to 0; "
+                "it is below the round-off level rank_rtol·λ_1; was G accumulated in lower precision than "
+                "rank_rtol assumes?",
+                SpectrumWarning,
+                stacklevel=stacklevel,
+            )
+            return
 
 
 #: Columns per block when a torch window's Gram is formed on its own device in float64.

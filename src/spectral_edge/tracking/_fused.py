@@ -16,6 +16,9 @@ and the dot products read five rows of X in one sweep of the block, so five stre
 each value of δ is loaded once per five products. On x86-64 with GCC the block routine also has an AVX2
 build, chosen when the module loads on a CPU that has it.
 
+The same extension carries the record's compiled eigen stage, ``window_spectra``, whose source and
+reasons are in ``tracking/_spectra.py``: one build, one cache entry.
+
 The source is compiled with ``torch.utils.cpp_extension.load_inline`` the first time a window needs it
 (about 30–60 s; then cached in torch's extension directory, keyed by the source). It needs a C++
 compiler and ninja (``pip install ninja``, in the ``fast`` extra). Where either is missing, or
@@ -157,7 +160,8 @@ _failed: str | None = None
 
 
 def fused_kernel() -> Any:
-    """The compiled module (with ``fused_push``), or None where it cannot be built or is switched off."""
+    """The compiled module (``fused_push`` and ``window_spectra``), or None where it cannot be built or
+    is switched off."""
     global _module, _failed
     if _module is not None or _failed is not None:
         return _module
@@ -174,10 +178,12 @@ def fused_kernel() -> Any:
             logger.info(
                 "spectral-edge: loading the fused CPU push kernel (compiled on first use, about a minute)"
             )
+            from spectral_edge.tracking._spectra import SPECTRA_SOURCE
+
             _module = load_inline(
                 "spectral_edge_fused_push",
-                cpp_sources=_SOURCE,
-                functions=["fused_push"],
+                cpp_sources=[_SOURCE, SPECTRA_SOURCE],
+                functions=["fused_push", "window_spectra"],
                 extra_cflags=["-O3", "-fopenmp", "-fopenmp-simd"],
                 extra_ldflags=["-fopenmp"],
             )

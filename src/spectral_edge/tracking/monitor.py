@@ -26,15 +26,16 @@ from spectral_edge.spectrum.stability import (
     AdiabaticRegimes,
     GapUnits,
     adiabatic_parameter,
+    alignment_from_half_eigen,
     davis_kahan_bound,
-    half_window_alignment,
     stability_coefficients,
 )
 from spectral_edge.spectrum.window import (
     DEFAULT_RANK_RTOL,
     FLOAT32_RANK_RTOL,
-    analyze_gram_with_parts,
     gap_positions,
+    singular_values_from_eigenvalues,
+    spectrum_from_eigenvalues,
 )
 from spectral_edge.tracking.events import EventDetector, EventThresholds
 from spectral_edge.tracking.record import GroupSpectrum, SpectralEvent, SpectralRecord
@@ -493,14 +494,16 @@ class SpectralMonitor:
         return record
 
     def _record(self, pushed: PushResult, metrics: dict[str, float]) -> SpectralRecord:
-        grams = self._win.stacked_group_grams()  # (n_groups, W, W), summing to the total
-        parts = grams if len(grams) > 1 else None
-        total = grams.sum(axis=0) if parts is not None else grams[0]
         # Eigenvalues below the precision the Gram was accumulated in are round-off, not directions.
         rtol = DEFAULT_RANK_RTOL if self._win.compute_dtype == torch.float64 else FLOAT32_RANK_RTOL
-        # The total and the groups in one eigensolver call: its fixed cost, not W, dominates at W = 10.
-        spec, group_sigmas = analyze_gram_with_parts(
-            total, parts, k95_threshold=self.k95_threshold, rank_rtol=rtol
+        # Every eigensolve of the record (total, groups, halves) in one call; the float stage below is
+        # spectrum/'s own, so the record equals analyze_gram_with_parts and half_window_alignment.
+        eig = self._win.spectra(half=self.window >= 4)
+        spec = spectrum_from_eigenvalues(
+            eig.total, eig.vectors, k95_threshold=self.k95_threshold, rank_rtol=rtol
+        )
+        group_sigmas = (
+            singular_values_from_eigenvalues(eig.groups, rank_rtol=rtol) if eig.groups is not None else None
         )
         p = self.n_params
         dc = float(pushed.delta_c_fro or 0.0)
@@ -516,7 +519,7 @@ class SpectralMonitor:
         if group_sigmas is not None:
             for name, sigma, (k, r) in zip(
                 self._win.layout.group_names,
-                _read_only(group_sigmas),
+                group_sigmas,
                 gap_positions(group_sigmas),
                 strict=True,
             ):
@@ -537,7 +540,7 @@ class SpectralMonitor:
             rank=spec.rank,
             effective_rank=spec.effective_rank,
             alpha=_read_only(stability_coefficients(spec.eigenvalues, dc, self.alpha_c)),
-            alpha_half=_read_only(half_window_alignment(total, rank_rtol=rtol)) if self.window >= 4 else None,
+            alpha_half=_read_only(alignment_from_half_eigen(*eig.half, rank_rtol=rtol)) if eig.half else None,
             delta_c_fro=dc,
             davis_kahan=davis_kahan_bound(dc, spec.gap_lambda),
             adiabatic=adiabatic,

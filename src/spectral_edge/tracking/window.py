@@ -36,6 +36,7 @@ import torch
 from spectral_edge.spectrum.perturbation import delta_c_frobenius
 from spectral_edge.spectrum.window import DEFAULT_RANK_RTOL, FLOAT32_RANK_RTOL
 from spectral_edge.tracking._fused import fused_kernel
+from spectral_edge.tracking._spectra import WindowEigen, window_spectra
 from spectral_edge.tracking._workers import run_in_workers
 
 #: Elements per chunk on a CPU storage device: 2^18 float32 values (1 MiB) keep θ, θ_prev and the
@@ -205,6 +206,7 @@ class UpdateWindow:
         self._x = torch.zeros(window, p, dtype=storage_dtype, device=device)  # (W, P) rows are slots
         n_groups = len(layout.group_names)
         self._gram = np.zeros((n_groups, window, window))  # per group, indexed by slot
+        self._gram_tensor = torch.from_numpy(self._gram)  # a view, for the compiled eigen stage
         self._order: list[int] = []  # slots of the window, oldest first
         # θ_prev per piece of the plan (flat, in the parameters' dtype and device); a pack also has a spare
         # buffer of its size, so that θ is gathered into the spare and the two are swapped: no copy back.
@@ -312,6 +314,20 @@ class UpdateWindow:
         order of ``layout.group_names`` (a copy)."""
         idx = np.asarray(self._order, dtype=np.intp)
         return self._gram[:, idx[:, None], idx[None, :]]
+
+    def spectra(self, *, half: bool) -> WindowEigen:
+        """The eigen stage of a record for the full window: the eigenvalues and eigenvectors of the total
+        Gram in time order, each group's eigenvalues (when there are several groups) and, with ``half``,
+        the halves' eigen-decompositions for the half-window alignment (see ``tracking/_spectra.py``).
+        Compiled where the fused kernel is built, else with NumPy."""
+        return window_spectra(
+            self._gram,
+            self._order,
+            groups=len(self.layout.group_names) > 1,
+            half=half,
+            kernel=self._kernel,
+            grams_tensor=self._gram_tensor,
+        )
 
     def principal_directions(self, k: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
         """The top-k right singular vectors of X: unit directions in parameter space, v_j = Xᵀu_j/σ_j.
