@@ -23,8 +23,8 @@ from spectral_edge.spectrum.perturbation import (
 from spectral_edge.spectrum.stability import (
     AdiabaticRegimes,
     adiabatic_parameter,
-    davis_kahan_bound,
     alignment_from_half_eigen,
+    davis_kahan_bound,
     half_window_alignment,
     half_window_eigen,
     nearest_eigenvalue_gaps,

@@ -114,15 +114,21 @@ static void push_block(const float* __restrict th, float* __restrict pv, float* 
 }
 
 // segments s: theta[s] and prev[s] are flat contiguous float32 CPU tensors of one length; their values
-// sit in columns [cols[s], cols[s] + n) of X (W x P, float32, contiguous); their dot products add to row
-// rows[s] of partials (n_rows x (W + 1), float64, accumulated into): the window passes each segment's group.
-void fused_push(const std::vector<at::Tensor>& thetas, const std::vector<at::Tensor>& prevs,
-                const std::vector<int64_t>& cols, const std::vector<int64_t>& rows,
-                at::Tensor X, int64_t target, at::Tensor partials) {
+// sit in columns [cols[s], cols[s] + n) of X (W x P, float32, contiguous); their dot products belong to
+// group rows[s]. grams (n_groups x W x W, float64) are the groups' Grams indexed by slot: row and column
+// `target` of each are overwritten with the group's dot products and |a|^2 (the Python side zeroes them
+// again if it rejects the update). Returns W + 2 floats: the W dot products <x_w, a> summed over groups
+// (slot order; at `target`, the leaving update's a^T b), |a|^2, and the sum of the groups' old diagonal
+// entries at `target` (|b|^2 of the leaving update, read before the overwrite).
+std::vector<double> fused_push(const std::vector<at::Tensor>& thetas, const std::vector<at::Tensor>& prevs,
+                               const std::vector<int64_t>& cols, const std::vector<int64_t>& rows,
+                               at::Tensor X, int64_t target, at::Tensor grams) {
   TORCH_CHECK(X.is_contiguous() && X.scalar_type() == at::kFloat && X.dim() == 2, "X must be (W, P) float32");
-  TORCH_CHECK(partials.scalar_type() == at::kDouble && partials.is_contiguous(), "partials must be float64");
   const int64_t W = X.size(0), P = X.size(1);
-  TORCH_CHECK(partials.size(1) == W + 1, "partials must have W + 1 columns");
+  TORCH_CHECK(grams.scalar_type() == at::kDouble && grams.is_contiguous() && grams.dim() == 3 &&
+              grams.size(1) == W && grams.size(2) == W, "grams must be (n_groups, W, W) float64");
+  TORCH_CHECK(target >= 0 && target < W, "target slot outside the window");
+  const int64_t n_groups = grams.size(0);
   constexpr int64_t B = 8192;
   TORCH_CHECK(prevs.size() == thetas.size() && cols.size() == thetas.size() && rows.size() == thetas.size(),
               "one prev, column and row per segment");
@@ -130,7 +136,7 @@ void fused_push(const std::vector<at::Tensor>& thetas, const std::vector<at::Ten
   for (size_t s = 0; s < thetas.size(); ++s) {
     const int64_t n = thetas[s].numel();
     TORCH_CHECK(prevs[s].numel() == n && cols[s] >= 0 && cols[s] + n <= P, "segment does not fit X");
-    TORCH_CHECK(rows[s] >= 0 && rows[s] < partials.size(0), "segment's row is outside partials");
+    TORCH_CHECK(rows[s] >= 0 && rows[s] < n_groups, "segment's group is outside grams");
     for (int64_t lo = 0; lo < n; lo += B) blocks.emplace_back(static_cast<int64_t>(s), lo);
   }
   const int64_t nb = static_cast<int64_t>(blocks.size());
@@ -145,12 +151,23 @@ void fused_push(const std::vector<at::Tensor>& thetas, const std::vector<at::Ten
                  cols[s] + lo, target, n, out.data() + b * (W + 1));
     }
   });
-  double* part = partials.data_ptr<double>();
+  std::vector<double> part(static_cast<size_t>(n_groups * (W + 1)), 0.0);  // per group, in block order
   for (int64_t b = 0; b < nb; ++b) {
-    double* row = part + rows[blocks[b].first] * (W + 1);
+    double* row = part.data() + rows[blocks[b].first] * (W + 1);
     const double* o = out.data() + b * (W + 1);
     for (int64_t w = 0; w <= W; ++w) row[w] += o[w];
   }
+  std::vector<double> result(static_cast<size_t>(W + 2), 0.0);
+  double* g = grams.data_ptr<double>();
+  for (int64_t k = 0; k < n_groups; ++k) {
+    double* gk = g + k * W * W;
+    const double* pk = part.data() + k * (W + 1);
+    result[W + 1] += gk[target * W + target];
+    for (int64_t w = 0; w <= W; ++w) result[w] += pk[w];
+    for (int64_t j = 0; j < W; ++j) gk[target * W + j] = gk[j * W + target] = pk[j];
+    gk[target * W + target] = pk[W];
+  }
+  return result;
 }
 """
 

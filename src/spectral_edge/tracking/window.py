@@ -206,7 +206,7 @@ class UpdateWindow:
         self._x = torch.zeros(window, p, dtype=storage_dtype, device=device)  # (W, P) rows are slots
         n_groups = len(layout.group_names)
         self._gram = np.zeros((n_groups, window, window))  # per group, indexed by slot
-        self._gram_tensor = torch.from_numpy(self._gram)  # a view, for the compiled eigen stage
+        self._gram_tensor = torch.from_numpy(self._gram)  # a view, for the compiled push and eigen stage
         self._order: list[int] = []  # slots of the window, oldest first
         # θ_prev per piece of the plan (flat, in the parameters' dtype and device); a pack also has a spare
         # buffer of its size, so that θ is gathered into the spare and the two are swapped: no copy back.
@@ -266,9 +266,6 @@ class UpdateWindow:
                     "warning logged by spectral_edge); install a C++ compiler and ninja, or use kernel='auto'"
                 )
         self.kernel = "fused" if self._kernel is not None else "torch"
-        # The fused kernel adds each segment's dot products straight into its group's row.
-        self._group_partials = torch.zeros(len(layout.group_names), window + 1, dtype=torch.float64)
-        self._group_partials_np = self._group_partials.numpy()  # a view: no conversion per push
         self._fused_key: tuple[int, ...] | None = None
         self._fused_args: tuple[list[torch.Tensor], list[torch.Tensor], list[int], list[int]] | None = None
 
@@ -441,6 +438,55 @@ class UpdateWindow:
         w = self.window
         dropping = len(self._order) == w
         target = self._order[0] if dropping else self._free_slot()
+        x = self._x
+        # Row and column `target` of each group's Gram become the update's dots with the other slots and
+        # ‖a‖² on the diagonal (an empty slot's row of X is zero, so its dot with a finite update is exactly
+        # 0: no mask is needed); ‖b‖² of the leaving update is read off the old diagonal first.
+        fused = self._fused_segments(current) if from_snapshot and not keep_references else None
+        if fused is not None:
+            # The kernel also sums the groups and writes the Gram rows: the W + 1 totals and ‖b‖² as floats.
+            *total, dropped_sq = self._kernel.fused_push(*fused, x, target, self._gram_tensor)
+        else:
+            total, dropped_sq = self._torch_pass(current, target, from_snapshot, keep_references)
+        added_sq = total[w]
+
+        if not math.isfinite(added_sq) or added_sq == 0.0:
+            status = "zero" if added_sq == 0.0 else "nonfinite"
+            # The target slot now holds the rejected update (and b is gone if it was the oldest): clear it.
+            x[target].zero_()
+            self._gram[:, target, :] = 0.0
+            self._gram[:, :, target] = 0.0
+            if dropping:
+                self._order.pop(0)
+            norm = math.sqrt(added_sq) if added_sq >= 0.0 else float("nan")
+            return PushResult(status=status, update_norm=norm, dropped=dropping)
+
+        window_dots = np.array([total[i] for i in self._order])  # ⟨x_i, a⟩ in time order, before the push
+        if dropping:
+            a_dot_b = total[target]
+            dc = delta_c_frobenius(added_sq, dropped_sq, a_dot_b)
+            self._order.pop(0)
+        else:
+            a_dot_b, dc = None, added_sq  # ΔC = a aᵀ: ‖ΔC‖_F = ‖a‖²
+
+        self._order.append(target)
+        self.pushes += 1
+        return PushResult(
+            status="pushed",
+            update_norm=math.sqrt(added_sq),
+            dropped=dropping,
+            delta_c_fro=dc,
+            added_dot_dropped=a_dot_b,
+            window_dots=window_dots,
+        )
+
+    def _torch_pass(
+        self, current: list[torch.Tensor], target: int, from_snapshot: bool, keep_references: bool
+    ) -> tuple[list[float], float]:
+        """The push's pass as torch calls per piece (any dtype and device): δ into row ``target`` of X,
+        the Gram rows written as the fused kernel writes them; returns the W + 1 totals (the dots with
+        every slot, then ‖a‖²) and the leaving update's ‖b‖², as the kernel does."""
+        w = self.window
         partials = self._partials
         x = self._x
         row = x[target]
@@ -470,61 +516,20 @@ class UpdateWindow:
                     torch.dot(a, a, out=partials[i, w])
                     row[cols].copy_(a)
 
-        fused = self._fused_segments(current) if from_snapshot and not keep_references else None
-        if fused is not None:
-            self._group_partials.zero_()
-            self._kernel.fused_push(*fused, x, target, self._group_partials)
-            group_rows = self._group_partials_np  # (n_groups, W + 1)
+        shares = self._worker_shares
+        if len(shares) == 1:
+            run(shares[0], 0)
         else:
-            shares = self._worker_shares
-            if len(shares) == 1:
-                run(shares[0], 0)
-            else:
-                run_in_workers([functools.partial(run, share, k) for k, share in enumerate(shares)])
-            chunk_rows = partials.to(device="cpu", dtype=torch.float64).numpy()  # (n_chunks, W + 1)
-            group_rows = np.zeros((len(self.layout.group_names), w + 1))
-            np.add.at(group_rows, self._chunk_group, chunk_rows)
-        # The W + 1 totals as floats: the scalars below are read off them without a NumPy call each.
-        total = group_rows.sum(axis=0).tolist()
-        added_sq = total[w]
-
-        if not math.isfinite(added_sq) or added_sq == 0.0:
-            status = "zero" if added_sq == 0.0 else "nonfinite"
-            # The target slot now holds the rejected update (and b is gone if it was the oldest): clear it.
-            x[target].zero_()
-            self._gram[:, target, :] = 0.0
-            self._gram[:, :, target] = 0.0
-            if dropping:
-                self._order.pop(0)
-            norm = math.sqrt(added_sq) if added_sq >= 0.0 else float("nan")
-            return PushResult(status=status, update_norm=norm, dropped=dropping)
-
-        window_dots = np.array([total[i] for i in self._order])  # ⟨x_i, a⟩ in time order, before the push
-        if dropping:
-            dropped_sq = float(self._gram[:, target, target].sum())
-            a_dot_b = total[target]
-            dc = delta_c_frobenius(added_sq, dropped_sq, a_dot_b)
-            self._order.pop(0)
-        else:
-            a_dot_b, dc = None, added_sq  # ΔC = a aᵀ: ‖ΔC‖_F = ‖a‖²
-
-        # Row and column `target` of each group's Gram: dots with the other slots, ‖a‖² on the diagonal.
-        # An empty slot's row of X is zero (reset, a rejected update and loading leave it so), so its dot
-        # with a finite update is exactly 0: no mask is needed.
+            run_in_workers([functools.partial(run, share, k) for k, share in enumerate(shares)])
+        chunk_rows = partials.to(device="cpu", dtype=torch.float64).numpy()  # (n_chunks, W + 1)
+        group_rows = np.zeros((len(self.layout.group_names), w + 1))
+        np.add.at(group_rows, self._chunk_group, chunk_rows)
         gram = self._gram
+        dropped_sq = float(gram[:, target, target].sum())
         gram[:, target, :] = group_rows[:, :w]
         gram[:, target, target] = group_rows[:, w]
         gram[:, :, target] = gram[:, target, :]
-        self._order.append(target)
-        self.pushes += 1
-        return PushResult(
-            status="pushed",
-            update_norm=math.sqrt(added_sq),
-            dropped=dropping,
-            delta_c_fro=dc,
-            added_dot_dropped=a_dot_b,
-            window_dots=window_dots,
-        )
+        return group_rows.sum(axis=0).tolist(), dropped_sq
 
     def _fused_segments(
         self, current: list[torch.Tensor]
