@@ -219,7 +219,7 @@ def spectrum_from_eigenvalues(
 
     Args:
         eigenvalues: (W,) eigenvalues of G, descending, as returned by the solver (not clipped).
-        eigenvectors: (W, W) the matching eigenvectors as columns; kept as given (made read-only).
+        eigenvectors: (W, W) the matching eigenvectors as columns (copied).
         k95_threshold, rank_rtol: as for :func:`analyze_gram`.
 
     Example:
@@ -231,12 +231,13 @@ def spectrum_from_eigenvalues(
     if len(values) < 2:
         raise ValueError(f"a window needs at least 2 updates to have a gap, got W={len(values)}")
     (clipped,) = _clipped_rows([values], rank_rtol, stacklevel=3)
-    return _spectrum_from_eigenvalues(clipped, np.asarray(eigenvectors, dtype=np.float64), k95_threshold)
+    # A copy: the spectrum's arrays are made read-only, and the caller's own array must stay as it was.
+    return _spectrum_from_eigenvalues(clipped, np.array(eigenvectors, dtype=np.float64), k95_threshold)
 
 
 def singular_values_from_eigenvalues(rows: Any, *, rank_rtol: float = DEFAULT_RANK_RTOL) -> np.ndarray:
     """σ = √λ for rows of descending eigenvalues of Gram matrices, clipped and checked as
-    :func:`analyze_gram` does, each row against its own λ_1: a read-only (n, W) array.
+    :func:`analyze_gram` does, each row against its own λ_1: an (n, W) array.
 
     Example:
         >>> singular_values_from_eigenvalues([[4.0, 1.0], [9.0, -1e-30]]).tolist()
@@ -248,9 +249,7 @@ def singular_values_from_eigenvalues(rows: Any, *, rank_rtol: float = DEFAULT_RA
 
 
 def _singular_values_of_rows(rows: list[list[float]]) -> np.ndarray:
-    sigma = np.array([[math.sqrt(v) for v in row] for row in rows], dtype=np.float64)
-    sigma.setflags(write=False)
-    return sigma
+    return np.array([[math.sqrt(v) for v in row] for row in rows], dtype=np.float64)
 
 
 def _check_options(k95_threshold: float, rank_rtol: float) -> None:

@@ -519,7 +519,7 @@ class SpectralMonitor:
         if group_sigmas is not None:
             for name, sigma, (k, r) in zip(
                 self._win.layout.group_names,
-                group_sigmas,
+                _read_only(group_sigmas),
                 gap_positions(group_sigmas),
                 strict=True,
             ):
