@@ -16,8 +16,7 @@ from spectral_edge.spectrum.window import (
     gap_positions,
     gap_statistics,
     gram_singular_values,
-    singular_values_from_eigenvalues,
-    spectrum_from_eigenvalues,
+    spectrum_from_eigen,
 )
 from tests.spectrum.synthetic import planted_window, reference_singular_values
 
@@ -261,28 +260,36 @@ def test_clipping_fast_path_keeps_the_refusal_and_the_sign_of_zero():
     assert analyze_gram(np.diag([1.0, 1e-320, 0.0]), rank_rtol=0.0).effective_rank == pytest.approx(1.0)
 
 
-def test_float_stage_from_a_known_eigendecomposition_equals_analyze_gram():
-    """spectrum_from_eigenvalues and singular_values_from_eigenvalues (what a caller with its own
-    eigensolver uses) give analyze_gram's answer, clipping, warning and refusing the same way."""
+def test_float_stage_from_a_known_eigendecomposition_equals_analyze_gram_with_parts():
+    """spectrum_from_eigen (what a caller with its own eigensolver uses) gives analyze_gram_with_parts's
+    answer, and checks, clips, warns and refuses the same way."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((6, 4)) * np.array([3.0, 1.0, 0.5, 0.1])  # rank 4 of 6: two round-off λ
     gram = x @ x.T
-    lam, vec = descending_eigh(gram)
-    got = spectrum_from_eigenvalues(lam.tolist(), vec)
-    want = analyze_gram(gram)
-    for name in ("singular_values", "eigenvalues", "ratios"):
+    parts = np.stack([gram / 4, 3 * gram / 4])
+    lam, vec = descending_eigh(np.concatenate([gram[None], parts]))
+    got, got_parts = spectrum_from_eigen(lam[0], vec[0], lam[1:])
+    want, want_parts = analyze_gram_with_parts(gram, parts)
+    for name in ("singular_values", "eigenvalues", "ratios", "eigenvectors"):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
     for name in ("k_star", "gap_ratio", "gap", "gap_lambda", "k95", "k_star_weighted", "g23", "rank"):
         assert getattr(got, name) == getattr(want, name)
     assert got.effective_rank == want.effective_rank and got.rank == 4
-    parts = np.stack([gram, np.diag([4.0, 1.0, 0.0, 0.0, 0.0, 0.0])])
-    lam_parts = descending_eigh(parts)[0]
-    np.testing.assert_allclose(  # gram_singular_values uses eigvalsh: the same to round-off
-        singular_values_from_eigenvalues(lam_parts.tolist()), gram_singular_values(parts), rtol=1e-12
-    )
-    with pytest.warns(SpectrumWarning, match="clipped a negative eigenvalue"):
-        assert spectrum_from_eigenvalues([1.0, 0.5, -1e-8], np.eye(3)).eigenvalues[-1] == 0.0
+    np.testing.assert_array_equal(got_parts, want_parts)
+    assert spectrum_from_eigen(lam[0], vec[0])[1] is None
+    assert vec[0].flags.writeable  # the caller's eigenvectors are copied, not frozen
+    with pytest.warns(SpectrumWarning, match="clipped a negative eigenvalue") as caught:
+        spec, _ = spectrum_from_eigen([1.0, 0.5, -1e-8], np.eye(3), [[1.0, 0.5, -1e-8]])
+    assert spec.eigenvalues[-1] == 0.0 and len(caught) == 1  # one warning for the total and its parts
+    assert caught[0].filename == __file__
     with pytest.raises(NotPositiveSemidefiniteError):
-        singular_values_from_eigenvalues([[1.0, 0.5], [1.0, -0.1]])
-    with pytest.raises(ValueError, match="at least 2 updates"):
-        spectrum_from_eigenvalues([1.0], np.eye(1))
+        spectrum_from_eigen([1.0, 0.5], np.eye(2), [[1.0, -0.1]])
+    for bad, message in [
+        (([1.0], np.eye(1)), "at least 2 updates"),
+        (([np.nan, 1.0, 0.5], np.eye(3)), "NaN or Inf"),
+        (([0.5, 1.0], np.eye(2)), "descending"),
+        (([1.0, 0.5, 0.1], np.eye(2)), r"\(3, 3\) eigenvectors"),
+        (([1.0, 0.5], np.eye(2), [[1.0, 0.5, 0.0]]), "W=2 values"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            spectrum_from_eigen(*bad)

@@ -39,8 +39,7 @@ from spectral_edge.spectrum.window import (
     gap_positions,
     gap_statistics,
     gram_singular_values,
-    singular_values_from_eigenvalues,
-    spectrum_from_eigenvalues,
+    spectrum_from_eigen,
 )
 
 __all__ = [
@@ -52,8 +51,7 @@ __all__ = [
     "gap_statistics",
     "gap_positions",
     "gram_singular_values",
-    "spectrum_from_eigenvalues",
-    "singular_values_from_eigenvalues",
+    "spectrum_from_eigen",
     "cumulative_variance_rank",
     # stability (Parts IV, VI) and the adiabatic parameter
     "stability_coefficients",

@@ -198,54 +198,83 @@ def _analyze_stack(
     if not np.all(np.isfinite(stack)):
         raise ValueError("the Gram matrix holds NaN or Inf: an update was not finite")
     lam, vec = descending_eigh(stack)
-    # A warning names the line that called analyze_gram(_with_parts), two frames above this one.
-    rows = _clipped_rows(lam.tolist(), rank_rtol, stacklevel=4)
-    spectrum = _spectrum_from_eigenvalues(rows[0], vec[0], k95_threshold)
-    return spectrum, (_singular_values_of_rows(rows[1:]) if parts is not None else None)
+    # A warning names the line that called analyze_gram(_with_parts), three frames above this one.
+    return _float_stage(lam.tolist(), vec[0], parts is not None, k95_threshold, rank_rtol, stacklevel=4)
 
 
-def spectrum_from_eigenvalues(
+def spectrum_from_eigen(
     eigenvalues: Any,
-    eigenvectors: np.ndarray,
+    eigenvectors: Any,
+    parts: Any = None,
     *,
     k95_threshold: float = 0.95,
     rank_rtol: float = DEFAULT_RANK_RTOL,
-) -> WindowSpectrum:
-    """:func:`analyze_gram` for a Gram matrix whose eigen-decomposition is already known.
+) -> tuple[WindowSpectrum, np.ndarray | None]:
+    """:func:`analyze_gram_with_parts` for Gram matrices whose eigenvalues are already known.
 
     For callers with their own eigensolver (the monitor's compiled one, ``tracking/_spectra.py``): the
-    eigenvalues are clipped, checked and turned into the gap statistics exactly as :func:`analyze_gram`
-    does after its own ``eigh``.
+    eigenvalues are checked, clipped (each row against its own λ_1, refusals before warnings, at most one
+    warning) and turned into the gap statistics exactly as :func:`analyze_gram_with_parts` does after
+    its own ``eigh``.
 
     Args:
-        eigenvalues: (W,) eigenvalues of G, descending, as returned by the solver (not clipped).
+        eigenvalues: (W,) eigenvalues of G, descending, as the solver returned them (not clipped).
         eigenvectors: (W, W) the matching eigenvectors as columns (copied).
+        parts: (n, W) descending eigenvalues of the parts' Grams, or None.
         k95_threshold, rank_rtol: as for :func:`analyze_gram`.
 
+    Returns:
+        ``(spectrum, part_singular_values)`` as :func:`analyze_gram_with_parts` returns them.
+
+    Raises:
+        ValueError: W < 2, a value is NaN or Inf, a row is not descending or not of length W, or the
+            eigenvectors are not (W, W).
+        NotPositiveSemidefiniteError: as :func:`analyze_gram`.
+
     Example:
-        >>> spectrum_from_eigenvalues([9.0, 1.0, 1e-20], np.eye(3)).singular_values.tolist()
-        [3.0, 1.0, 0.0]
+        >>> spec, parts = spectrum_from_eigen([9.0, 1.0, 1e-20], np.eye(3), [[4.0, 0.0, 0.0]])
+        >>> spec.singular_values.tolist(), parts.tolist()
+        ([3.0, 1.0, 0.0], [[2.0, 0.0, 0.0]])
     """
     _check_options(k95_threshold, rank_rtol)
-    values = [float(v) for v in eigenvalues]
-    if len(values) < 2:
-        raise ValueError(f"a window needs at least 2 updates to have a gap, got W={len(values)}")
-    (clipped,) = _clipped_rows([values], rank_rtol, stacklevel=3)
+    rows = [_checked_eigenvalues(eigenvalues, None)]
+    w = len(rows[0])
+    if w < 2:
+        raise ValueError(f"a window needs at least 2 updates to have a gap, got W={w}")
+    if parts is not None:
+        rows += [_checked_eigenvalues(part, w) for part in parts]
     # A copy: the spectrum's arrays are made read-only, and the caller's own array must stay as it was.
-    return _spectrum_from_eigenvalues(clipped, np.array(eigenvectors, dtype=np.float64), k95_threshold)
+    vectors = np.array(eigenvectors, dtype=np.float64)
+    if vectors.shape != (w, w):
+        raise ValueError(f"expected ({w}, {w}) eigenvectors for {w} eigenvalues, got shape {vectors.shape}")
+    return _float_stage(rows, vectors, parts is not None, k95_threshold, rank_rtol, stacklevel=3)
 
 
-def singular_values_from_eigenvalues(rows: Any, *, rank_rtol: float = DEFAULT_RANK_RTOL) -> np.ndarray:
-    """σ = √λ for rows of descending eigenvalues of Gram matrices, clipped and checked as
-    :func:`analyze_gram` does, each row against its own λ_1: an (n, W) array.
+def _checked_eigenvalues(values: Any, length: int | None) -> list[float]:
+    """One Gram's eigenvalues as floats, refused unless finite, descending and (if given) of ``length``."""
+    row = [float(v) for v in values]
+    if length is not None and len(row) != length:
+        raise ValueError(f"every row of eigenvalues must have W={length} values, got {len(row)}")
+    if not all(math.isfinite(v) for v in row):
+        raise ValueError("the eigenvalues hold NaN or Inf: the Gram matrix was not finite")
+    if any(a < b for a, b in zip(row[:-1], row[1:], strict=True)):
+        raise ValueError("eigenvalues must be in descending order, as the spectrum functions return them")
+    return row
 
-    Example:
-        >>> singular_values_from_eigenvalues([[4.0, 1.0], [9.0, -1e-30]]).tolist()
-        [[2.0, 1.0], [3.0, 0.0]]
-    """
-    return _singular_values_of_rows(
-        _clipped_rows([list(map(float, r)) for r in rows], rank_rtol, stacklevel=3)
-    )
+
+def _float_stage(
+    rows: list[list[float]],
+    vectors: np.ndarray,
+    with_parts: bool,
+    k95_threshold: float,
+    rank_rtol: float,
+    stacklevel: int,
+) -> tuple[WindowSpectrum, np.ndarray | None]:
+    """What :func:`analyze_gram_with_parts` and :func:`spectrum_from_eigen` do once the eigenvalues are
+    known: rows[0] is the total Gram's, rows[1:] the parts'; one clipping pass checks all of them."""
+    clipped = _clipped_rows(rows, rank_rtol, stacklevel + 1)
+    spectrum = _spectrum_from_eigenvalues(clipped[0], vectors, k95_threshold)
+    return spectrum, (_singular_values_of_rows(clipped[1:]) if with_parts else None)
 
 
 def _singular_values_of_rows(rows: list[list[float]]) -> np.ndarray:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 
 from spectral_edge.spectrum.stability import half_window_eigen
 from spectral_edge.spectrum.window import descending_eigh
@@ -32,12 +33,18 @@ SPECTRA_SOURCE = r"""
 #include <cmath>
 #include <limits>
 
+// Entries of the scaled matrix (max |a_ij| = 1) below this are dropped: far below the eps * |A| error of
+// any backward-stable solver, and squares of anything above it are normal numbers, so no reflector or
+// shift divides by an underflowed or subnormal value (which gave beta = inf on rank-deficient Grams,
+// whose trailing blocks shrink by ~1e-16 per Householder step).
+constexpr double NEGLIGIBLE = 1e-150;
+
 // Eigenvalues (and, with q != nullptr, eigenvectors as the columns of q) of the symmetric n x n matrix a
 // (row-major, overwritten), in no particular order. Householder reduction to tridiagonal form, then
 // implicit symmetric QR steps with a Wilkinson shift on the unreduced blocks (Golub & Van Loan, Algs
-// 8.3.1-8.3.3). The matrix is scaled to max |a_ij| = 1 first, so that x^2 + z^2 in the rotations can
-// neither overflow nor lose anything above round-off to underflow. Returns false if the QR iteration
-// did not converge within 30 n steps.
+// 8.3.1-8.3.3). The matrix is scaled to max |a_ij| = 1 first, so that no square in the reflectors or
+// rotations can overflow. Returns false if an intermediate is not finite or the QR iteration did not
+// converge within 30 n steps (the caller then falls back to LAPACK).
 static bool symmetric_eigen(double* a, int64_t n, double* lam, double* q) {
   if (q != nullptr) {
     for (int64_t i = 0; i < n * n; ++i) q[i] = 0.0;
@@ -56,7 +63,7 @@ static bool symmetric_eigen(double* a, int64_t n, double* lam, double* q) {
     // The reflector H = I - beta v v^T that zeroes a[k+2:, k] against a[k+1, k].
     double tail = 0.0;
     for (int64_t i = k + 2; i < n; ++i) { v[i] = a[i * n + k]; tail += v[i] * v[i]; }
-    if (tail == 0.0) continue;  // this column is already tridiagonal
+    if (tail <= NEGLIGIBLE * NEGLIGIBLE) continue;  // this column is tridiagonal, to far below round-off
     const double head = a[(k + 1) * n + k];
     const double norm = std::sqrt(tail + head * head);
     const double alpha = head >= 0.0 ? -norm : norm;  // a[k+1, k] after the reflection
@@ -89,8 +96,9 @@ static bool symmetric_eigen(double* a, int64_t n, double* lam, double* q) {
   const double eps = std::numeric_limits<double>::epsilon();
   int64_t hi = n - 1, steps = 0;
   while (hi > 0) {
-    for (int64_t i = 0; i < hi; ++i)  // deflate negligible off-diagonals
-      if (std::abs(e[i]) <= eps * (std::abs(d[i]) + std::abs(d[i + 1]))) e[i] = 0.0;
+    for (int64_t i = 0; i < hi; ++i)  // deflate negligible off-diagonals (relative, or absolutely tiny)
+      if (std::abs(e[i]) <= eps * (std::abs(d[i]) + std::abs(d[i + 1])) || std::abs(e[i]) <= NEGLIGIBLE)
+        e[i] = 0.0;
     while (hi > 0 && e[hi - 1] == 0.0) --hi;
     if (hi == 0) break;
     int64_t lo = hi - 1;  // the unreduced block is [lo, hi]
@@ -99,10 +107,12 @@ static bool symmetric_eigen(double* a, int64_t n, double* lam, double* q) {
     // Wilkinson shift: the eigenvalue of the trailing 2 x 2 nearer d[hi].
     const double delta = 0.5 * (d[hi - 1] - d[hi]), b = e[hi - 1];
     const double r = std::sqrt(delta * delta + b * b);
-    const double mu = d[hi] - b * b / (delta + (delta >= 0.0 ? r : -r));
+    const double mu = d[hi] - b * b / (delta + (delta >= 0.0 ? r : -r));  // |b| > NEGLIGIBLE: no 0/0
+    if (!std::isfinite(mu)) return false;
     double x = d[lo] - mu, z = e[lo];
     for (int64_t k = lo; k < hi; ++k) {
-      // The Givens rotation G(k, k+1) with [c -s; s c]^T [x; z] = [h; 0], chasing the bulge down.
+      // The Givens rotation G(k, k+1) with [c -s; s c]^T [x; z] = [h; 0], chasing the bulge down. If
+      // x^2 + z^2 underflows, both are below 1e-154 and the rotation is skipped: an error of that size.
       const double h = std::sqrt(x * x + z * z);
       const double c = h > 0.0 ? x / h : 1.0, s = h > 0.0 ? -z / h : 0.0;
       if (k > lo) e[k - 1] = c * e[k - 1] - s * z;
@@ -123,7 +133,10 @@ static bool symmetric_eigen(double* a, int64_t n, double* lam, double* q) {
         }
     }
   }
-  for (int64_t i = 0; i < n; ++i) lam[i] = d[i] * scale;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(d[i])) return false;
+    lam[i] = d[i] * scale;
+  }
   return true;
 }
 
@@ -235,9 +248,12 @@ def window_spectra(
     grams_tensor: Any = None,
 ) -> WindowEigen:
     """The eigen stage for the slot-indexed group Grams ``grams`` (n_groups, S, S) and the window's
-    slots ``order`` (oldest first): compiled when ``kernel`` (the extension) and ``grams_tensor`` (a
-    torch view of ``grams``) are given, else, or if the compiled call declines, with NumPy."""
+    slots ``order`` (oldest first): compiled when ``kernel`` (the extension) is given, else, or if the
+    compiled call declines, with NumPy. ``grams_tensor``, a torch view of ``grams`` kept by the caller,
+    saves making one per call."""
     if kernel is not None:
+        if grams_tensor is None:
+            grams_tensor = torch.from_numpy(grams)
         out = kernel.window_spectra(grams_tensor, order, groups, half)
         if out is not None:
             total, vectors, group_values, half_values = out

@@ -34,8 +34,7 @@ from spectral_edge.spectrum.window import (
     DEFAULT_RANK_RTOL,
     FLOAT32_RANK_RTOL,
     gap_positions,
-    singular_values_from_eigenvalues,
-    spectrum_from_eigenvalues,
+    spectrum_from_eigen,
 )
 from spectral_edge.tracking.events import EventDetector, EventThresholds
 from spectral_edge.tracking.record import GroupSpectrum, SpectralEvent, SpectralRecord
@@ -499,11 +498,8 @@ class SpectralMonitor:
         # Every eigensolve of the record (total, groups, halves) in one call; the float stage below is
         # spectrum/'s own, so the record equals analyze_gram_with_parts and half_window_alignment.
         eig = self._win.spectra(half=self.window >= 4)
-        spec = spectrum_from_eigenvalues(
-            eig.total, eig.vectors, k95_threshold=self.k95_threshold, rank_rtol=rtol
-        )
-        group_sigmas = (
-            singular_values_from_eigenvalues(eig.groups, rank_rtol=rtol) if eig.groups is not None else None
+        spec, group_sigmas = spectrum_from_eigen(
+            eig.total, eig.vectors, eig.groups, k95_threshold=self.k95_threshold, rank_rtol=rtol
         )
         p = self.n_params
         dc = float(pushed.delta_c_fro or 0.0)
