@@ -14,8 +14,10 @@ Algs 8.3.1 and 8.3.3), which for these small matrices touches a few kilobytes of
 
 It is built into the same extension as the fused push (``tracking/_fused.py``). The NumPy path
 (:func:`window_spectra_numpy`) is the reference it is tested against, and what runs where the extension
-does not build, where the window is not on the CPU, or where the compiled solver reports that it did not
-converge (it never has in the tests; the fallback keeps a record correct if it ever does).
+does not build or the window does not use it, for W > 64, for a non-finite entry (NumPy then raises its
+clear error), or where the compiled solver reports that it did not converge. Grams with large exact null
+spaces (a few distinct updates) once made it give up; the tests now hold it to converging on them, and
+the fallback keeps a record correct if anything else ever does.
 """
 
 from __future__ import annotations
