@@ -17,6 +17,7 @@ Rank-deficient windows (P < W, repeated or zero updates) have a defined answer a
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -183,6 +184,22 @@ def _analyze_stack(
 ) -> tuple[WindowSpectrum, np.ndarray | None]:
     """The one body of :func:`analyze_gram` and :func:`analyze_gram_with_parts`."""
     _check_options(k95_threshold, rank_rtol)
+    lam, vec = eigh_of_grams(gram, parts)
+    # A warning names the line that called analyze_gram(_with_parts), three frames above this one.
+    return _float_stage(lam.tolist(), vec[0], parts is not None, k95_threshold, rank_rtol, stacklevel=4)
+
+
+def eigh_of_grams(gram: Any, parts: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """The eigen stage of :func:`analyze_gram_with_parts`: G and its parts checked and stacked, and
+    diagonalised in one LAPACK call (:func:`descending_eigh`).
+
+    Returns:
+        ``(eigenvalues, eigenvectors)`` of shapes (1 + n, W) and (1 + n, W, W), G first, descending and
+        not clipped.
+
+    Raises:
+        ValueError: G is not square, has W < 2, the parts are not (n, W, W), or anything is NaN or Inf.
+    """
     g = _as_float64_matrix(gram)
     w = g.shape[0]
     if g.shape != (w, w):
@@ -197,9 +214,7 @@ def _analyze_stack(
         stack = np.concatenate([stack, parts])
     if not np.all(np.isfinite(stack)):
         raise ValueError("the Gram matrix holds NaN or Inf: an update was not finite")
-    lam, vec = descending_eigh(stack)
-    # A warning names the line that called analyze_gram(_with_parts), three frames above this one.
-    return _float_stage(lam.tolist(), vec[0], parts is not None, k95_threshold, rank_rtol, stacklevel=4)
+    return descending_eigh(stack)
 
 
 def spectrum_from_eigen(
@@ -252,12 +267,13 @@ def spectrum_from_eigen(
 
 def _checked_eigenvalues(values: Any, length: int | None) -> list[float]:
     """One Gram's eigenvalues as floats, refused unless finite, descending and (if given) of ``length``."""
-    row = [float(v) for v in values]
+    row = list(map(float, values))
     if length is not None and len(row) != length:
         raise ValueError(f"every row of eigenvalues must have W={length} values, got {len(row)}")
-    if not all(math.isfinite(v) for v in row):
+    # map over builtins, not generators: this runs on every row of every record.
+    if not all(map(math.isfinite, row)):
         raise ValueError("the eigenvalues hold NaN or Inf: the Gram matrix was not finite")
-    if any(a < b for a, b in zip(row[:-1], row[1:], strict=True)):
+    if any(map(operator.lt, row, row[1:])):
         raise ValueError("eigenvalues must be in descending order, as the spectrum functions return them")
     return row
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from spectral_edge.spectrum.stability import half_window_eigen
-from spectral_edge.spectrum.window import descending_eigh
+from spectral_edge.spectrum.window import eigh_of_grams
 
 #: C++ source of ``window_spectra``, compiled with the fused push (see ``tracking/_fused.py``).
 SPECTRA_SOURCE = r"""
@@ -264,14 +264,12 @@ def window_spectra(
 
 
 def window_spectra_numpy(grams: np.ndarray, order: list[int], *, groups: bool, half: bool) -> WindowEigen:
-    """The reference eigen stage: the Grams gathered in time order and diagonalised with LAPACK."""
+    """The reference eigen stage: the Grams gathered in time order and diagonalised with LAPACK, through
+    the same :func:`~spectral_edge.spectrum.window.eigh_of_grams` as ``analyze_gram_with_parts``."""
     idx = np.asarray(order, dtype=np.intp)
     in_time = grams[:, idx[:, None], idx[None, :]]  # (n_groups, W, W)
     total = in_time.sum(axis=0)
-    stack = np.concatenate([total[None], in_time]) if groups else total[None]
-    if not np.all(np.isfinite(stack)):
-        raise ValueError("the Gram matrix holds NaN or Inf: an update was not finite")
-    lam, vec = descending_eigh(stack)
+    lam, vec = eigh_of_grams(total, in_time if groups else None)
     rows = lam.tolist()
     return WindowEigen(
         total=rows[0],

@@ -535,7 +535,7 @@ class UpdateWindow:
         self, current: list[torch.Tensor]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int], list[int]] | None:
         """The fused kernel's arguments for ``current``: one segment per tensor (or slice of one), with
-        its θ_prev view, first column and group (its row of the partial sums); None when the kernel does
+        its θ_prev view, first column and group (whose Gram its dot products go to); None when the kernel does
         not apply to these tensors.
 
         Cached while the parameters keep their identity and the snapshot its buffers, so a push costs
