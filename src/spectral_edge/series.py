@@ -8,16 +8,23 @@ Pure functions of NumPy arrays, plus :func:`aligned_series` to read them from a 
 - :func:`gap_flow_terms` and :func:`gap_flow_check`: the three terms of the gap-flow equation (Thm 14.2,
   eq 68) from measured curvatures h_j and gradient projections G_j, and how much of the measured dg/dt
   they explain.
+- :func:`eigenvalue_change_stability` and :func:`run_stability`: the stability coefficients α_j (Def 16.1,
+  eq 77) of every record, in the paper's form (the exact ‖ΔC‖_F the monitor stored) or in the author's
+  harness form (the change of the eigenvalues between consecutive records), computed after the run from
+  the stored spectra.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from spectral_edge.spectrum.stability import eigenvalue_change_norm, stability_coefficients
 
 
 @dataclass(frozen=True)
@@ -323,6 +330,143 @@ def aligned_series(
     idx = np.searchsorted(rec_steps, eval_steps, side="right") - 1
     keep = idx >= 0
     return eval_steps[keep].astype(np.int64), field[idx[keep]], values[keep].astype(np.float64)
+
+
+#: The two forms of α_j that :func:`run_stability` computes: the paper's (eq 77 with the exact ‖ΔC‖_F of
+#: the step, Prop 11.1) and the author's harness's (eq 77 with the eigenvalue change ‖Δλ‖ between
+#: consecutive windows, formulas.md §6 and §11).
+StabilityForm = Literal["delta_c", "eigenvalue_change"]
+STABILITY_FORMS: tuple[str, ...] = ("delta_c", "eigenvalue_change")
+
+
+@dataclass(frozen=True)
+class StabilitySeries:
+    """α_j at every record of a run, in one form (see :func:`run_stability`)."""
+
+    steps: np.ndarray  # (n,) record steps
+    alpha: np.ndarray  # (n, W) α_j; NaN rows where the form is undefined (no previous window)
+    perturbation: np.ndarray  # (n,) the ‖ΔG‖_F stand-in used: ‖ΔC‖_F or ‖Δλ‖; NaN where undefined
+    form: str  # "delta_c" or "eigenvalue_change"
+    c: float  # the Davis–Kahan constant used
+
+
+def eigenvalue_change_stability(
+    singular_values: Any, *, c: float = 1.0, chain_starts: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """α_j from the eigenvalues of consecutive windows, as the author's harness computes them (eq 77).
+
+    Row i uses λ(t) = σ_i² and λ(t−1) = σ_{i−1}²: ‖Δλ‖ = √(Σ_j (λ_j(t) − λ_j(t−1))²) stands in for ‖ΔG‖_F
+    and α_j = max(0, 1 − c ‖Δλ‖²/δ_j²) with δ_j the nearest-neighbour gap of λ(t)
+    (:func:`~spectral_edge.spectrum.stability.stability_coefficients_from_eigenvalue_change`). Consecutive
+    records of the monitor are one update apart, the same step whose exact ‖ΔC‖_F the record stores.
+
+    Args:
+        singular_values: (n, W) descending σ of consecutive windows (the records' ``singular_values``).
+        c: the Davis–Kahan constant, > 0 (the harness: 1.0).
+        chain_starts: optional (n,) booleans, True where a row has no valid predecessor (the window
+            restarted before it); row 0 never has one.
+
+    Returns:
+        ``(alpha, change)``: (n, W) α_j and (n,) ‖Δλ‖, NaN on row 0, on chain starts and where either
+        row holds a non-finite value or the two windows differ in W (NaN padding).
+
+    Example:
+        >>> alpha, change = eigenvalue_change_stability(np.sqrt([[9.0, 4.0, 2.0], [10.0, 4.0, 1.0]]))
+        >>> change.round(4).tolist(), alpha[1].round(4).tolist()
+        ([nan, 1.4142], [0.9444, 0.7778, 0.7778])
+    """
+    if c <= 0:
+        raise ValueError(f"c must be > 0, got {c!r}")
+    sigma = np.asarray(singular_values, dtype=np.float64)
+    if sigma.ndim != 2 or sigma.shape[1] < 2:
+        raise ValueError(f"singular_values must be (n, W) with W >= 2, got shape {sigma.shape}")
+    n, w = sigma.shape
+    starts = np.zeros(n, dtype=bool) if chain_starts is None else np.asarray(chain_starts, dtype=bool)
+    if starts.shape != (n,):
+        raise ValueError(f"chain_starts must have one flag per row ({n}), got shape {starts.shape}")
+    lam = sigma**2
+    alpha = np.full((n, w), np.nan)
+    change = np.full(n, np.nan)
+    for i in range(1, n):
+        if starts[i] or not (np.all(np.isfinite(lam[i])) and np.all(np.isfinite(lam[i - 1]))):
+            continue
+        change[i] = eigenvalue_change_norm(lam[i], lam[i - 1])
+        alpha[i] = stability_coefficients(lam[i], change[i], c)
+    return alpha, change
+
+
+def run_stability(
+    run: str | Path | Any, *, form: StabilityForm = "delta_c", c: float = 1.0
+) -> StabilitySeries:
+    """α_j at every stored record of a run, in the paper's form or the author's (Def 16.1, eq 77).
+
+    * ``form="delta_c"`` (default, the paper's): α_j = max(0, 1 − c ‖ΔC‖_F²/δ_j²) with the exact ‖ΔC‖_F
+      of the step's rank-two update (Prop 11.1), as the monitor stored it; with the monitor's c this is
+      the stored ``alpha`` column.
+    * ``form="eigenvalue_change"`` (the author's harness, ``theory_experiment_match.py``): ‖ΔC‖_F replaced
+      by the change of the eigenvalues between consecutive records, ‖Δλ‖ ≤ ‖ΔC‖_F, so α is never lower
+      (:func:`eigenvalue_change_stability`). Undefined (NaN) on the first record and on the first record
+      after a ``parameters_changed`` event, where the window restarted. A run resumed without its saved
+      window refills it silently: split such a run at the resume step yourself.
+
+    Nothing here touches the monitor: both forms are computed from the stored singular values.
+
+    Args:
+        run: a run directory, its ``run.db``, or an open :class:`~spectral_edge.store.RunStore`.
+        form: "delta_c" or "eigenvalue_change".
+        c: the Davis–Kahan constant, > 0 (the paper and the harness: 1).
+
+    Returns:
+        A :class:`StabilitySeries`.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from spectral_edge import SpectralMonitor
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> theta = torch.zeros(50, dtype=torch.float64)
+        >>> mon = SpectralMonitor([theta], window=4, store=tmp.name + "/run", storage_dtype=torch.float64)
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> for _ in range(8):
+        ...     theta += torch.randn(50, generator=gen, dtype=torch.float64)
+        ...     _ = mon.step()
+        >>> mon.close()
+        >>> paper, author = run_stability(tmp.name + "/run"), run_stability(tmp.name + "/run", form="eigenvalue_change")
+        >>> bool(np.all(author.perturbation[1:] <= paper.perturbation[1:])), bool(np.isnan(author.alpha[0]).all())
+        (True, True)
+        >>> tmp.cleanup()
+    """
+    from spectral_edge.store import RunStore
+
+    if form not in STABILITY_FORMS:
+        raise ValueError(f"form must be one of {STABILITY_FORMS}, got {form!r}")
+    if c <= 0:
+        raise ValueError(f"c must be > 0, got {c!r}")
+    store = run if isinstance(run, RunStore) else RunStore(run, mode="r")
+    try:
+        arrays = store.record_arrays()
+        restarts = [e.step for e in store.events() if e.kind == "parameters_changed"]
+    finally:
+        if store is not run:
+            store.close()
+    steps = np.asarray(arrays.get("step", np.empty(0)), dtype=np.int64)
+    if steps.size == 0:
+        raise ValueError("the run has no records yet")
+    sigma = np.asarray(arrays["singular_values"], dtype=np.float64)
+    if form == "eigenvalue_change":
+        previous = np.concatenate([[np.iinfo(np.int64).min], steps[:-1]])
+        starts = np.array(
+            [any(before < s <= now for s in restarts) for before, now in zip(previous, steps, strict=True)],
+            dtype=bool,
+        )
+        alpha, change = eigenvalue_change_stability(sigma, c=c, chain_starts=starts)
+        return StabilitySeries(steps=steps, alpha=alpha, perturbation=change, form=form, c=float(c))
+    delta_c = np.asarray(arrays["delta_c_fro"], dtype=np.float64)
+    alpha = np.full(sigma.shape, np.nan)
+    for i, (row, dc) in enumerate(zip(sigma, delta_c, strict=True)):
+        keep = np.isfinite(row)  # a shorter window is NaN-padded in record_arrays
+        if keep.sum() >= 2 and math.isfinite(dc):
+            alpha[i, keep] = stability_coefficients(row[keep] ** 2, float(dc), c)
+    return StabilitySeries(steps=steps, alpha=alpha, perturbation=delta_c, form=form, c=float(c))
 
 
 def _shifted(x: np.ndarray, y: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray]:

@@ -25,10 +25,12 @@ from spectral_edge.spectrum.stability import (
     adiabatic_parameter,
     alignment_from_half_eigen,
     davis_kahan_bound,
+    eigenvalue_change_norm,
     half_window_alignment,
     half_window_eigen,
     nearest_eigenvalue_gaps,
     stability_coefficients,
+    stability_coefficients_from_eigenvalue_change,
 )
 from spectral_edge.spectrum.window import (
     WindowSpectrum,
@@ -55,6 +57,8 @@ __all__ = [
     "cumulative_variance_rank",
     # stability (Parts IV, VI) and the adiabatic parameter
     "stability_coefficients",
+    "stability_coefficients_from_eigenvalue_change",
+    "eigenvalue_change_norm",
     "nearest_eigenvalue_gaps",
     "half_window_alignment",
     "half_window_eigen",

@@ -4,6 +4,10 @@ The per-step perturbation of the sliding-window covariance C = XᵀX is the rank
 ΔC = a aᵀ − b bᵀ (Prop 11.1), whose Frobenius norm the streaming window gets from three dot products
 (:func:`spectral_edge.spectrum.perturbation.delta_c_frobenius`). C and G = X Xᵀ share their non-zero
 eigenvalues, so the Davis–Kahan bounds of the paper, stated for "ΔG", are applied with ‖ΔC‖_F.
+
+The author's harness computes α_j with the change of the eigenvalues between consecutive windows in
+place of ‖ΔG‖_F; :func:`stability_coefficients_from_eigenvalue_change` offers that form as an option
+(and :func:`spectral_edge.series.run_stability` reads it from a run's stored records).
 """
 
 from __future__ import annotations
@@ -69,6 +73,72 @@ def stability_coefficients(
         for d in separation
     ]
     return np.array(alpha, dtype=np.float64).reshape(lam.shape)
+
+
+def eigenvalue_change_norm(eigenvalues: np.ndarray, previous_eigenvalues: np.ndarray) -> float:
+    """‖Δλ‖ = √(Σ_j (λ_j(t) − λ_j(t−1))²), the change of the W eigenvalues between consecutive windows.
+
+    This is how the author's thesis harness (``theory_experiment_match.py``, ``test_stability_coefficient``;
+    formulas.md §6, Cor 9.2) stands in for ‖ΔG‖_F. With both spectra sorted the same way it is a lower
+    bound on the exact ‖ΔC‖_F of the step (Hoffman–Wielandt: Σ_j (λ_j(A) − λ_j(B))² ≤ ‖A − B‖_F²), and
+    is blind to rotations that leave the eigenvalues in place. Each spectrum is sorted descending here,
+    so the j-th largest is paired with the j-th largest, as the harness pairs σ_j with σ_j.
+
+    Args:
+        eigenvalues: (W,) eigenvalues λ_j(t) of the window's Gram G, any order.
+        previous_eigenvalues: (W,) eigenvalues λ_j(t−1) of the window one update earlier.
+
+    Returns:
+        ‖Δλ‖ ≥ 0, a float.
+
+    Example:
+        >>> eigenvalue_change_norm(np.array([10.0, 4.0, 1.0]), np.array([9.0, 4.0, 2.0])) == math.sqrt(2.0)
+        True
+    """
+    lam = np.sort(np.asarray(eigenvalues, dtype=np.float64).reshape(-1))[::-1]
+    prev = np.sort(np.asarray(previous_eigenvalues, dtype=np.float64).reshape(-1))[::-1]
+    if lam.shape != prev.shape:
+        raise ValueError(
+            f"both windows must have the same W, got {lam.size} eigenvalues and {prev.size} previous ones; "
+            "pass the spectra of two windows of one run"
+        )
+    if not (np.all(np.isfinite(lam)) and np.all(np.isfinite(prev))):
+        raise ValueError("the eigenvalues hold NaN or Inf; pass the spectra of two full windows")
+    return float(np.sqrt(np.sum((lam - prev) ** 2)))
+
+
+def stability_coefficients_from_eigenvalue_change(
+    eigenvalues: np.ndarray, previous_eigenvalues: np.ndarray, c: float = 1.0, *, include_zero: bool = False
+) -> np.ndarray:
+    """α_j of Def 16.1 (eq 77) in the author's form: ‖ΔG‖_F replaced by the eigenvalue change ‖Δλ‖.
+
+    α_j = max(0, 1 − c ‖Δλ‖² / δ_j²), with ‖Δλ‖ = √(Σ_k (λ_k(t) − λ_k(t−1))²) from
+    :func:`eigenvalue_change_norm` and δ_j = min_{k≠j} |λ_j(t) − λ_k(t)| of the current window, which is
+    what the author's harness computes (``theory_experiment_match.py``; formulas.md §6 and §11). The
+    paper's form, :func:`stability_coefficients` with the exact ‖ΔC‖_F of the rank-two update
+    (Prop 11.1), is the library's default; since ‖Δλ‖ ≤ ‖ΔC‖_F, this form never gives a smaller α
+    and is no longer a guaranteed Davis–Kahan bound on cos²θ_j.
+
+    The harness adds 1e-20 to δ_j² to avoid a division by zero; here the conventions of
+    :func:`stability_coefficients` apply instead (‖Δλ‖ = 0 gives α = 1; δ_j = 0 with ‖Δλ‖ > 0 gives 0),
+    which differ from the harness only when δ_j² is within 1e-20 of 0.
+
+    Args:
+        eigenvalues: (W,) eigenvalues λ_j(t) of the window's Gram G, any order (the result follows it).
+        previous_eigenvalues: (W,) eigenvalues λ_j(t−1) of the window one update earlier.
+        c: the Davis–Kahan constant, > 0 (the author's code: 1.0).
+        include_zero: as in :func:`stability_coefficients`.
+
+    Returns:
+        (W,) float64 array in [0, 1].
+
+    Example:
+        >>> lam, prev = np.array([10.0, 4.0, 1.0]), np.array([9.0, 4.0, 2.0])  # ‖Δλ‖² = 2
+        >>> stability_coefficients_from_eigenvalue_change(lam, prev).round(4).tolist()
+        [0.9444, 0.7778, 0.7778]
+    """
+    change = eigenvalue_change_norm(eigenvalues, previous_eigenvalues)
+    return stability_coefficients(eigenvalues, change, c, include_zero=include_zero)
 
 
 def nearest_eigenvalue_gaps(eigenvalues: np.ndarray) -> np.ndarray:

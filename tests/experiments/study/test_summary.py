@@ -289,7 +289,7 @@ def test_markdown_has_every_table_beside_the_paper(summary) -> None:
     assert "| modular | 1/1 | 0/1 | 12/12 / 0/12 |" in md
     assert "| **all** | **2/2** | **0/2** | **24/24 / 0/24** |" in md
     assert (
-        "| `modular/add-seed42-wd1` | 1 | 600 [3100] | 3 [1.32] | 0.3 [0.18] | 10× [7.33×] | 1 (2) [3] |"
+        "| `modular/add-seed42-wd1` | 1 | 600 [3100] | 3 [1.32] | 0.3 [0.18] | 10× [7.33×] | 1 [3] | 1 | 2 |"
         in md
     )
     assert "| `dyck/depth-seed42-wd1` | 1 | 700 [600] | 1.2 [1.13] | 50 [3187] | ✓ [✓] |" in md

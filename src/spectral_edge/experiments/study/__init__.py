@@ -11,6 +11,7 @@ from spectral_edge.experiments.study.common import (
     GROK_ACC,
     MEMORIZE_ACC,
     OUTCOME_FILE,
+    PARAMETERS,
     SEEDS,
     SUITES,
     WEIGHT_DECAYS,
@@ -20,6 +21,7 @@ from spectral_edge.experiments.study.common import (
     check_family,
     is_complete,
     load_outcome,
+    parameter_group,
     run_name,
     write_outcome,
 )
@@ -30,6 +32,9 @@ __all__ = [
     "StudyRecorder",
     "check_family",
     "run_name",
+    # what the spectral numbers are read from
+    "PARAMETERS",
+    "parameter_group",
     # run directories
     "OUTCOME_FILE",
     "CHECKPOINT_DIR",

@@ -66,11 +66,17 @@ after it, a *miss* when it never fired. On a run that did not grok it is a *fals
 all (the weight-decay-0 controls are where the thesis says no grokking, hence no alarm, should happen).
 An alarm step is the step of the sample at which its condition had held long enough: the earliest step
 at which an online monitor could have rung.
+
+The two spectral alarms read the update Gram of every trainable parameter by default. The author's
+grokking scripts build X from the attention weights W_Q, W_K, W_V, W_O alone; the study records that Gram
+too, as a monitor group, and :func:`load_series` reads it with ``parameters="attention"``. The rules are
+the same for both readings; the suite summary reports both.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -87,7 +93,14 @@ import numpy as np
 
 from spectral_edge._imports import require
 from spectral_edge.experiments.atomic import write_json
-from spectral_edge.experiments.study.common import CHECKPOINT_DIR, MEMORIZE_ACC, WINDOW
+from spectral_edge.experiments.study.common import (
+    ATTENTION_GROUP,
+    CHECKPOINT_DIR,
+    MEMORIZE_ACC,
+    PARAMETERS,
+    WINDOW,
+)
+from spectral_edge.spectrum.window import spectrum_from_eigen
 
 # -- the fixed constants (see the module docstring) -------------------------------------------------------
 
@@ -149,7 +162,9 @@ class RunSeries:
     """What the alarms read from one run, as arrays ordered by step.
 
     Records (one per full window of the monitor): ``record_steps``, ``g23`` (λ2 − λ3), ``k_star``,
-    ``ratio12`` (σ1/σ2 of the update Gram). Evaluations: ``eval_steps`` and ``evals`` by name
+    ``ratio12`` (σ1/σ2 of the update Gram), ``k_star_weighted`` (argmax_j (σ_j/Σσ)(σ_j/σ_j+1), the author's
+    replication's k*; None when the records lack it), all from the X named by ``parameters``
+    (:data:`~.common.PARAMETERS`). Evaluations: ``eval_steps`` and ``evals`` by name
     (``train_loss``, ``test_loss``, ``train_acc``, ``test_acc``, ``weight_norm``, ``wq0_ratio`` …).
     Checkpoints (WeightWatcher): ``ww_steps``, ``ww_alpha`` (mean layer α), ``ww_traps`` (total traps,
     NaN where not analysed), or None when there was no analysis.
@@ -166,6 +181,8 @@ class RunSeries:
     ww_alpha: np.ndarray | None = None
     ww_traps: np.ndarray | None = None
     ww_note: str = ""
+    k_star_weighted: np.ndarray | None = None
+    parameters: str = "all"
 
     def eval(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(steps, values) of an evaluation metric, or None when the run did not log it."""
@@ -450,36 +467,62 @@ def score(
 # -- reading a run ----------------------------------------------------------------------------------------
 
 
-def load_series(run_dir: str | os.PathLike[str], *, ww: Mapping[str, Any] | None = None) -> RunSeries:
+def load_series(
+    run_dir: str | os.PathLike[str], *, ww: Mapping[str, Any] | None = None, parameters: str = "all"
+) -> RunSeries:
     """Read a run directory's store into a :class:`RunSeries` (WeightWatcher values from ``ww``, the
-    dict :func:`weightwatcher_series` returns, when given)."""
+    dict :func:`weightwatcher_series` returns, when given).
+
+    Args:
+        run_dir: a study run directory.
+        ww: a WeightWatcher analysis, or None.
+        parameters: the X the spectral series come from (:data:`~.common.PARAMETERS`). ``"all"``
+            (default): the records themselves, X over every trainable parameter. ``"attention"``: the
+            singular values the records hold for the ``attention`` group (W_Q, W_K, W_V, W_O of every
+            layer, the author's X), turned into g23, k*, weighted k* and σ1/σ2 by the library's own
+            spectrum code (:func:`~spectral_edge.spectrum.window.spectrum_from_eigen`). Evaluations,
+            events and WeightWatcher values are the same for both.
+
+    Raises:
+        ValueError: ``parameters`` is not one of :data:`~.common.PARAMETERS`, or it is ``"attention"`` and
+            the run's records hold no attention group (recorded before the study monitored it).
+    """
     from spectral_edge.store import RunStore
 
+    if parameters not in PARAMETERS:
+        raise ValueError(f"parameters must be one of {PARAMETERS}, got {parameters!r}")
     with RunStore(run_dir, mode="r") as store:
         arrays = store.record_arrays()
+        rows = store.records() if parameters == ATTENTION_GROUP else None
         evals = store.evals()
         events = tuple(e.to_dict() for e in store.events())
     n = len(arrays.get("step", ()))
-    ratios = np.asarray(arrays.get("ratios", np.empty((n, 0))), dtype=np.float64)
-    g23 = arrays.get("g23")
+    if rows is not None:
+        g23, k_star, k_star_weighted, ratio12 = _group_gap_series(rows, ATTENTION_GROUP, run_dir)
+    else:
+        ratios = np.asarray(arrays.get("ratios", np.empty((n, 0))), dtype=np.float64)
+        stored_g23, weighted = arrays.get("g23"), arrays.get("k_star_weighted")
+        g23 = np.asarray(stored_g23 if stored_g23 is not None else np.full(n, np.nan), dtype=np.float64)
+        k_star = np.asarray(arrays.get("k_star", np.zeros(n)), dtype=np.int64)
+        k_star_weighted = None if weighted is None else np.asarray(weighted, dtype=np.int64)
+        ratio12 = ratios[:, 0] if ratios.ndim == 2 and ratios.shape[1] else np.full(n, np.nan)
     series = RunSeries(
         record_steps=np.asarray(arrays.get("step", np.empty(0)), dtype=np.int64),
-        g23=np.asarray(g23 if g23 is not None else np.full(n, np.nan), dtype=np.float64),
-        k_star=np.asarray(arrays.get("k_star", np.zeros(n)), dtype=np.int64),
-        ratio12=ratios[:, 0] if ratios.ndim == 2 and ratios.shape[1] else np.full(n, np.nan),
+        g23=g23,
+        k_star=k_star,
+        ratio12=ratio12,
         eval_steps={name: s for name, (s, _) in evals.items()},
         evals={name: v for name, (_, v) in evals.items()},
         events=events,
+        k_star_weighted=k_star_weighted,
+        parameters=parameters,
     )
     if ww is None:
         return series
     checkpoints = ww.get("checkpoints", {})
     steps = sorted(int(s) for s in checkpoints)
-    return RunSeries(
-        **{
-            f: getattr(series, f) for f in ("record_steps", "g23", "k_star", "ratio12", "eval_steps", "evals")
-        },
-        events=events,
+    return dataclasses.replace(
+        series,
         ww_steps=np.asarray(steps, dtype=np.int64),
         ww_alpha=np.asarray([_nan(checkpoints[str(s)].get("alpha_mean")) for s in steps], dtype=np.float64),
         ww_traps=np.asarray([_nan(checkpoints[str(s)].get("traps")) for s in steps], dtype=np.float64),
@@ -489,6 +532,39 @@ def load_series(run_dir: str | os.PathLike[str], *, ww: Mapping[str, Any] | None
 
 def _nan(value: Any) -> float:
     return math.nan if value is None else float(value)
+
+
+def _group_gap_series(
+    rows: Sequence[Mapping[str, Any]], group: str, run_dir: str | os.PathLike[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(g23, k*, weighted k*, σ1/σ2) of one monitor group at every record, from its stored singular values.
+
+    The group's σ are turned back into eigenvalues and through the same spectrum code as the total's, so
+    k*, the weighted k* and g23 follow the records' own definitions (Def 6.1, formulas.md §5, Table 7).
+    """
+    n = len(rows)
+    g23, ratio12 = np.full(n, np.nan), np.full(n, np.nan)
+    k_star, k_star_weighted = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    found = 0
+    identity: np.ndarray | None = None
+    for i, row in enumerate(rows):
+        spectrum = (row.get("groups") or {}).get(group)
+        if spectrum is None:
+            continue
+        sigma = np.asarray(spectrum["singular_values"], dtype=np.float64)
+        if identity is None or identity.shape[0] != sigma.size:
+            identity = np.eye(sigma.size)
+        spec, _ = spectrum_from_eigen(sigma**2, identity)
+        found += 1
+        g23[i] = math.nan if spec.g23 is None else spec.g23
+        k_star[i], k_star_weighted[i] = spec.k_star, spec.k_star_weighted
+        ratio12[i] = spec.ratios[0]
+    if n and not found:
+        raise ValueError(
+            f"the records of {run_dir} hold no {group!r} group: the run was recorded before the study "
+            f"monitored the attention weights as their own group; rerun it, or read it with parameters='all'"
+        )
+    return g23, k_star, k_star_weighted, ratio12
 
 
 # -- WeightWatcher on the checkpoints ---------------------------------------------------------------------

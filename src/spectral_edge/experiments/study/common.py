@@ -42,7 +42,10 @@ What a run directory holds when the run is complete:
 
   - the monitor's spectral records of the update trajectory, W = 10 updates ``config.monitor_interval``
     steps apart (so a window spans ``10 × monitor_interval`` steps), with g23 = λ2 − λ3 (Table 7), and
-    its events;
+    its events. The records' X holds every trainable parameter; each record also holds the singular
+    values of two parameter groups from the same pass (:func:`parameter_group`): ``attention``, the
+    attention projection weights W_Q, W_K, W_V, W_O of every layer (the X of the author's grokking
+    scripts), and ``other``, the rest. :data:`PARAMETERS` names the two readings;
   - evaluations at every evaluation step: ``train_loss``, ``test_loss``, ``train_acc``, ``test_acc``
     (sequence accuracy for SCAN; the minimum over heads for multi-task), ``weight_norm`` (global L2 norm
     of all parameters: the weight-norm baseline), ``wq{i}_ratio`` = σ1/σ2 of attention layer i's query
@@ -105,6 +108,18 @@ CHECKPOINT_BUDGET_BYTES = 30_000_000
 CONFIG_FIELDS = ("task", "seed", "weight_decay", "max_steps", "eval_every", "monitor_interval")
 #: Eval names every family logs at each evaluation.
 REQUIRED_METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
+#: What the study's spectral numbers (g23, k*, σ1/σ2 of the update Gram) can be read from, the
+#: ``parameters=`` choice of :func:`~spectral_edge.experiments.study.alarms.load_series`:
+#: ``"all"`` (default): X holds every trainable parameter, the thesis's trajectory matrix (Def 1.2);
+#: ``"attention"``: X holds only the attention projection weights W_Q, W_K, W_V, W_O of every layer, as
+#: the author's grokking scripts build it. Both come from one run: the recorder monitors the attention
+#: weights as their own group (:func:`parameter_group`), whose Gram is that of the attention-only X.
+PARAMETERS = ("all", "attention")
+#: The monitor group holding the attention projection weights, and the group holding everything else.
+ATTENTION_GROUP, OTHER_GROUP = "attention", "other"
+#: Last two name components of an attention projection weight in the study's models
+#: (``experiments/models``: ``…attn.q_proj.weight``; the seq2seq model's self- and cross-attention alike).
+ATTENTION_WEIGHTS = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")
 
 
 @dataclass(frozen=True)
@@ -269,6 +284,22 @@ def singular_values(matrix: torch.Tensor) -> np.ndarray:
     return np.linalg.svd(matrix.detach().cpu().double().numpy(), compute_uv=False)
 
 
+def parameter_group(name: str) -> str:
+    """The monitor group of a parameter: :data:`ATTENTION_GROUP` for an attention projection weight
+    (W_Q, W_K, W_V, W_O; biases and everything else are not), :data:`OTHER_GROUP` otherwise.
+
+    The recorder passes it as the monitor's ``groups=``, so each record holds the singular values of the
+    attention-only Gram beside the total's (the ``"attention"`` reading of :data:`PARAMETERS`).
+
+    Example:
+        >>> parameter_group("blocks.0.attn.q_proj.weight"), parameter_group("blocks.0.mlp.up.weight")
+        ('attention', 'other')
+        >>> parameter_group("decoder.1.cross_attn.o_proj.weight"), parameter_group("blocks.0.attn.q_proj.bias")
+        ('attention', 'other')
+    """
+    return ATTENTION_GROUP if ".".join(name.split(".")[-2:]) in ATTENTION_WEIGHTS else OTHER_GROUP
+
+
 def sigma_ratio(sigma: np.ndarray) -> float:
     """σ1/σ2 of a descending singular-value vector (inf when σ2 = 0, nan with fewer than two)."""
     if sigma.size < 2:
@@ -281,7 +312,9 @@ class StudyRecorder:
 
     Opens the run store in ``run_dir`` (replacing an interrupted run there: its ``outcome.json`` and
     checkpoints are removed first) and a :class:`SpectralMonitor` with W = :data:`WINDOW` and
-    ``interval=config.monitor_interval`` on every trainable parameter, reading η from the optimizer.
+    ``interval=config.monitor_interval`` on every trainable parameter, reading η from the optimizer, with
+    the attention projection weights as their own group (:func:`parameter_group`), so that one pass gives
+    both readings of :data:`PARAMETERS`.
 
     Args:
         model: the network being trained (its parameters are monitored and checkpointed).
@@ -354,6 +387,7 @@ class StudyRecorder:
                 window=WINDOW,
                 interval=int(config.monitor_interval),
                 lr=optimizer,
+                groups=parameter_group,
                 store=self.store,
                 config={
                     "family": family,
@@ -570,8 +604,12 @@ __all__ = [
     "CONFIG_FIELDS",
     "GROK_ACC",
     "MEMORIZE_ACC",
+    "ATTENTION_GROUP",
+    "ATTENTION_WEIGHTS",
     "N_CHECKPOINTS",
+    "OTHER_GROUP",
     "OUTCOME_FILE",
+    "PARAMETERS",
     "REQUIRED_METRICS",
     "SEEDS",
     "SUITES",
@@ -582,6 +620,7 @@ __all__ = [
     "check_family",
     "is_complete",
     "load_outcome",
+    "parameter_group",
     "run_name",
     "sigma_ratio",
     "singular_values",

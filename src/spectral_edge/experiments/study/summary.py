@@ -15,18 +15,26 @@ run store) and the suite manifest, and computes:
   and missed runs, false alarms on the weight-decay-0 controls, and the median lead time, both at the
   alarm's own resolution and moved to the first saved checkpoint at or after it (WeightWatcher can only
   read checkpoints, so that column compares every alarm on the same checkpoints);
+* the same spectral numbers (Table 7's layout, the two spectral alarms, eq 86's order) read from the
+  update Gram of the attention weights alone, the X of the author's grokking scripts
+  (``parameters="attention"``, :data:`~.common.PARAMETERS`), beside the default reading over every
+  parameter; both come from the same run;
 * the suite's total compute and wall time, summed over resumed sessions (the manifest).
 
 :func:`write_summary` writes both files. Column definitions follow the author's replication of Table 7
 (``thesis_table7_replication.py``, formulas.md §14): g23 = λ2 − λ3 of the rolling update Gram (W = 10);
 g23_early is its peak before grokking (over the whole run when the run did not grok); g23_grok is the
-last record at or before the grokking step; the decline is g23_early/g23_grok; k*_term is k* of the
-last record. Our g23 is in the units of our updates (Adam steps of our learning rate over our parameter
-count), so only the decline is comparable with the paper's numbers, not g23 itself.
+last record at or before the grokking step; the decline is g23_early/g23_grok; k*_term is the weighted
+k* = argmax_j (σ_j/Σσ)(σ_j/σ_j+1) of the last record, as the replication computes it (formulas.md §5),
+with the unweighted k* = argmax_j σ_j/σ_j+1 (Def 6.1) beside it. Our g23 is in the units of our updates
+(Adam steps of our learning rate over our parameter count), so only the decline is comparable with the
+paper's numbers, not g23 itself. Every remaining difference from the replication code is listed in
+``docs/grokking-study.md`` ("Departures from the author's replication code").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -41,7 +49,12 @@ import numpy as np
 from spectral_edge.experiments.atomic import write_json, write_text
 from spectral_edge.experiments.progress import format_duration
 from spectral_edge.experiments.study import alarms as alarm_rules
-from spectral_edge.experiments.study.common import OUTCOME_FILE, RunOutcome, load_outcome
+from spectral_edge.experiments.study.common import (
+    OUTCOME_FILE,
+    PARAMETERS,
+    RunOutcome,
+    load_outcome,
+)
 from spectral_edge.experiments.study.suite import FAMILY_MODULES, read_manifest
 
 #: The paper's numbers, with where they come from. Rows of Table 6 are keyed (family, seed); rows of
@@ -85,6 +98,13 @@ PAPER: dict[str, Any] = {
 TABLE6_FAMILIES = ("dyck", "scan")
 TABLE7_FAMILIES = ("modular", "multitask")
 SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"
+#: The alarms that read the update Gram, and so change with the ``parameters`` reading.
+SPECTRAL_ALARMS = ("spectral_g23", "spectral_k1")
+#: What each reading of :data:`~.common.PARAMETERS` builds X from, for the summary's text.
+PARAMETER_READINGS = {
+    "all": "every trainable parameter (the thesis's X, Def 1.2)",
+    "attention": "the attention projection weights W_Q, W_K, W_V, W_O of every layer",
+}
 _EVENT_LABELS = {
     "g23_decline": "g23 decline",
     "k_star_to_1": "k* → 1, σ1/σ2 rising",
@@ -102,6 +122,10 @@ def find_runs(out: str | os.PathLike[str]) -> list[Path]:
 def analyze_run(run_dir: str | os.PathLike[str], *, weightwatcher: bool = True) -> dict[str, Any]:
     """Everything the summary needs from one finished run (a JSON-ready dict).
 
+    ``alarms``, ``order`` and ``table7`` read X over every parameter (the default reading of
+    :data:`~.common.PARAMETERS`); ``attention`` holds the same spectral numbers from the attention weights'
+    Gram (the author's X), or ``available: False`` with the reason for a run recorded without that group.
+
     Args:
         run_dir: a complete run directory.
         weightwatcher: analyse the checkpoints with WeightWatcher when the cache is missing and the
@@ -116,6 +140,39 @@ def analyze_run(run_dir: str | os.PathLike[str], *, weightwatcher: bool = True) 
     series = alarm_rules.load_series(run_dir, ww=ww)
     if ww is None:
         series = _with_note(series, ww_note)
+    main = _spectral_reading(outcome, series, run_dir)
+    family = outcome.family
+    return {
+        "name": f"{run_dir.parent.name}/{run_dir.name}",
+        "run_dir": str(run_dir),
+        "family": family,
+        "task": outcome.task,
+        "seed": outcome.seed,
+        "weight_decay": outcome.weight_decay,
+        "grokked": outcome.grokked,
+        "grok_step": outcome.grok_step,
+        "memorize_step": outcome.memorize_step,
+        "steps": outcome.steps,
+        "max_steps": outcome.max_steps,
+        "final_test_acc": outcome.final_test_acc,
+        "final_train_acc": outcome.final_train_acc,
+        "wall_s": outcome.wall_s,
+        "n_records": int(series.record_steps.size),
+        "alarms": main["alarms"],
+        "order": main["order"],
+        "table6": _table6_row(outcome),
+        "table7": main["table7"],
+        "attention": _attention_reading(outcome, series, run_dir),
+        "weightwatcher": {
+            "checkpoints": int(0 if series.ww_steps is None else series.ww_steps.size),
+            "seconds": None if ww is None else ww.get("seconds"),
+            "note": ww_note,
+        },
+    }
+
+
+def _spectral_reading(outcome: RunOutcome, series: alarm_rules.RunSeries, run_dir: Path) -> dict[str, Any]:
+    """The alarm rows, eq 86's order and Table 7's row of one run from one :class:`~.alarms.RunSeries`."""
     fired = alarm_rules.evaluate_alarms(series)
     order = alarm_rules.order_check(series, outcome.grok_step, fired)
     alarm_rows = {}
@@ -143,37 +200,43 @@ def analyze_run(run_dir: str | os.PathLike[str], *, weightwatcher: bool = True) 
             "available": alarm.available,
             "note": alarm.note,
         }
-    family = outcome.family
     return {
-        "name": f"{run_dir.parent.name}/{run_dir.name}",
-        "run_dir": str(run_dir),
-        "family": family,
-        "task": outcome.task,
-        "seed": outcome.seed,
-        "weight_decay": outcome.weight_decay,
-        "grokked": outcome.grokked,
-        "grok_step": outcome.grok_step,
-        "memorize_step": outcome.memorize_step,
-        "steps": outcome.steps,
-        "max_steps": outcome.max_steps,
-        "final_test_acc": outcome.final_test_acc,
-        "final_train_acc": outcome.final_train_acc,
-        "wall_s": outcome.wall_s,
-        "n_records": int(series.record_steps.size),
+        "parameters": series.parameters,
         "alarms": alarm_rows,
         "order": {
             "steps": dict(order.steps),
             "precedes": {event: order.precedes(event) for event in alarm_rules.ORDER_EVENTS},
             "eq86_order": order.eq86_order,
         },
-        "table6": _table6_row(outcome),
         "table7": _table7_row(outcome, series, run_dir),
-        "weightwatcher": {
-            "checkpoints": int(0 if series.ww_steps is None else series.ww_steps.size),
-            "seconds": None if ww is None else ww.get("seconds"),
-            "note": ww_note,
-        },
     }
+
+
+def _attention_reading(outcome: RunOutcome, series: alarm_rules.RunSeries, run_dir: Path) -> dict[str, Any]:
+    """The spectral numbers of one run read from the attention weights' Gram (``parameters="attention"``).
+
+    Only what depends on X is kept: the spectral alarms, eq 86's order and Table 7's row. The evaluations,
+    events and WeightWatcher values are those of ``series``. A run recorded before the study monitored
+    the attention weights as their own group has no such reading: ``available`` is False, with the reason.
+    """
+    try:
+        attention = alarm_rules.load_series(run_dir, parameters="attention")
+    except ValueError as exc:
+        return {"available": False, "note": str(exc)}
+    reading = _spectral_reading(
+        outcome,
+        dataclasses.replace(
+            series,
+            g23=attention.g23,
+            k_star=attention.k_star,
+            ratio12=attention.ratio12,
+            k_star_weighted=attention.k_star_weighted,
+            parameters=attention.parameters,
+        ),
+        run_dir,
+    )
+    reading["alarms"] = {name: reading["alarms"][name] for name in SPECTRAL_ALARMS}
+    return {"available": True, "note": ""} | reading
 
 
 def build_summary(
@@ -217,6 +280,8 @@ def build_summary(
             "table7": [r["table7"] | _ident(r) for r in runs if r["family"] in TABLE7_FAMILIES],
             "order": _order_counts(runs),
             "alarms": {name: _alarm_counts(runs, name) for name in alarm_rules.ALARMS},
+            "parameters": {name: PARAMETER_READINGS[name] for name in PARAMETERS},
+            "attention": _attention_counts(runs),
             "alarm_rules": _alarm_rules(),
             "timing": _timing(manifest, runs),
             "runs": runs,
@@ -264,8 +329,6 @@ def _weightwatcher(run_dir: Path, allowed: bool) -> tuple[dict[str, Any] | None,
 
 
 def _with_note(series: alarm_rules.RunSeries, note: str) -> alarm_rules.RunSeries:
-    import dataclasses
-
     return dataclasses.replace(series, ww_note=note)
 
 
@@ -297,7 +360,11 @@ def _table7_row(outcome: RunOutcome, series: alarm_rules.RunSeries, run_dir: Pat
             at = np.flatnonzero((steps <= grok) & np.isfinite(g23))
             g23_grok = float(g23[at[-1]]) if at.size else None
         g23_final = float(g23[-1]) if np.isfinite(g23[-1]) else None
-    k_term = int(series.k_star[-1]) if series.k_star.size else None
+    # Table 7's k*_term as the replication computes it: the weighted k* (formulas.md §5); the
+    # unweighted argmax σ_j/σ_j+1 of Def 6.1 beside it.
+    weighted = series.k_star_weighted
+    k_term = int(weighted[-1]) if weighted is not None and weighted.size else None
+    k_term_unweighted = int(series.k_star[-1]) if series.k_star.size else None
     paper = PAPER["table7"].get((outcome.task, outcome.seed)) if outcome.family == "modular" else None
     if outcome.weight_decay == 0:
         paper = None
@@ -309,6 +376,7 @@ def _table7_row(outcome: RunOutcome, series: alarm_rules.RunSeries, run_dir: Pat
         "g23_final": g23_final,
         "decline_to_end": _ratio(early, g23_final),
         "k_star_term": k_term,
+        "k_star_term_unweighted": k_term_unweighted,
         "k_star_term_wq": _wq_k_star(run_dir),
         "paper_grok_step": None if paper is None else paper[0],
         "paper_g23_early": None if paper is None else paper[1],
@@ -435,6 +503,21 @@ def _alarm_counts(runs: Sequence[Mapping[str, Any]], name: str) -> dict[str, Any
     }
 
 
+def _attention_counts(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Table 7's rows, the spectral alarms' counts and eq 86's order, read from the attention weights."""
+    read = [r for r in runs if r["attention"]["available"]]
+    # the attention reading's alarms and order in place of the default ones, so the counters apply as they are
+    as_runs = [dict(r, alarms=r["attention"]["alarms"], order=r["attention"]["order"]) for r in read]
+    return {
+        "runs": len(read),
+        "unavailable": len(runs) - len(read),
+        "notes": sorted({r["attention"]["note"] for r in runs if not r["attention"]["available"]}),
+        "table7": [r["attention"]["table7"] | _ident(r) for r in read if r["family"] in TABLE7_FAMILIES],
+        "alarms": {name: _alarm_counts(as_runs, name) for name in SPECTRAL_ALARMS},
+        "order": _order_counts(as_runs),
+    }
+
+
 def _alarm_rules() -> dict[str, str]:
     """One line per alarm, from the docstrings fixed in :mod:`.alarms`."""
     rules = {
@@ -543,29 +626,17 @@ def format_markdown(summary: Mapping[str, Any]) -> str:
     add("## Table 7 layout: modular arithmetic (and multi-task)")
     add("")
     add(
-        "g23 = λ2 − λ3 of the update Gram (W = 10). g23_early: its peak before grokking (the whole run without "
-        "grokking); g23_grok: the last record at or before grokking; decline = early/grok (early/end without "
-        "grokking); k*_term: k* of the last record (W_Q's k* in parentheses). g23 is in our update units, so "
-        "compare the decline with the paper's, not g23 itself. Paper values in brackets."
+        "g23 = λ2 − λ3 of the update Gram (W = 10) over every parameter. g23_early: its peak before grokking "
+        "(the whole run without grokking); g23_grok: the last record at or before grokking; decline = "
+        "early/grok (early/end without grokking); k*_term: the weighted k* = argmax_j (σ_j/Σσ)(σ_j/σ_j+1) "
+        "of the last record, as the author's replication computes it; unweighted: argmax_j σ_j/σ_j+1 "
+        "(Def 6.1) of the same record; W_Q: argmax σ_j/σ_j+1 of layer 0's query matrix at the last "
+        "evaluation. g23 is in our update units, so compare the decline with the paper's, not g23 itself. "
+        "Paper values in brackets. The same table from the attention weights alone is in "
+        '"Spectral numbers from the attention weights" below.'
     )
     add("")
-    if summary["table7"]:
-        add(
-            "| run | ω | grok step [paper] | g23_early [paper] | g23_grok [paper] | decline [paper] | k*_term (W_Q) [paper] |"
-        )
-        add("|---|---|---|---|---|---|---|")
-        for row in summary["table7"]:
-            decline = row["decline"] if row["grok_step"] is not None else row["decline_to_end"]
-            mark = "" if row["grok_step"] is not None else " (to end)"
-            add(
-                f"| `{row['name']}` | {row['weight_decay']:g} | {_int(row['grok_step'])} [{_int(row['paper_grok_step'])}] "
-                f"| {_num(row['g23_early'])} [{_num(row['paper_g23_early'])}] "
-                f"| {_num(row['g23_grok'])} [{_num(row['paper_g23_grok'])}] "
-                f"| {_times(decline)}{mark} [{_times(row['paper_decline'])}] "
-                f"| {_int(row['k_star_term'])} ({_int(row['k_star_term_wq'])}) [{_int(row['paper_k_star_term'])}] |"
-            )
-    else:
-        add("No modular-arithmetic runs in this suite directory.")
+    _add_table7(add, summary["table7"])
 
     add("")
     add("## Temporal order (eq 86)")
@@ -662,6 +733,8 @@ def format_markdown(summary: Mapping[str, Any]) -> str:
                 cells.append(f"{a['step']} ({a['result'].replace('_', ' ')})")
         add(f"| `{r['name']}` | {_int(r['grok_step'])} | " + " | ".join(cells) + " |")
 
+    _add_attention_section(add, summary)
+
     add("")
     add("## Runs")
     add("")
@@ -674,6 +747,74 @@ def format_markdown(summary: Mapping[str, Any]) -> str:
         )
     add("")
     return "\n".join(lines)
+
+
+def _add_table7(add: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    if not rows:
+        add("No modular-arithmetic runs in this suite directory.")
+        return
+    add(
+        "| run | ω | grok step [paper] | g23_early [paper] | g23_grok [paper] | decline [paper] "
+        "| k*_term, weighted [paper] | k*_term, unweighted | W_Q k* |"
+    )
+    add("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        decline = row["decline"] if row["grok_step"] is not None else row["decline_to_end"]
+        mark = "" if row["grok_step"] is not None else " (to end)"
+        add(
+            f"| `{row['name']}` | {row['weight_decay']:g} | {_int(row['grok_step'])} [{_int(row['paper_grok_step'])}] "
+            f"| {_num(row['g23_early'])} [{_num(row['paper_g23_early'])}] "
+            f"| {_num(row['g23_grok'])} [{_num(row['paper_g23_grok'])}] "
+            f"| {_times(decline)}{mark} [{_times(row['paper_decline'])}] "
+            f"| {_int(row['k_star_term'])} [{_int(row['paper_k_star_term'])}] "
+            f"| {_int(row.get('k_star_term_unweighted'))} | {_int(row['k_star_term_wq'])} |"
+        )
+
+
+def _add_attention_section(add: Any, summary: Mapping[str, Any]) -> None:
+    """The spectral numbers read from the attention weights' Gram, beside the default reading's."""
+    attention = summary.get("attention")
+    readings = summary.get("parameters") or PARAMETER_READINGS
+    add("")
+    add("## Spectral numbers from the attention weights")
+    add("")
+    add(
+        f"The tables above build X from {readings['all']}; the author's grokking scripts build it from "
+        f"{readings['attention']}. The monitor records that Gram as its own parameter group in the same "
+        "pass, so each run gives both readings; the rules, thresholds and grokking steps are the same. "
+        "The monitor's events (gap openings) come from the all-parameter Gram in both readings."
+    )
+    add("")
+    if not attention or attention["runs"] == 0:
+        why = "; ".join((attention or {}).get("notes", [])) or "no run recorded an attention group"
+        add(f"Not available for this suite: {why}")
+        return
+    if attention["unavailable"]:
+        add(
+            f"{attention['unavailable']} run(s) without an attention group are left out: {'; '.join(attention['notes'])}"
+        )
+        add("")
+    add("### Table 7 layout, attention weights only")
+    add("")
+    _add_table7(add, attention["table7"])
+    add("")
+    add("### Spectral alarms and eq 86's order, both readings")
+    add("")
+    add("| alarm | X | hits | late | missed | false alarms (ω = 0) | median lead (steps) |")
+    add("|---|---|---|---|---|---|---|")
+    for name in SPECTRAL_ALARMS:
+        for label, row in (("all", summary["alarms"][name]), ("attention", attention["alarms"][name])):
+            add(
+                f"| `{name}` | {label} | {row['hits']}/{row['grokked']} | {row['late']} | {row['missed']} "
+                f"| {row['false_alarms']}/{row['controls']} | {_int(row['median_lead'])} |"
+            )
+    add("")
+    for label, order in (("all", summary["order"]), ("attention", attention["order"])):
+        e86 = order["eq86_order"]
+        add(
+            f"- eq 86's order (g23 decline ≤ k* → 1 < grok), X = {label}: holds on {e86['holds']}, broken on "
+            f"{e86['broken']}, undecided on {e86['undecided']} of {order['grokked_runs']} runs that grokked."
+        )
 
 
 def _num(x: Any) -> str:
@@ -730,6 +871,8 @@ def _json_ready(value: Any) -> Any:
 
 __all__ = [
     "PAPER",
+    "PARAMETER_READINGS",
+    "SPECTRAL_ALARMS",
     "SUMMARY_JSON",
     "SUMMARY_MD",
     "analyze_run",
