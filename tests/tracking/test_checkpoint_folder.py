@@ -78,3 +78,25 @@ def test_top_level_shards_are_one_checkpoint_not_a_series(tmp_path):
     _shard(tmp_path / "model", [{"a": torch.zeros(2)}, {"b": torch.zeros(2)}], "safetensors")
     with pytest.raises(ValueError, match="is one checkpoint .*model.safetensors.index.json"):
         find_checkpoints(tmp_path / "model")
+
+
+def test_steps_from_trainer_state_and_step_words(tmp_path):
+    """HF Trainer's own count wins over a folder's name; "step_500_v2" is step 500, not 2."""
+    state = {"w": torch.ones(2)}
+    for name, trainer_state in [
+        ("checkpoint-1", {"global_step": 900}),
+        ("checkpoint-2", {}),
+        ("run-3", None),
+    ]:
+        (tmp_path / name).mkdir()
+        safetensors_torch.save_file(state, str(tmp_path / name / "model.safetensors"))
+        if trainer_state is not None:
+            (tmp_path / name / "trainer_state.json").write_text(json.dumps(trainer_state))
+    torch.save(state, tmp_path / "step_500_v2.pt")
+    found = find_checkpoints(tmp_path)
+    assert [(c.step, c.path.name) for c in found] == [
+        (2, "checkpoint-2"),  # trainer_state.json without a global_step: the name's step
+        (3, "run-3"),
+        (500, "step_500_v2.pt"),
+        (900, "checkpoint-1"),
+    ]

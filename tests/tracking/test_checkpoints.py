@@ -140,15 +140,13 @@ def test_explicit_steps(tmp_path):
         analyze_checkpoints(paths, window=window, steps=[1, 2, 3])
 
 
-def test_paths_without_step_numbers_fall_back_to_positions(tmp_path):
+def test_paths_without_step_numbers_keep_the_given_order(tmp_path):
     """Files named without a number, in a folder whose name holds one ("run7").
 
-    Bug: ``step_from_path`` falls back to the *folder* name when the stem holds no integer, so every
-    checkpoint ``run7/first.pt``, ``run7/second.pt``, … is read as step 7, and analyze_checkpoints files
-    every record under step 7 (duplicates, no order). The fallback to the folder is meant for the HF
-    ``checkpoint-N/model.safetensors`` layout, where the folder differs per checkpoint. Fix: when the
-    parsed steps are not strictly increasing, fall back to 0, 1, 2, … (as for unparseable paths) or
-    raise a ValueError asking for ``steps=``.
+    Bug: ``step_from_path`` fell back to the *folder* name when the stem held no integer, so every
+    checkpoint ``run7/first.pt``, ``run7/second.pt``, … was read as step 7. Only a checkpoint folder's
+    standard file (``checkpoint-N/model.safetensors``) borrows its folder's step now; these name none, so
+    they are taken in the order given and filed under 0, 1, 2, …
     """
     window, n = 2, 5
     snapshots = train(n)
@@ -159,13 +157,11 @@ def test_paths_without_step_numbers_fall_back_to_positions(tmp_path):
     for word, (_, state, _) in zip(words, snapshots, strict=True):
         torch.save(state, run / f"{word}.pt")
         paths.append(run / f"{word}.pt")
-    try:
-        records = analyze_checkpoints(paths, window=window)
-    except ValueError as exc:
-        assert "step" in str(exc)
-        return
-    steps = [r.step for r in records]
-    assert steps == sorted(set(steps)), f"record steps {steps} are not increasing"
+    assert [step_from_path(p) for p in paths] == [None] * n
+    records = analyze_checkpoints(paths, window=window)
+    assert [r.step for r in records] == [2, 3, 4]
+    positions = [(i, state, opt) for i, (_, state, opt) in enumerate(snapshots)]
+    check_records(records, positions, window, sigma_rtol=1e-6, scalar_rtol=1e-5)
 
 
 def test_step_from_path():
@@ -173,7 +169,116 @@ def test_step_from_path():
     assert step_from_path("runs/a/checkpoint-1200") == 1200
     assert step_from_path("ckpt_step_400.pt") == 400
     assert step_from_path("epoch=3-step=9000.ckpt") == 9000
+    assert step_from_path("ckpt-500.safetensors") == 500
+    assert step_from_path("step_500_v2.pt") == 500  # the number after "step", not the last one
+    assert step_from_path("model_000400.safetensors") == 400  # no step word: the last integer
     assert step_from_path("final.pt") is None
+    assert step_from_path("run7/final.pt") is None  # a plain file never borrows its folder's number
+
+
+def test_step_from_hf_trainer_state(tmp_path):
+    folder = tmp_path / "checkpoint-500"
+    folder.mkdir()
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 520, "epoch": 1.0}))
+    assert step_from_path(folder) == step_from_path(folder / "model.safetensors") == 520
+    (folder / "trainer_state.json").write_text("{}")  # no global_step: the folder's name
+    assert step_from_path(folder) == 500
+
+
+# ------------------------------------------------------------------ step order
+
+
+def test_lexicographic_order_gives_the_records_of_the_step_order(tmp_path):
+    """Regression: ``sorted(glob("out/checkpoint-*"))`` sorts names, not steps (checkpoint-10 before
+    checkpoint-5), and the differences between checkpoints out of order are not updates: R came out 3-7
+    times too large, without a warning. The checkpoints are now sorted by the step each one names."""
+    window, n = 3, 10
+    snapshots = train(n)
+    for step, state, opt in snapshots:
+        save("hf", tmp_path, step, state, opt)
+    lexicographic = sorted(str(p) for p in tmp_path.glob("checkpoint-*"))
+    assert [Path(p).name for p in lexicographic[:3]] == ["checkpoint-0", "checkpoint-10", "checkpoint-15"]
+    by_step = [tmp_path / f"checkpoint-{step}" for step, _, _ in snapshots]
+    records = analyze_checkpoints(lexicographic, window=window)
+    reference = analyze_checkpoints(by_step, window=window)
+    assert [r.step for r in records] == [r.step for r in reference] == [EVERY * i for i in range(window, n)]
+    for got, want in zip(records, reference, strict=True):
+        np.testing.assert_array_equal(got.singular_values, want.singular_values)
+        assert got.gap_ratio == want.gap_ratio
+    check_records(records, snapshots, window, sigma_rtol=1e-6, scalar_rtol=1e-5)
+
+
+def test_hf_trainer_state_orders_folders_named_without_steps(tmp_path):
+    window, n = 2, 5
+    snapshots = train(n)
+    paths = []
+    for word, (step, state, _) in zip(["e", "d", "c", "b", "a"], snapshots, strict=True):
+        folder = tmp_path / f"run-{word}"
+        folder.mkdir()
+        safetensors_torch.save_file(state, str(folder / "model.safetensors"))
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        paths.append(folder)
+    records = analyze_checkpoints(sorted(paths), window=window)  # run-a (the last) first
+    assert [r.step for r in records] == [EVERY * i for i in range(window, n)]
+    check_records(records, snapshots, window, sigma_rtol=1e-6, scalar_rtol=1e-5)
+
+
+def test_steps_that_do_not_increase_are_refused_with_the_steps_in_the_message(tmp_path):
+    snapshots = train(5)
+    paths = [save("pt", tmp_path, step, state, opt) for step, state, opt in snapshots]
+    with pytest.raises(
+        ValueError,
+        match=r"steps must strictly increase, got 100, 300, 200, 400, 500: ckpt_step_5.pt \(step 300\) then "
+        r"ckpt_step_10.pt \(step 200\); pass the paths in training order",
+    ):
+        analyze_checkpoints(paths, window=2, steps=[100, 300, 200, 400, 500])
+    with pytest.raises(ValueError, match=r"got 0, 5, 5, 15, 20: .*\(step 5\) then .*\(step 5\)"):
+        analyze_checkpoints(paths, window=2, steps=[0, 5, 5, 15, 20])
+    with pytest.raises(ValueError, match="steps must be integers, got 2.5"):
+        analyze_checkpoints(paths, window=2, steps=[0, 1, 2.5, 3, 4])
+
+
+def test_a_step_named_twice_is_refused(tmp_path):
+    snapshots = train(5)
+    paths = [save("pt", tmp_path, step, state, opt) for step, state, opt in snapshots]
+    copy = tmp_path / "backup_step_10.pt"
+    copy.write_bytes(paths[2].read_bytes())
+    with pytest.raises(
+        ValueError,
+        match=r"got 0, 5, 10, 10, 15, 20: ckpt_step_10.pt \(step 10\) then backup_step_10.pt \(step 10\); "
+        "keep one checkpoint per step",
+    ):
+        analyze_checkpoints([*paths, copy], window=2)
+
+
+def test_some_paths_naming_a_step_and_others_none_is_refused(tmp_path):
+    snapshots = train(5)
+    paths = [save("pt", tmp_path, step, state, opt) for step, state, opt in snapshots]
+    final = tmp_path / "final.pt"
+    final.write_bytes(paths[-1].read_bytes())
+    with pytest.raises(ValueError, match=r"1 of 6 checkpoints name no step \(final.pt\).*Pass steps="):
+        analyze_checkpoints([*paths, final], window=2)
+    with pytest.warns(SpectrumWarning, match="no monitored parameter moved"):  # final.pt is the last again
+        records = analyze_checkpoints([*paths, final], window=2, steps=[0, 5, 10, 15, 20, 25])
+    assert [r.step for r in records] == [10, 15, 20]
+
+
+@pytest.mark.parametrize("as_type", [str, Path])
+def test_a_folder_gives_its_checkpoints_in_step_order(tmp_path, as_type):
+    """Regression: a folder passed as a string was iterated character by character."""
+    window, n = 3, 10
+    snapshots = train(n)
+    paths = [save("hf", tmp_path, step, state, opt) for step, state, opt in snapshots]
+    records = analyze_checkpoints(as_type(tmp_path), window=window, lr=LR)
+    reference = analyze_checkpoints(paths, window=window, lr=LR)
+    assert [r.step for r in records] == [r.step for r in reference] == [EVERY * i for i in range(window, n)]
+    for got, want in zip(records, reference, strict=True):
+        np.testing.assert_array_equal(got.singular_values, want.singular_values)
+    with pytest.raises(ValueError, match="steps= applies to a list of checkpoint paths, not to a folder"):
+        analyze_checkpoints(as_type(tmp_path), window=window, steps=list(range(n)))
+    single = save("pt", tmp_path, 999, snapshots[0][1], None)
+    with pytest.raises(ValueError, match="ckpt_step_999.pt is one checkpoint file; pass the folder"):
+        analyze_checkpoints(as_type(single), window=window)
 
 
 def test_matches_the_online_monitor(tmp_path):

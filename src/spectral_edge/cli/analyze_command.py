@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=paragraph(
             "Find the checkpoints in a folder (HF Trainer checkpoint-<step>/ folders holding "
             "model.safetensors or pytorch_model.bin, or *.pt, *.pth, *.bin, *.ckpt, *.safetensors files with "
-            "a step number in their name), order them by step, and compute the spectral record of each "
+            "a step number in their name), order them by step (trainer_state.json's global_step, else the "
+            "step in the name), and compute the spectral record of each "
             "window "
             "of W consecutive updates between them (analyze_checkpoints). Prints the records (step, k*, R, "
             "σ1..σ3) and the events; --store also writes them to a run store for `summary`, `compare` and "
@@ -98,6 +99,8 @@ def _analyze(args: argparse.Namespace) -> int:
                 config={"source": "checkpoints", "folder": str(args.folder), "steps": steps},
             )
             events = [e.to_dict() for e in store.events()]
+            # Names that share one tensor (tied embeddings), counted once: the monitor saved them.
+            merged = dict(store.config().get("monitor", {}).get("merged", {}))
         finally:
             store.close()
 
@@ -108,6 +111,7 @@ def _analyze(args: argparse.Namespace) -> int:
             "checkpoints": [{"step": c.step, "path": str(c.path), "layout": c.layout} for c in checkpoints],
             "records": [r.to_dict() for r in records],
             "events": events,
+            "merged": merged,
             "store": None if args.store is None else str(args.store),
         }
         print(json.dumps(out, indent=2, allow_nan=False))
@@ -118,6 +122,8 @@ def _analyze(args: argparse.Namespace) -> int:
         f"{n} checkpoints in {args.folder} ({', '.join(layouts)}), steps {_steps(steps)}; "
         f"W={window} → {len(records)} records"
     )
+    if merged:
+        print("tied tensors counted once: " + ", ".join(f"{a} → {b}" for a, b in merged.items()))
     print()
     with_regime = args.lr is not None
     headers = ["step", "k*", "R", "σ1", "σ2", "σ3"] + (["regime"] if with_regime else [])

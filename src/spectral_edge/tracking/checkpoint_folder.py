@@ -10,8 +10,10 @@ Two layouts are recognised, side by side in the folder (not in its subfolders' s
   (``ckpt_step_400.pt``, ``model_000400.safetensors``, ``epoch=0-step=400.ckpt``); optimizer, scheduler,
   RNG-state and trainer files are left out.
 
-The step is the last integer in the name. Everything else in the folder (logs, configs, tokenizers) is
-ignored.
+The step is the ``global_step`` of a checkpoint folder's ``trainer_state.json`` when it has one, else the
+one its name gives (the number after ``step``, ``checkpoint``, ``ckpt`` or ``iter``, else the last
+integer; see :func:`~spectral_edge.tracking.checkpoints.step_from_path`). Everything else in the folder
+(logs, configs, tokenizers) is ignored.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from typing import Literal
 import torch
 
 from spectral_edge._imports import require
-from spectral_edge.tracking.checkpoints import BUFFER_SUFFIXES, CHECKPOINT_FILES
+from spectral_edge.tracking.checkpoints import (
+    BUFFER_SUFFIXES,
+    CHECKPOINT_FILES,
+    SHARD_INDEX_FILES,
+    _step_in_name,
+    _trainer_state_step,
+)
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -40,8 +48,6 @@ __all__ = [
 
 #: Suffixes of single-file checkpoints.
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
-#: Index files of sharded checkpoints (HF ``save_pretrained`` with ``max_shard_size``).
-SHARD_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 # Files saved beside a model that are not the model: optimizer and scheduler states, RNG states, trainer
 # arguments (HF Trainer writes all of these into each checkpoint-N, some scripts write them side by side).
 _NOT_MODEL = re.compile(
@@ -54,7 +60,7 @@ _SHARD = re.compile(r"-\d+-of-\d+$")
 class CheckpointEntry:
     """One checkpoint found in a folder."""
 
-    step: int  # the last integer in its name
+    step: int  # trainer_state.json's global_step, or the step its name gives
     path: Path  # the file, or the folder holding it (what analyze_checkpoints takes)
     layout: Literal["file", "folder", "sharded"]  # a file; a folder with one file; a folder of shards
     files: tuple[Path, ...]  # the file(s) holding the tensors: one, or every shard
@@ -183,15 +189,14 @@ def read_sharded_state_dict(folder: str | os.PathLike[str]) -> dict[str, torch.T
     }
 
 
-def _step_in(name: str) -> int | None:
-    numbers = re.findall(r"\d+", name)
-    return int(numbers[-1]) if numbers else None
-
-
 def _checkpoint_dir(path: Path) -> CheckpointEntry | None:
-    step = _step_in(path.name)
+    # A folder is a checkpoint only if its name gives a step (a "final/" or "best/" copy beside the
+    # checkpoint-N folders is not one); HF Trainer's own count, when it wrote one, is the step.
+    step = _step_in_name(path.name)
     if step is None:
         return None
+    counted = _trainer_state_step(path)
+    step = counted if counted is not None else step
     single = next((path / n for n in CHECKPOINT_FILES if (path / n).is_file()), None)
     if single is not None:
         return CheckpointEntry(step=step, path=path, layout="folder", files=(single,))
@@ -208,7 +213,7 @@ def _checkpoint_dir(path: Path) -> CheckpointEntry | None:
 def _checkpoint_file(path: Path) -> CheckpointEntry | None:
     if path.suffix not in CHECKPOINT_SUFFIXES or _NOT_MODEL.match(path.name) or _SHARD.search(path.stem):
         return None
-    step = _step_in(path.stem)
+    step = _step_in_name(path.stem)
     if step is None:
         return None
     return CheckpointEntry(step=step, path=path, layout="file", files=(path,))
