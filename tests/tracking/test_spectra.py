@@ -14,7 +14,7 @@ import torch
 
 from spectral_edge import SpectralMonitor
 from spectral_edge.spectrum.stability import half_window_alignment
-from spectral_edge.spectrum.window import FLOAT32_RANK_RTOL, analyze_gram_with_parts
+from spectral_edge.spectrum.window import analyze_gram_with_parts
 from spectral_edge.tracking._fused import fused_kernel
 from spectral_edge.tracking._spectra import window_spectra, window_spectra_numpy
 
@@ -158,11 +158,11 @@ def test_a_records_spectra_equal_spectrum_functions_on_the_windows_gram(kernel_n
         rec = mon.step()
     assert rec is not None
     grams = mon._win.stacked_group_grams()
-    spec, parts = analyze_gram_with_parts(grams.sum(axis=0), grams, rank_rtol=FLOAT32_RANK_RTOL)
+    spec, parts = analyze_gram_with_parts(grams.sum(axis=0), grams, rank_rtol=mon._win.rank_rtol)
     np.testing.assert_allclose(rec.singular_values, spec.singular_values, rtol=1e-12)
     assert (rec.k_star, rec.k95, rec.rank) == (spec.k_star, spec.k95, spec.rank)
     np.testing.assert_allclose(rec.gap_ratio, spec.gap_ratio, rtol=1e-12)
     for name, sigma in zip(mon._win.layout.group_names, parts, strict=True):
         np.testing.assert_allclose(rec.groups[name].singular_values, sigma, rtol=1e-12, atol=1e-14 * sigma[0])
-    want = half_window_alignment(grams.sum(axis=0), rank_rtol=FLOAT32_RANK_RTOL)
+    want = half_window_alignment(grams.sum(axis=0), rank_rtol=mon._win.rank_rtol)
     np.testing.assert_allclose(rec.alpha_half, want, rtol=1e-10, atol=1e-12)

@@ -30,14 +30,36 @@ from spectral_edge.errors import NotPositiveSemidefiniteError, SpectrumWarning
 #: matrix carry an absolute error of about W·eps·λ_1; 1e-13 is a few hundred times that for W ≤ 40.
 DEFAULT_RANK_RTOL = 1e-13
 
-#: The same for a Gram matrix accumulated in float32 (the monitor's default storage): entries carry a
-#: relative error of about 1e-7, so eigenvalues below 1e-6·λ_1 (σ below 1e-3·σ_1) are not resolved.
-FLOAT32_RANK_RTOL = 1e-6
 
 #: A negative eigenvalue below −NEGATIVE_RAISE_RTOL·λ_1 means G is not a Gram matrix at all. Negative
 #: eigenvalues within the round-off level ``rank_rtol·λ_1`` are zeroed silently; those in between are
 #: clipped with a SpectrumWarning.
 NEGATIVE_RAISE_RTOL = 1e-4
+
+
+
+def storage_rank_rtol(unit_roundoff: float, window: int) -> float:
+    """The rank cut of a window whose rows were rounded to a format of unit round-off u before their Gram
+    was accumulated in float64 (the monitor's windows: u = 2⁻²⁴ for float32, 2⁻⁸ for bfloat16).
+
+    Rounding each stored entry changes X by E with |E_ij| ≤ u·|X_ij|, so ‖E‖₂ ≤ ‖E‖_F ≤ u·‖X‖_F ≤
+    u·√W·σ_1, and by Weyl's inequality no σ_j moves by more than that. A σ_j below u·√W·σ_1 may be the
+    rounding alone, so eigenvalues λ_j = σ_j² below W·u²·λ_1 are not resolved by the stored window. The cut
+    is never below ``DEFAULT_RANK_RTOL``, the float64 Gram's own round-off. For float32 at W ≤ 28 the two
+    coincide: a float32 window accumulated in float64 resolves σ_j down to about 3e-7·σ_1, as a float64
+    window does; for bfloat16 at W = 10 the cut is σ_j ≈ 1.2e-2·σ_1.
+
+    Args:
+        unit_roundoff: u = eps/2 of the storage format (1.1e-16 for float64).
+        window: W, the number of stored rows.
+
+    Example:
+        >>> storage_rank_rtol(2.0**-24, 10) == DEFAULT_RANK_RTOL
+        True
+        >>> round(storage_rank_rtol(2.0**-8, 10), 7)
+        0.0001526
+    """
+    return max(DEFAULT_RANK_RTOL, window * unit_roundoff**2)
 
 
 @dataclass(frozen=True)
@@ -132,7 +154,7 @@ def analyze_gram(
         gram: (W, W) symmetric positive semi-definite array-like, rows and columns in time order.
         k95_threshold: cumulative-variance threshold of K_95 (Def 7.1), in (0, 1].
         rank_rtol: eigenvalues below ``rank_rtol · λ_1`` count as zero: 1e-13 for a float64 Gram
-            (default), ``FLOAT32_RANK_RTOL`` for one accumulated in float32.
+            (default); :func:`storage_rank_rtol` for the Gram of rows stored in a narrower format.
 
     Raises:
         ValueError: G is not square, has W < 2, or holds NaN/Inf.

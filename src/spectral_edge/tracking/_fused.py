@@ -7,7 +7,7 @@ tensors), and BLAS runs the dot products on one core. This kernel does the whole
 walks every tensor in blocks of 8192 values spread over torch's own intra-op threads
 (``at::parallel_for``, so it never competes with the training loop's thread pool), and for each block
 computes δ = θ − θ_prev into a stack buffer, refreshes θ_prev, takes ‖δ‖² and the W dot products
-(float32 within a block, float64 across blocks), and writes δ over the target row. X, θ and θ_prev are
+(in float64: each product of two floats is exact there), and writes δ over the target row. X, θ and θ_prev are
 each touched once.
 
 What keeps it at memory speed: every sum runs in many independent lanes (a single running sum waits
@@ -23,7 +23,7 @@ The source is compiled with ``torch.utils.cpp_extension.load_inline`` the first 
 (about 30–60 s; then cached in torch's extension directory, keyed by the source). It needs a C++
 compiler and ninja (``pip install ninja``, in the ``fast`` extra). Where either is missing, or
 ``SPECTRAL_EDGE_KERNEL=torch`` is set, windows use the torch path, which gives the same Gram up to
-float32 rounding.
+float64 rounding (both accumulate in float64, in different orders).
 """
 
 from __future__ import annotations
@@ -56,30 +56,34 @@ _SOURCE = r"""
 constexpr int64_t L = 32;
 
 template <int64_t N>
-static inline float lane_total(const float* acc) {
-  float s = 0.f;
+static inline double lane_total(const double* acc) {
+  double s = 0.0;
   for (int64_t j = 0; j < N; ++j) s += acc[j];
   return s;
 }
 
 // out[r] = <d, row r> for R rows of X at once (rows P apart): R streams in flight instead of one, and each
-// value of d loaded once for R products.
+// value of d loaded once for R products. Each product of two floats is exact in double (24 + 24 < 53
+// mantissa bits) and the sums run in double, so the result is the dot product of the stored values to
+// about n * 1e-16 of sum |d_i x_i|, whatever their scale (float32 would lose small singular values to
+// cancellation, and underflow or overflow products of updates near 1e-30 or 1e19).
 template <int R>
 static inline void dot_rows(const float* __restrict d, const float* x0, int64_t P, int64_t n,
                             double* out) {
   constexpr int64_t M = 8;  // lanes per row
-  alignas(64) float acc[R][M];
+  alignas(64) double acc[R][M];
   for (int r = 0; r < R; ++r)
-    for (int64_t j = 0; j < M; ++j) acc[r][j] = 0.f;
+    for (int64_t j = 0; j < M; ++j) acc[r][j] = 0.0;
   int64_t k = 0;
   for (; k + M <= n; k += M)
     for (int r = 0; r < R; ++r) {
       const float* __restrict xr = x0 + r * P + k;
-      for (int64_t j = 0; j < M; ++j) acc[r][j] += d[k + j] * xr[j];
+      for (int64_t j = 0; j < M; ++j)
+        acc[r][j] += static_cast<double>(d[k + j]) * static_cast<double>(xr[j]);
     }
   for (int r = 0; r < R; ++r) {
-    float s = lane_total<M>(acc[r]);
-    for (int64_t i = k; i < n; ++i) s += d[i] * x0[r * P + i];
+    double s = lane_total<M>(acc[r]);
+    for (int64_t i = k; i < n; ++i) s += static_cast<double>(d[i]) * static_cast<double>(x0[r * P + i]);
     out[r] = s;
   }
 }
@@ -92,19 +96,24 @@ SE_CLONES
 static void push_block(const float* __restrict th, float* __restrict pv, float* __restrict d,
                        float* x, int64_t P, int64_t W, int64_t col, int64_t target, int64_t n,
                        double* __restrict out) {
-  alignas(64) float acc[L];
-  for (int64_t j = 0; j < L; ++j) acc[j] = 0.f;
+  alignas(64) double acc[L];
+  for (int64_t j = 0; j < L; ++j) acc[j] = 0.0;
   int64_t i = 0;
   for (; i + L <= n; i += L) {
     for (int64_t j = 0; j < L; ++j) {
       const float v = th[i + j] - pv[i + j];
       pv[i + j] = th[i + j];
       d[i + j] = v;
-      acc[j] += v * v;
+      acc[j] += static_cast<double>(v) * static_cast<double>(v);
     }
   }
-  float dd = lane_total<L>(acc);
-  for (; i < n; ++i) { const float v = th[i] - pv[i]; pv[i] = th[i]; d[i] = v; dd += v * v; }
+  double dd = lane_total<L>(acc);
+  for (; i < n; ++i) {
+    const float v = th[i] - pv[i];
+    pv[i] = th[i];
+    d[i] = v;
+    dd += static_cast<double>(v) * static_cast<double>(v);
+  }
   int64_t w = 0;
   for (; w + ROWS_PER_SWEEP <= W; w += ROWS_PER_SWEEP)
     dot_rows<ROWS_PER_SWEEP>(d, x + w * P + col, P, n, out + w);

@@ -30,12 +30,8 @@ from spectral_edge.spectrum.stability import (
     davis_kahan_bound,
     stability_coefficients,
 )
-from spectral_edge.spectrum.window import (
-    DEFAULT_RANK_RTOL,
-    FLOAT32_RANK_RTOL,
-    gap_positions,
-    spectrum_from_eigen,
-)
+from spectral_edge.spectrum.window import gap_positions, spectrum_from_eigen
+from spectral_edge.tracking._sharing import CountedOnce, count_once
 from spectral_edge.tracking.events import EventDetector, EventThresholds
 from spectral_edge.tracking.record import GroupSpectrum, SpectralEvent, SpectralRecord
 from spectral_edge.tracking.window import ParameterLayout, PushResult, UpdateWindow, check_window
@@ -97,7 +93,10 @@ class SpectralMonitor:
     Call :meth:`step` right after each ``optimizer.step()`` (or :meth:`attach` it to the optimizer). The
     monitor snapshots the trainable parameters when it is constructed; each step takes the update since
     the previous snapshot. Frozen parameters (``requires_grad=False``) are left out and listed in
-    :attr:`excluded`.
+    :attr:`excluded`. A tensor reached under several names or through views of one memory (a tied
+    embedding, ``[W, W.view(-1)]``) is monitored once: :attr:`merged` maps each name left out to the
+    name kept, and the run store's config holds it. A tensor that shares only part of its memory with a
+    larger one is left out with a warning, its other elements unmonitored (:attr:`partially_merged`).
 
     Args:
         model_or_params: an ``nn.Module``, an iterable of tensors, of (name, tensor) pairs, or a mapping.
@@ -222,7 +221,11 @@ class SpectralMonitor:
 
         self._module = model_or_params if isinstance(model_or_params, torch.nn.Module) else None
         self._group_of = group_function(groups)
-        named, self.excluded = _trainable_named_tensors(model_or_params)
+        sharing, self.excluded = _trainable_named_tensors(model_or_params)
+        self.merged, self.partially_merged = sharing.merged, sharing.partial
+        if sharing.partial:
+            warnings.warn(_partial_message(sharing), SpectrumWarning, stacklevel=2)
+        named = sharing.named
         if not named:
             raise ValueError(
                 "nothing to monitor: no trainable parameters (all have requires_grad=False, or none were passed)"
@@ -303,6 +306,8 @@ class SpectralMonitor:
             "n_params": layout.n_params,
             "groups": layout.group_sizes(),
             "excluded": list(self.excluded),
+            "merged": dict(self.merged),
+            "partially_merged": dict(self.partially_merged),
             "storage_dtype": str(self.storage_dtype),
             "storage_device": str(self.storage_device),
             "window_bytes": self._win.nbytes,
@@ -494,7 +499,7 @@ class SpectralMonitor:
 
     def _record(self, pushed: PushResult, metrics: dict[str, float]) -> SpectralRecord:
         # Eigenvalues below the precision the Gram was accumulated in are round-off, not directions.
-        rtol = DEFAULT_RANK_RTOL if self._win.compute_dtype == torch.float64 else FLOAT32_RANK_RTOL
+        rtol = self._win.rank_rtol
         # Every eigensolve of the record (total, groups, halves) in one call; the float stage below is
         # spectrum/'s own, so the record equals analyze_gram_with_parts and half_window_alignment.
         eig = self._win.spectra(half=self.window >= 4)
@@ -589,11 +594,13 @@ class SpectralMonitor:
 
     def _layout_changed(self) -> bool:
         if self._module is not None:
-            named, excluded = _trainable_named_tensors(self._module)
+            sharing, excluded = _trainable_named_tensors(self._module)
+            named = sharing.named
             current = [id(t) for _, t in named]
             changed = sorted(current) != sorted(self._ids)
         else:  # a list or mapping of tensors: the same tensors, possibly reshaped
             named, excluded = list(zip(self._win.layout.names, self._tensors, strict=True)), self.excluded
+            sharing = CountedOnce(named=named, merged=self.merged, partial=self.partially_merged)
             changed = False
         changed = changed or any(
             tuple(t.shape) != s for t, s in zip(self._tensors, self._win.layout.shapes, strict=True)
@@ -608,6 +615,9 @@ class SpectralMonitor:
         if self.strict:
             raise ParameterLayoutError(message)
         self.excluded = excluded
+        self.merged, self.partially_merged = sharing.merged, sharing.partial
+        if sharing.partial:
+            self._warn_once("partially_merged", _partial_message(sharing))
         self._build_window(named)
         self._emit([SpectralEvent(step=self.step_count, kind="parameters_changed", message=message)])
         self._warn_once("parameters_changed", "spectral-edge: " + message)
@@ -687,10 +697,17 @@ def _watch_registrations(monitor: SpectralMonitor) -> list[Any]:
     ]
 
 
-def _trainable_named_tensors(source: Any) -> tuple[list[tuple[str, torch.Tensor]], list[str]]:
-    """(name, tensor) pairs of what requires grad, and the names left out as frozen."""
+def _trainable_named_tensors(source: Any) -> tuple[CountedOnce, list[str]]:
+    """What requires grad, each tensor once, and the names left out as frozen.
+
+    A tensor reached under several names (a tied embedding: ``lm_head.weight`` is ``embed.weight``) or
+    through views of one memory (``[W, W.view(-1)]``) is monitored once, under the first name of the
+    largest; the others are in ``.merged`` (see :mod:`spectral_edge.tracking._sharing`). Counting both
+    would put W's update into the window twice (its block of G doubled, σ up to √2 too large).
+    """
     if isinstance(source, torch.nn.Module):
-        items = list(source.named_parameters())
+        # Every name, duplicates included, so that tied names are reported as merged, not silently lost.
+        items = list(source.named_parameters(remove_duplicate=False))
     elif isinstance(source, Mapping):
         items = list(source.items())
     else:
@@ -714,7 +731,19 @@ def _trainable_named_tensors(source: Any) -> tuple[list[tuple[str, torch.Tensor]
             frozen.append(name)
         else:
             named.append((name, tensor))
-    return named, frozen
+    return count_once(named), frozen
+
+
+def _partial_message(sharing: CountedOnce) -> str:
+    parts = ", ".join(
+        f"{name!r} ({lost} elements outside {sharing.merged[name]!r})"
+        for name, lost in sharing.partial.items()
+    )
+    return (
+        f"spectral-edge: parameters share part of their memory with a larger one: {parts}. Counting them "
+        "would count the shared elements twice, so they are left out and the elements listed are not "
+        "monitored; register whole tensors (not overlapping slices of one buffer) to monitor every element."
+    )
 
 
 def _open_store(store: Any, *, write_behind: bool) -> Any:

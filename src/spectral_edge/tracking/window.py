@@ -9,13 +9,21 @@ chunks small enough to stay in cache, and for each chunk
 
 1. a = θ − θ_prev is computed into a chunk-sized scratch buffer and θ_prev ← θ is refreshed,
 2. the W dot products of a with the window's rows (including the oldest row b, about to leave, which gives
-   aᵀb for ‖ΔC‖_F) and ‖a‖² are accumulated, per chunk, in float32 (float64 for float64 storage),
+   aᵀb for ‖ΔC‖_F) and ‖a‖² are accumulated in float64 from the values as stored,
 3. a is written over b's chunk (already consumed) in the storage dtype.
+
+Why float64 accumulation whatever the storage: the product of two float32 values is exact in float64, so
+the Gram is that of the stored window to about 1e-16 relative, and a float32 window reads like a float64
+one down to what float32 storage itself supports (:func:`~spectral_edge.spectrum.window.storage_rank_rtol`).
+Accumulated in float32, entries carried errors near 1e-7 of ‖x‖‖a‖, which hid every σ_j below about
+1e-3·σ_1 and set them to zero, and updates near 1e-30 (or 1e19 at P = 300) underflowed (overflowed).
+The pass still reads X once: the fused kernel converts each value in registers, the torch path in
+cache-sized blocks.
 
 So X is read once, θ once, θ_prev read and written once, and one row written: about (W + 4)·P values for
 W·P in the bare read of the window. The chunk partial sums are added in float64 per group. X·Xᵀ and an SVD
 of X are never computed. With bfloat16 storage the dot products use the rounded values actually stored,
-so the Gram is exactly that of the stored window (up to float32 accumulation within a chunk).
+so the Gram is that of the stored window.
 
 An update that holds NaN/Inf, or is exactly zero, is not pushed. Because b's chunks were overwritten on
 the way, the window then loses its oldest row and has W − 1 updates until the next push refills it.
@@ -34,7 +42,7 @@ import numpy as np
 import torch
 
 from spectral_edge.spectrum.perturbation import delta_c_frobenius
-from spectral_edge.spectrum.window import DEFAULT_RANK_RTOL, FLOAT32_RANK_RTOL
+from spectral_edge.spectrum.window import storage_rank_rtol
 from spectral_edge.tracking._fused import fused_kernel
 from spectral_edge.tracking._spectra import WindowEigen, window_spectra
 from spectral_edge.tracking._workers import run_in_workers
@@ -199,8 +207,12 @@ class UpdateWindow:
         self.storage_dtype = storage_dtype
         self.storage_device = device
         self.chunk_size = chunk_size
-        # Dot products accumulate in float32, or float64 when the window itself is float64.
-        self.compute_dtype = torch.float64 if storage_dtype == torch.float64 else torch.float32
+        # Dot products and ‖δ‖² always accumulate in float64 (see the module docstring); δ itself is formed
+        # in float32 (float64 for a float64 window), the precision the window stores it in or better.
+        self.compute_dtype = torch.float64
+        self.delta_dtype = torch.float64 if storage_dtype == torch.float64 else torch.float32
+        #: Eigenvalues below rank_rtol·λ_1 cannot be told from the rounding of the stored rows.
+        self.rank_rtol = storage_rank_rtol(torch.finfo(storage_dtype).eps / 2, window)
 
         p = layout.n_params
         self._x = torch.zeros(window, p, dtype=storage_dtype, device=device)  # (W, P) rows are slots
@@ -215,6 +227,7 @@ class UpdateWindow:
         self._flat_key: list[tuple[int, int]] | None = None  # (id, data_ptr) of the tensors last flattened
         self._flat_cache: list[torch.Tensor] = []
         self._scratch: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._wide: dict[int, torch.Tensor] = {}  # per worker: (W + 1, block) float64, see _wide_dots
         self.pushes = 0  # updates pushed since construction
 
         # The plan: pieces of the flat parameter vector, each (tensor indices, start, stop, first column
@@ -354,18 +367,17 @@ class UpdateWindow:
             raise ValueError("the window is empty: push updates before asking for its directions")
         lam, u = np.linalg.eigh(self.gram())  # time order, ascending
         lam, u = lam[::-1], u[:, ::-1]
-        # Eigenvalues below the Gram's accumulation precision are round-off, not directions.
-        rtol = DEFAULT_RANK_RTOL if self.compute_dtype == torch.float64 else FLOAT32_RANK_RTOL
-        rank = int(np.count_nonzero(lam > rtol * max(float(lam[0]), 0.0)))
+        # Eigenvalues below what the stored rows resolve are rounding, not directions.
+        rank = int(np.count_nonzero(lam > self.rank_rtol * max(float(lam[0]), 0.0)))
         n = rank if k is None else min(k, rank)
         sigma = np.sqrt(lam[:n])
         coef = np.zeros((self.window, n))
         coef[np.asarray(self._order, dtype=np.intp)] = u[:, :n] / sigma  # slot-indexed u_j / σ_j
-        coef_t = torch.as_tensor(coef.T.copy(), dtype=self.compute_dtype, device=self.storage_device)
-        out = torch.empty(n, self.layout.n_params, dtype=self.compute_dtype, device=self.storage_device)
+        coef_t = torch.as_tensor(coef.T.copy(), dtype=self.delta_dtype, device=self.storage_device)
+        out = torch.empty(n, self.layout.n_params, dtype=self.delta_dtype, device=self.storage_device)
         for lo in range(0, self.layout.n_params, self.chunk_size):
             cols = slice(lo, min(lo + self.chunk_size, self.layout.n_params))
-            torch.mm(coef_t, self._x[:, cols].to(self.compute_dtype), out=out[:, cols])
+            torch.mm(coef_t, self._x[:, cols].to(self.delta_dtype), out=out[:, cols])
         return out, sigma
 
     def updates(self) -> torch.Tensor:
@@ -490,7 +502,6 @@ class UpdateWindow:
         partials = self._partials
         x = self._x
         row = x[target]
-        upcast = self.storage_dtype != self.compute_dtype
 
         def run(pieces: range, worker: int) -> None:
             for i in pieces:
@@ -505,16 +516,13 @@ class UpdateWindow:
                 if a.device != self.storage_device:
                     a = a.to(self.storage_device)
                 cols = slice(col, col + hi - lo)
-                if upcast:
-                    stored = a.to(self.storage_dtype)  # what the window will hold
-                    a = stored.to(self.compute_dtype)
-                    torch.mv(x[:, cols].to(self.compute_dtype), a, out=partials[i, :w])
-                    torch.dot(a, a, out=partials[i, w])
-                    row[cols].copy_(stored)
+                stored = a if a.dtype == self.storage_dtype else a.to(self.storage_dtype)  # what X will hold
+                if stored.dtype == torch.float64:
+                    torch.mv(x[:, cols], stored, out=partials[i, :w])
+                    torch.dot(stored, stored, out=partials[i, w])
                 else:
-                    torch.mv(x[:, cols], a, out=partials[i, :w])
-                    torch.dot(a, a, out=partials[i, w])
-                    row[cols].copy_(a)
+                    self._wide_dots(col, stored, partials[i], worker)
+                row[cols].copy_(stored)  # after the dots: the target row held b until now
 
         shares = self._worker_shares
         if len(shares) == 1:
@@ -530,6 +538,30 @@ class UpdateWindow:
         gram[:, target, target] = group_rows[:, w]
         gram[:, :, target] = gram[:, target, :]
         return group_rows.sum(axis=0).tolist(), dropped_sq
+
+    def _wide_dots(self, col: int, stored: torch.Tensor, out: torch.Tensor, worker: int) -> None:
+        """``out`` = (⟨x_0, a⟩, …, ⟨x_{W−1}, a⟩, ‖a‖²) in float64 for the stored values ``a`` of one piece,
+        whose columns in X start at ``col``.
+
+        The window's columns and ``a`` are widened to float64 a block at a time into a scratch of about
+        1 MiB that stays in cache, so X is still read once from memory; one ``addmv`` per block gives the
+        W dots and ‖a‖² together (``a`` is the scratch's last row).
+        """
+        w = self.window
+        wide = self._wide.get(worker)
+        if wide is None or wide.device != stored.device:
+            budget = (1 << 17) if stored.device.type == "cpu" else (1 << 24)  # float64 values
+            block = max(1024, min(self._max_piece, budget // (w + 1)))
+            wide = torch.empty(w + 1, block, dtype=torch.float64, device=stored.device)
+            self._wide[worker] = wide
+        out.zero_()
+        n, block = stored.numel(), wide.shape[1]
+        for lo in range(0, n, block):
+            hi = min(lo + block, n)
+            part = wide[:, : hi - lo]
+            part[:w].copy_(self._x[:, col + lo : col + hi])
+            part[w].copy_(stored[lo:hi])
+            out.addmv_(part, part[w])
 
     def _fused_segments(
         self, current: list[torch.Tensor]
@@ -746,7 +778,7 @@ class UpdateWindow:
     def _worker_scratch(self, worker: int, device: torch.device) -> torch.Tensor:
         buf = self._scratch.get((worker, device))
         if buf is None:
-            buf = torch.empty(self._max_piece, dtype=self.compute_dtype, device=device)
+            buf = torch.empty(self._max_piece, dtype=self.delta_dtype, device=device)
             self._scratch[(worker, device)] = buf
         return buf
 
