@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 
 from spectral_edge import SpectralMonitor, analyze_checkpoints
 from spectral_edge.spectrum.window import DEFAULT_RANK_RTOL, storage_rank_rtol
-from spectral_edge.tracking._fused import fused_kernel
+from spectral_edge.tracking._native import native_kernel
 from spectral_edge.tracking.window import UpdateWindow
 
-KERNELS = ["torch", pytest.param("fused", marks=pytest.mark.skipif(fused_kernel() is None, reason="no C++"))]
+KERNELS = ["torch", pytest.param("fused", marks=pytest.mark.skipif(native_kernel() is None, reason="no C++"))]
 SIGMA_RTOL = 1e-5  # on σ_j ≥ SIGMA_FLOOR·σ_1
 SIGMA_FLOOR = 1e-4
 
@@ -155,7 +155,7 @@ def test_any_window_accumulates_like_float64(window, n_params, rank, log_scale, 
     """Property: whatever W (2–64), P (1–2·10⁴), planted rank and scale (1e-30–1e30), the window's Gram
     is the float64 Gram of the rows it stores, every push is taken, and its eigenvalues above the cut are
     those of a dense float64 SVD of the stored rows."""
-    if kernel == "fused" and fused_kernel() is None:
+    if kernel == "fused" and native_kernel() is None:
         kernel = "torch"
     rng = np.random.default_rng(seed)
     scale = 10.0**log_scale

@@ -15,12 +15,12 @@ import torch
 from spectral_edge import SpectralMonitor
 from spectral_edge.spectrum.stability import half_window_alignment
 from spectral_edge.spectrum.window import analyze_gram_with_parts
-from spectral_edge.tracking._fused import fused_kernel
+from spectral_edge.tracking._native import native_kernel
 from spectral_edge.tracking._spectra import window_spectra, window_spectra_numpy
 
 from ..spectrum.synthetic import planted_window
 
-kernel = fused_kernel()
+kernel = native_kernel()
 needs_kernel = pytest.mark.skipif(kernel is None, reason="the compiled extension did not build here")
 
 

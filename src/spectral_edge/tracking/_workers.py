@@ -6,7 +6,7 @@ W × chunk block, so a single-threaded push reads the window at one core's memor
 each thread a contiguous share of the chunks lets every core stream its share of the window: about 25%
 less time per push at P = 10^7 on the 2-core development machine (benchmarks/monitor_step.py). It is
 opt-in (``threads=``): in one measured demo run the training step around a pooled push was slower
-(51 against 42 ms), and the fused kernel (``_fused.py``), the default for float32 windows, already uses
+(51 against 42 ms), and the fused kernel (``csrc/fused_push.cpp``), the default for float32 windows, already uses
 torch's own threads.
 
 Each worker thread runs torch with ONE intra-op thread, so the workers never nest OpenMP teams (nested

@@ -43,7 +43,7 @@ import torch
 
 from spectral_edge.spectrum.perturbation import delta_c_frobenius
 from spectral_edge.spectrum.window import storage_rank_rtol
-from spectral_edge.tracking._fused import fused_kernel
+from spectral_edge.tracking._native import native_kernel
 from spectral_edge.tracking._spectra import WindowEigen, window_spectra
 from spectral_edge.tracking._workers import run_in_workers
 
@@ -149,7 +149,7 @@ class UpdateWindow:
         storage_device: where the W × P buffer lives; default CPU. Put it on the training GPU for speed,
             or on the CPU to spare GPU memory (each chunk of the update is then copied over).
         chunk_size: elements per chunk of the push loop; default 2^18 on CPU, 2^24 on accelerators.
-        kernel: how a push runs: "fused" (one C++ call over all tensors, see ``tracking/_fused.py``; float32
+        kernel: how a push runs: "fused" (one C++ call over all tensors, see ``csrc/fused_push.cpp``; float32
             storage and parameters on the CPU), "torch" (torch calls per piece; any dtype and device), or
             "auto" (default: "fused" where it applies and builds, else "torch").
         threads: host threads that share the pieces of a torch-path push when the window is on the CPU
@@ -272,7 +272,7 @@ class UpdateWindow:
         self._worker_shares = _balanced_shares([hi - lo for _, _, lo, hi, _ in plan], n_workers)
         self._kernel = None
         if kernel != "torch" and fused_applies:
-            self._kernel = fused_kernel()
+            self._kernel = native_kernel()
             if self._kernel is None and kernel == "fused":
                 raise RuntimeError(
                     "kernel='fused' was asked for but the fused CPU kernel could not be built (see the "

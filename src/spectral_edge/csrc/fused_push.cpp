@@ -1,42 +1,22 @@
-"""A fused C++ push for float32 windows on the CPU, compiled once on first use.
+// The fused push of a float32 window on the CPU: UpdateWindow.push in one call (tracking/window.py).
+//
+// Why: the torch path makes about eight torch calls per piece of the parameters (gather, subtract, refresh
+// the snapshot, W dot products, |d|^2, write the row). For a model of 1e5-1e6 parameters those calls, not
+// memory, set the cost, and BLAS runs the dot products on one core. This kernel does the whole push in one
+// call: it walks every tensor in blocks of 8192 values spread over torch's own intra-op threads
+// (at::parallel_for, so it never competes with the training loop's thread pool), and for each block
+// computes d = theta - prev into a stack buffer, refreshes prev, takes |d|^2 and the W dot products in
+// float64 (each product of two floats is exact there), and writes d over the target row. X, theta and
+// prev are each touched once.
+//
+// What keeps it at memory speed: every sum runs in many independent lanes (a single running sum waits
+// 3-4 cycles per add), and the dot products read five rows of X in one sweep of the block, so five streams
+// are in flight and each value of d is loaded once per five products. On x86-64 with GCC the block
+// routine also has an AVX2 build, chosen when the module loads on a CPU that has it.
+//
+// Built with window_spectra.cpp into one extension by tracking/_native.py; this file holds the module's
+// Python bindings.
 
-Why: the torch path of :meth:`UpdateWindow.push` makes about eight torch calls per piece of the
-parameters (gather, subtract, refresh the snapshot, W dot products, ‖δ‖², write the row). For a model of
-10^5–10^6 parameters those calls, not memory, set the cost (about 2 ms per push for the demo's 29
-tensors), and BLAS runs the dot products on one core. This kernel does the whole push in one call: it
-walks every tensor in blocks of 8192 values spread over torch's own intra-op threads
-(``at::parallel_for``, so it never competes with the training loop's thread pool), and for each block
-computes δ = θ − θ_prev into a stack buffer, refreshes θ_prev, takes ‖δ‖² and the W dot products
-(in float64: each product of two floats is exact there), and writes δ over the target row. X, θ and θ_prev are
-each touched once.
-
-What keeps it at memory speed: every sum runs in many independent lanes (a single running sum waits
-3–4 cycles per add, which had held the kernel to about 1 value per cycle, below what memory delivers),
-and the dot products read five rows of X in one sweep of the block, so five streams are in flight and
-each value of δ is loaded once per five products. On x86-64 with GCC the block routine also has an AVX2
-build, chosen when the module loads on a CPU that has it.
-
-The same extension carries the record's compiled eigen stage, ``window_spectra``, whose source and
-reasons are in ``tracking/_spectra.py``: one build, one cache entry.
-
-The source is compiled with ``torch.utils.cpp_extension.load_inline`` the first time a window needs it
-(about 30–60 s; then cached in torch's extension directory, keyed by the source). It needs a C++
-compiler and ninja (``pip install ninja``, in the ``fast`` extra). Where either is missing, or
-``SPECTRAL_EDGE_KERNEL=torch`` is set, windows use the torch path, which gives the same Gram up to
-float64 rounding (both accumulate in float64, in different orders).
-"""
-
-from __future__ import annotations
-
-import logging
-import os
-import shutil
-import threading
-from typing import Any
-
-logger = logging.getLogger("spectral_edge")
-
-_SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
@@ -178,59 +158,13 @@ std::vector<double> fused_push(const std::vector<at::Tensor>& thetas, const std:
   }
   return result;
 }
-"""
-
-_lock = threading.Lock()
-_module: Any = None
-_failed: str | None = None
 
 
-def fused_kernel() -> Any:
-    """The compiled module (``fused_push`` and ``window_spectra``), or None where it cannot be built or
-    is switched off."""
-    global _module, _failed
-    if _module is not None or _failed is not None:
-        return _module
-    with _lock:
-        if _module is not None or _failed is not None:
-            return _module
-        if os.environ.get("SPECTRAL_EDGE_KERNEL", "auto") == "torch":
-            _failed = "SPECTRAL_EDGE_KERNEL=torch"
-            return None
-        try:
-            from torch.utils.cpp_extension import load_inline
+// Defined in window_spectra.cpp.
+py::object window_spectra(at::Tensor grams, const std::vector<int64_t>& order, bool with_groups,
+                          bool with_half);
 
-            _put_ninja_on_path()
-            logger.info(
-                "spectral-edge: loading the fused CPU push kernel (compiled on first use, about a minute)"
-            )
-            from spectral_edge.tracking._spectra import SPECTRA_SOURCE
-
-            _module = load_inline(
-                "spectral_edge_fused_push",
-                cpp_sources=[_SOURCE, SPECTRA_SOURCE],
-                functions=["fused_push", "window_spectra"],
-                extra_cflags=["-O3", "-fopenmp", "-fopenmp-simd"],
-                extra_ldflags=["-fopenmp"],
-            )
-        except Exception as exc:  # no compiler, no ninja, no headers: the torch path serves
-            _failed = f"{type(exc).__name__}: {exc}"
-            logger.warning(
-                "spectral-edge: the fused CPU kernel could not be built (%s); using the torch path, which is "
-                "slower for models of many small tensors. Install a C++ compiler and ninja "
-                "(pip install 'spectral-edge[fast]') to build it.",
-                _failed.splitlines()[0][:200],
-            )
-        return _module
-
-
-def _put_ninja_on_path() -> None:
-    """torch runs ``ninja`` from PATH; the pip package's binary sits beside the venv's Python, which is
-    not on PATH when the venv is used without activating it (``.venv/bin/python train.py``)."""
-    if shutil.which("ninja") is not None:
-        return
-    try:
-        import ninja
-    except ImportError:
-        return  # load_inline then fails with torch's own message, logged above
-    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("fused_push", &fused_push, "One push of a float32 CPU window (see the top of this file).");
+  m.def("window_spectra", &window_spectra, "The record's eigen stage (see window_spectra.cpp).");
+}
