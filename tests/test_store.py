@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import math
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import spectral_edge.store as store_module
-from spectral_edge.errors import RunStoreError
-from spectral_edge.store import RunStore, export_run
+from spectral_edge.errors import RunStoreError, StoreWriteError
+from spectral_edge.store import RunStore, StoreBacklog, export_run
 from spectral_edge.tracking.record import GroupSpectrum, SpectralEvent, SpectralRecord
 
 SRC = Path(store_module.__file__).resolve().parents[1]
@@ -621,3 +624,261 @@ def test_a_failed_commit_rolls_back_so_later_writes_are_not_swallowed(tmp_path: 
         store._conn = real
     with RunStore(path, mode="r") as reader:
         assert len(reader) == 1 and reader.evals() == {}
+
+
+# -- one writer at a time ------------------------------------------------------------------------------
+
+
+def test_a_second_writer_is_refused_and_the_first_keeps_every_record(tmp_path: Path) -> None:
+    """Regression (issue 14, item 3): a second writer opened before the first had written a record
+    unlinked run.db (mode='w' found no records to protect) while the first went on writing into the
+    deleted file: half the records were gone, without a word. The path's writer lock refuses it."""
+    run = tmp_path / "run"
+    first = RunStore(run, mode="w")
+    for mode, overwrite in (("w", False), ("w", True), ("a", False)):
+        with pytest.raises(
+            RunStoreError, match=rf"(?s)already open for writing by another .* \(pid {os.getpid()}\)"
+        ):
+            RunStore(run, mode=mode, overwrite=overwrite)
+    for step in range(36):
+        first.add_record(make_record(step))
+        if step == 17:
+            with RunStore(run, mode="r") as reader:  # readers take no lock
+                assert len(reader) == 18
+    first.close()
+    with RunStore(run, mode="r") as store:
+        assert [row["step"] for row in store.records()] == list(range(36))
+    with RunStore(run, mode="a") as store:  # the lock went with close()
+        store.add_record(make_record(36))
+    assert (run / "run.db.lock").read_text() == ""  # no stale pid left behind
+
+
+_HOLDER_SCRIPT = """
+import os, sys, time
+from test_store import make_record
+from spectral_edge.store import RunStore
+
+store = RunStore(sys.argv[1], mode="w", write_behind=True)
+for step in range(10):
+    store.add_record(make_record(step))
+store.flush()
+child = 0
+if sys.argv[2] == "fork":  # a child that outlives this process, as a DataLoader worker can
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+print("ready", child, flush=True)
+if sys.stdin.readline().strip() == "close":
+    for step in range(10, 20):
+        store.add_record(make_record(step))
+    store.close()
+    print("closed", flush=True)
+sys.stdin.readline()
+"""
+
+
+@contextlib.contextmanager
+def _holding(run: Path, how: str = "hold") -> Iterator[tuple[subprocess.Popen, int]]:
+    """A process holding ``run`` open for writing with 10 records committed, and the pid of the child it
+    forked (0 without ``how="fork"``); both are killed on leaving."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)])}
+    child = 0
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLDER_SCRIPT, str(run), how],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    ) as proc:
+        try:
+            ready, child_pid = proc.stdout.readline().split()
+            assert ready == "ready"
+            child = int(child_pid)
+            yield proc, child
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+            if child:
+                os.kill(child, signal.SIGKILL)  # the orphan: init reaps it
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
+def test_a_writer_in_another_process_is_named_and_nothing_is_deleted(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with _holding(run) as (proc, _):
+        with pytest.raises(RunStoreError, match=rf"already open for writing by process {proc.pid} on host"):
+            RunStore(run, mode="w", overwrite=True)
+        with RunStore(run, mode="r") as reader:
+            assert len(reader) == 10
+        proc.stdin.write("close\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "closed"
+        with RunStore(run, mode="a") as store:  # free once the other writer closed
+            assert [row["step"] for row in store.records()] == list(range(20))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and flock")
+@pytest.mark.parametrize("how", ["hold", "fork"])
+def test_a_killed_writer_leaves_no_lock_behind(tmp_path: Path, how: str) -> None:
+    """SIGKILL runs no cleanup; the lock is the kernel's and dies with its process. With ``fork``, a
+    child forked while the store was open (a DataLoader worker) outlives the writer: it closed its copy
+    of the lock at fork, so the lock still ends with the writer."""
+    run = tmp_path / "run"
+    with _holding(run, how) as (proc, child):
+        with pytest.raises(RunStoreError, match="already open for writing"):
+            RunStore(run, mode="a")
+        proc.kill()
+        assert proc.wait(timeout=30) == -9
+        if how == "fork":
+            os.kill(child, 0)  # still alive, still holding its copy of the descriptors it inherited
+        with RunStore(run, mode="a") as store:
+            assert [row["step"] for row in store.records()] == list(range(10))
+            store.add_record(make_record(10))
+
+
+def test_opening_for_reading_creates_nothing(tmp_path: Path) -> None:
+    """Regression (issue 14, item 7): RunStore("typo") opened an appending store, creating typo/run.db."""
+    typo = tmp_path / "typo"
+    with pytest.raises(RunStoreError, match=r"no spectral-edge run at .*typo"):
+        RunStore(typo)
+    assert not typo.exists()
+    with RunStore(tmp_path / "run", mode="w") as store:
+        store.add_record(make_record(0))
+    with RunStore(tmp_path / "run") as store:  # the default mode reads
+        assert store.mode == "r" and len(store) == 1
+        with pytest.raises(RunStoreError, match="read-only"):
+            store.add_record(make_record(1))
+
+
+# -- writes the disk refuses ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("write_behind", [False, True])
+def test_refused_writes_are_held_retried_in_order_and_counted_when_lost(
+    tmp_path: Path, write_behind: bool
+) -> None:
+    """Regression (issue 14, item 4): a write SQLite refused (a full disk) was dropped, the next ones too.
+    Now the store holds up to max_held of them, retries them before each later write, and counts the
+    rest as lost; its errors say which. ``PRAGMA query_only`` refuses writes as a read-only file does."""
+    run = tmp_path / "run"
+    store = RunStore(run, mode="w", write_behind=write_behind, max_held=3)
+    for step in range(2):
+        store.add_record(make_record(step))
+    store.flush()
+    store._conn.execute("PRAGMA query_only = 1")  # no write in flight after flush
+    errors = []
+    for step in range(2, 8):
+        try:
+            store.add_record(make_record(step))
+        except StoreWriteError as exc:
+            errors.append(exc)
+    try:
+        store.flush()
+    except StoreWriteError as exc:
+        errors.append(exc)
+    assert len(errors) == 6  # one per refused write, raised a call later with write_behind
+    assert [e.started for e in errors] == [True, False, False, False, False, False]
+    assert [e.first_loss for e in errors] == [False, False, False, True, False, False]
+    assert "could not commit a record (attempt to write a readonly database" in str(errors[0])
+    assert "held for retry: 1 record; lost: none" in str(errors[0])
+    assert "held for retry: 3 records; lost: 1 record" in str(errors[3]) and "so it is lost" in str(errors[3])
+    assert store.backlog() == StoreBacklog(
+        held={"record": 3},
+        lost={"record": 3},
+        max_held=3,
+        error="attempt to write a readonly database, SQLITE_READONLY",
+    )
+
+    store._conn.execute("PRAGMA query_only = 0")  # room again: the next write first writes the held ones
+    store.add_record(make_record(8))
+    store.flush()
+    assert store.backlog().n_held == 0 and store.backlog().lost == {"record": 3}
+    assert [row["step"] for row in store.records()] == [0, 1, 2, 3, 4, 8]
+    with pytest.raises(StoreWriteError, match=r"closed without storing 3 records") as closing:
+        store.close()
+    assert closing.value.closed and closing.value.backlog.lost == {"record": 3}
+    store.close()  # reported once
+    with RunStore(run, mode="r") as reader:
+        assert [row["step"] for row in reader.records()] == [0, 1, 2, 3, 4, 8]
+
+
+def test_held_writes_are_retried_at_close(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    store = RunStore(run, mode="w")
+    store._conn.execute("PRAGMA query_only = 1")
+    with pytest.raises(StoreWriteError, match="held for retry: 1 evaluation"):
+        store.add_eval(5, {"loss": 0.5})
+    with pytest.raises(StoreWriteError, match="held for retry: 1 record, 1 evaluation"):
+        store.add_record(make_record(5))
+    store._conn.execute("PRAGMA query_only = 0")
+    store.close()  # both written: nothing lost, nothing raised
+    assert store.backlog() == StoreBacklog(held={}, lost={}, max_held=1000, error=store.backlog().error)
+    with RunStore(run, mode="r") as reader:
+        assert len(reader) == 1 and reader.evals()["loss"][0].tolist() == [5]
+
+
+_FULL_DISK_SCRIPT = """
+import json, os, resource, signal, sys
+from test_store import make_record
+from spectral_edge.errors import StoreWriteError
+from spectral_edge.store import RunStore
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+run, limit = sys.argv[1], sys.argv[2]
+store = RunStore(run, mode="w", write_behind=True, max_held=5)
+for step in range(10):
+    store.add_record(make_record(step))
+store.flush()
+wal = os.path.getsize(os.path.join(run, "run.db-wal"))
+# "full": no file may grow (a full disk); "readonly": no byte may be written at all.
+resource.setrlimit(resource.RLIMIT_FSIZE, (wal if limit == "full" else 0, resource.RLIM_INFINITY))
+errors = []
+for step in range(10, 30):
+    try:
+        store.add_record(make_record(step))
+    except StoreWriteError as exc:
+        errors.append(str(exc))
+try:
+    store.close()
+except StoreWriteError as exc:
+    errors.append(str(exc))
+print(json.dumps({"errors": errors, "lost": store.backlog().lost, "held": store.backlog().held}))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+@pytest.mark.parametrize("limit", ["full", "readonly"])
+def test_a_full_or_read_only_disk_loses_no_committed_record_and_says_what_it_lost(
+    tmp_path: Path, limit: str
+) -> None:
+    """A real refusal by the kernel: RLIMIT_FSIZE makes the writes that would grow a file (``full``) or
+    any write (``readonly``; chmod would not do, as root writes anyway) fail with EFBIG."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)])}
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_SCRIPT, str(run), limit],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["lost"] == {"record": 20} and report["held"] == {}
+    errors = report["errors"]
+    # Each refused write raises a call late (write_behind): 19 of them by add_record; close settles the
+    # last with its final retry and reports the total.
+    assert len(errors) == 19 + 1
+    assert "disk I/O error" in errors[0] and "held for retry: 1 record; lost: none" in errors[0]
+    assert "held for retry: 5 records; lost: 1 record" in errors[5]
+    assert "closed without storing 20 records" in errors[-1] and "committed before is intact" in errors[-1]
+    conn = sqlite3.connect(f"{(run / 'run.db').as_uri()}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+    with RunStore(run, mode="r") as store:
+        assert [row["step"] for row in store.records()] == list(range(10))
+        assert_record(store.last_record(), make_record(9))

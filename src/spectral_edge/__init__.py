@@ -15,6 +15,7 @@ from spectral_edge.errors import (
     RunStoreError,
     SpectralEdgeError,
     SpectrumWarning,
+    StoreWriteError,
 )
 from spectral_edge.spectrum import (
     AdiabaticRegimes,
@@ -40,7 +41,7 @@ from spectral_edge.spectrum import (
     second_order_increments,
     stability_coefficients,
 )
-from spectral_edge.store import RunStore, export_run
+from spectral_edge.store import RunStore, StoreBacklog, export_run
 from spectral_edge.tracking import (
     EventThresholds,
     GroupSpectrum,
@@ -94,6 +95,7 @@ __all__ = [
     "analyze_checkpoints",
     # run store
     "RunStore",
+    "StoreBacklog",
     "export_run",
     # errors
     "SpectralEdgeError",
@@ -102,5 +104,6 @@ __all__ = [
     "ParameterLayoutError",
     "NotPositiveSemidefiniteError",
     "RunStoreError",
+    "StoreWriteError",
     "MissingExtraError",
 ]

@@ -32,5 +32,24 @@ class RunStoreError(SpectralEdgeError, RuntimeError):
     """A run store is missing, half-written, or was written by an incompatible version."""
 
 
+class StoreWriteError(RunStoreError):
+    """A run store could not commit a write (a full disk, a file it may not write, an I/O error).
+
+    The store keeps such writes in memory and retries them (see :class:`~spectral_edge.store.RunStore`'s
+    ``max_held``); :attr:`backlog` says how many are held and how many were lost. :attr:`started` is true
+    for the failure that began a run of failures, :attr:`first_loss` for the first write lost in it, and
+    :attr:`closed` when the store raised it from ``close()``, where whatever was still held is lost.
+    """
+
+    def __init__(
+        self, message: str, *, backlog: object, started: bool, first_loss: bool, closed: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.backlog = backlog  # a spectral_edge.store.StoreBacklog (errors.py imports nothing)
+        self.started = started
+        self.first_loss = first_loss
+        self.closed = closed
+
+
 class MissingExtraError(SpectralEdgeError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""

@@ -6,6 +6,21 @@ killed process: each :meth:`RunStore.add_record`, :meth:`RunStore.add_event` and
 call is one transaction, so a killed run loses at most the write in flight. (A power loss or OS crash may
 lose the last few commits: NORMAL syncs at checkpoints, not at every commit.)
 
+One writer at a time: a store opened to write (``mode="w"`` or ``"a"``) holds an exclusive ``flock`` on
+``run.db.lock`` beside the database, which names its holder's pid. A second writer on the same path, in
+this process or another, gets a :class:`~spectral_edge.errors.RunStoreError` naming that pid, and nothing
+is deleted: two writers used to lose one of them's records (a ``mode="w"`` writer unlinked the file the
+other was writing into). The operating system drops the lock when its process dies, SIGKILL included,
+so a killed writer never blocks the next one. Readers (``mode="r"``) take no lock. (Where ``fcntl`` is
+missing, on Windows, the lock is not taken.)
+
+A write that SQLite refuses for want of room or permission (a full disk, a file it may not write, an I/O
+error, a lock held too long) is not dropped: the store holds it in memory, up to ``max_held`` writes,
+and retries the held ones, oldest first, before each later write and at :meth:`RunStore.close`; it
+raises :class:`~spectral_edge.errors.StoreWriteError`, which says how many writes are held and how many
+were lost (written neither then nor later, because the buffer was full or close could not write them).
+:meth:`RunStore.backlog` gives the same counts.
+
 Tables:
 
 * ``meta(key, value)``: ``format``, ``schema_version``, ``created`` (ISO 8601, UTC), and the versions of
@@ -32,6 +47,7 @@ is a NaN (an eval value is never ``None``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -40,9 +56,13 @@ import math
 import os
 import platform
 import re
+import socket
 import sqlite3
+import sys
 import threading
 import time
+import weakref
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -53,10 +73,15 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from spectral_edge._imports import require
-from spectral_edge.errors import RunStoreError
+from spectral_edge.errors import RunStoreError, StoreWriteError
 from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
 
-__all__ = ["DB_NAME", "SCHEMA_VERSION", "RunStore", "export_run"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock, so one writer per path is not enforced
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["DB_NAME", "LOCK_SUFFIX", "MAX_HELD", "SCHEMA_VERSION", "RunStore", "StoreBacklog", "export_run"]
 
 _T = TypeVar("_T")
 
@@ -64,6 +89,10 @@ _T = TypeVar("_T")
 DB_NAME = "run.db"
 #: Version of the table layout; a store written with a newer one is refused.
 SCHEMA_VERSION = 1
+#: The writer's lock file is the database's name with this suffix (``run.db.lock``).
+LOCK_SUFFIX = ".lock"
+#: Default of ``RunStore(max_held=...)``: writes held in memory while the disk refuses them.
+MAX_HELD = 1000
 
 _FORMAT = "spectral-edge run"  # meta["format"]: tells a run from any other SQLite file
 _TABLES = ("meta", "config", "records", "events", "evals")
@@ -73,6 +102,48 @@ _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 # Prefixes of the flattened columns (export_run, RunStore.record_arrays); other columns use their name.
 _ARRAY_PREFIX = {"singular_values": "sigma", "ratios": "ratio", "alpha": "alpha", "alpha_half": "alpha_half"}
 _MAPPING_PREFIX = {"groups": "group", "metrics": "metric"}
+# SQLite's primary result codes for a write refused by the disk rather than by the data: BUSY, LOCKED,
+# NOMEM, READONLY, IOERR, FULL, CANTOPEN. Such a write may succeed later, so the store holds and retries it.
+_RETRYABLE_CODES = frozenset({5, 6, 7, 8, 10, 13, 14})
+# Python < 3.11 gives no error code: the messages SQLite has for READONLY, IOERR and FULL.
+_RETRYABLE_MESSAGES = ("readonly database", "disk i/o error", "database or disk is full")
+_RECOVER_HINT = (
+    "restore it from a copy, or save what is still readable with the sqlite3 command-line tool: "
+    "sqlite3 {db} .recover > recovered.sql"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreBacklog:
+    """Writes a run store could not commit: held in memory for retry, or lost for good.
+
+    Attributes:
+        held: kind (``"record"``, ``"event"``, ``"eval"``, ``"array"``) -> writes held and retried.
+        lost: kind -> writes that will not be stored: the buffer of ``max_held`` writes was full when
+            they came, or :meth:`RunStore.close` could not write them either.
+        max_held: the size of that buffer.
+        error: SQLite's last refusal (``None`` if no write failed).
+
+    Example:
+        >>> StoreBacklog(held={"record": 3, "event": 1}, lost={}, max_held=1000).describe()
+        'held for retry: 3 records, 1 event; lost: none'
+    """
+
+    held: Mapping[str, int]
+    lost: Mapping[str, int]
+    max_held: int
+    error: str | None = None
+
+    @property
+    def n_held(self) -> int:
+        return sum(self.held.values())
+
+    @property
+    def n_lost(self) -> int:
+        return sum(self.lost.values())
+
+    def describe(self) -> str:
+        return f"held for retry: {_count_words(self.held)}; lost: {_count_words(self.lost)}"
 
 
 class RunStore:
@@ -80,8 +151,10 @@ class RunStore:
 
     Args:
         path: the run directory (it holds ``run.db``) or the path of the ``.db`` file itself.
-        mode: ``"w"`` creates a new run (the directory too), ``"a"`` appends to an existing run or creates
-            it, ``"r"`` opens an existing run read-only and never creates it.
+        mode: ``"r"`` (default) opens an existing run read-only and never creates anything; ``"w"``
+            creates a new run (the directory too); ``"a"`` appends to an existing run or creates it.
+            ``"w"`` and ``"a"`` take the path's writer lock (see the module's notes): one writer at a
+            time.
         overwrite: with ``mode="w"``, replace an existing run that already holds records (or a database
             that is not a run). Without it, ``"w"`` refuses such a file; a run without records, or an
             empty half-written database, is replaced silently since nothing would be lost.
@@ -93,12 +166,14 @@ class RunStore:
             when it is committed. Reads through this object see every write handed over; another
             connection sees a write once it is committed, normally while the next training step runs,
             and the last one once the store is flushed or closed. The monitor opens its stores this way.
+        max_held: writes held in memory while SQLite refuses them (a full disk, a read-only file) and
+            retried before each later write and at :meth:`close`; further writes are lost, and counted.
 
     Raises:
-        RunStoreError: the run is missing (``"r"``), is not a spectral-edge run or is half-written
-            (created but killed before its tables were), was written by a newer schema, or ``"w"``
-            would overwrite records.
-        ValueError: ``mode`` is not one of ``"w"``, ``"a"``, ``"r"``.
+        RunStoreError: the run is missing (``"r"``), is not a spectral-edge run, is damaged or is
+            half-written (created but killed before its tables were), was written by a newer schema,
+            ``"w"`` would overwrite records, or another writer holds the path (``"w"``, ``"a"``).
+        ValueError: ``mode`` is not one of ``"w"``, ``"a"``, ``"r"``, or ``max_held`` is not an int >= 0.
 
     Every write commits its own transaction, so a reader opened with ``mode="r"`` (in this or another
     process) sees each record as soon as :meth:`add_record` returns (without ``write_behind``). A
@@ -120,17 +195,31 @@ class RunStore:
     def __init__(
         self,
         path: str | os.PathLike[str],
-        mode: Literal["w", "a", "r"] = "a",
+        mode: Literal["w", "a", "r"] = "r",
         *,
         overwrite: bool = False,
         write_behind: bool = False,
+        max_held: int = MAX_HELD,
     ) -> None:
         if mode not in ("w", "a", "r"):
             raise ValueError(f"mode must be 'w' (create), 'a' (append) or 'r' (read-only), got {mode!r}")
+        if not isinstance(max_held, int) or isinstance(max_held, bool) or max_held < 0:
+            raise ValueError(f"max_held must be an int >= 0 (writes held for retry), got {max_held!r}")
         self.path = _db_path(path)
         self.mode = mode
         self.overwrite = overwrite
+        self.max_held = max_held
         self._lock = threading.RLock()
+        # Writes SQLite refused, oldest first, as (kind, write); guarded by _held_lock, which a retry
+        # holds while it writes them so that two threads never write one twice.
+        self._held: deque[tuple[str, Callable[[], None]]] = deque()
+        self._held_lock = threading.RLock()
+        self._lost: Counter[str] = Counter()
+        self._failing = False  # a write failed and none has succeeded since
+        self._lost_this_run = 0  # writes lost since the last success: the first one is reported
+        self._last_error: str | None = None
+        self._close_reported = False
+        self._writer_lock: _WriterLock | None = None
         self._conn: sqlite3.Connection | None = None
         self._column_types: dict[str, dict[str, str]] = {}  # table -> column -> declared type
         # write_behind: one writer thread and the one write handed to it (guarded by _pending_lock, not
@@ -148,12 +237,17 @@ class RunStore:
                 self.close()
                 raise
             return
-        if mode == "w":
-            _clear_for_writing(self.path, overwrite=overwrite)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = _connect(self.path)
         try:
+            # The lock first: a second writer must be refused before it deletes or opens anything.
+            self._writer_lock = _WriterLock(self.path)
+            if mode == "w":
+                _clear_for_writing(self.path, overwrite=overwrite)
+            self._conn = _connect(self.path)
             self._setup_writer()
+        except sqlite3.Error as exc:
+            self.close()
+            raise _read_error(self.path, exc, doing="open for writing") from exc
         except BaseException:
             self.close()
             raise
@@ -182,18 +276,57 @@ class RunStore:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Finish the write in flight, close the database; safe to call twice. Reads and writes
-        afterwards raise RunStoreError. With ``write_behind``, an error of that last write is raised
-        once the database is closed."""
+        """Finish the write in flight, retry the held writes once more, close the database and release
+        the writer lock; safe to call twice. Reads and writes afterwards raise RunStoreError.
+
+        Raises, once the database is closed:
+            StoreWriteError: writes were lost over the store's life, the held ones this last retry could
+                not write included (:meth:`backlog` then gives the final counts); raised by the first
+                close only.
+            Exception: otherwise, with ``write_behind``, the error of the last write.
+        """
+        error: BaseException | None = None
+        lost: StoreWriteError | None = None
         try:
-            self.flush()
+            error = self._finish_pending()
         finally:
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
-            with self._lock:
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
+            try:
+                lost = self._give_up_held()
+            finally:
+                with self._lock:
+                    if self._conn is not None:
+                        self._conn.close()
+                        self._conn = None
+                if self._writer_lock is not None:
+                    self._writer_lock.release()
+                    self._writer_lock = None
+        if lost is not None:
+            raise lost from error
+        if error is not None and not isinstance(error, StoreWriteError):
+            raise error  # a held write's error is settled by the final retry above
+
+    def backlog(self) -> StoreBacklog:
+        """The writes SQLite refused so far: how many are held for retry and how many were lost.
+
+        Example:
+            >>> import tempfile
+            >>> tmp = tempfile.TemporaryDirectory()
+            >>> with RunStore(f"{tmp.name}/run", mode="w") as store:
+            ...     store.add_eval(1, {"loss": 0.5})
+            ...     print(store.backlog().describe())
+            held for retry: none; lost: none
+            >>> tmp.cleanup()
+        """
+        with self._held_lock:
+            return self._backlog_locked()
+
+    def _backlog_locked(self) -> StoreBacklog:
+        held = Counter(kind for kind, _ in self._held)
+        return StoreBacklog(
+            held=dict(held), lost=dict(self._lost), max_held=self.max_held, error=self._last_error
+        )
 
     def flush(self) -> None:
         """Wait until the write handed to the writer thread is committed (``write_behind``), and raise its
@@ -268,14 +401,14 @@ class RunStore:
         if not isinstance(record, SpectralRecord):
             raise TypeError(f"add_record expects a SpectralRecord, got {type(record).__name__}")
         now = time.time() if wall_time is None else float(wall_time)  # when filed, not when committed
-        self._write(lambda: self._insert("records", record, now))
+        self._write(lambda: self._insert("records", record, now), "record")
 
     def add_event(self, event: SpectralEvent, *, wall_time: float | None = None) -> None:
         """Append one event, committed at once (``wall_time`` as in :meth:`add_record`)."""
         if not isinstance(event, SpectralEvent):
             raise TypeError(f"add_event expects a SpectralEvent, got {type(event).__name__}")
         now = time.time() if wall_time is None else float(wall_time)
-        self._write(lambda: self._insert("events", event, now))
+        self._write(lambda: self._insert("events", event, now), "event")
 
     def add_eval(self, step: int, metrics: Mapping[str, float], *, wall_time: float | None = None) -> None:
         """Append evaluation values logged at ``step`` (one row per name), committed as one transaction.
@@ -305,7 +438,7 @@ class RunStore:
             with self._transaction() as conn:
                 conn.executemany("INSERT INTO evals (step, name, value, wall_time) VALUES (?, ?, ?, ?)", rows)
 
-        self._write(insert)
+        self._write(insert, "eval")
 
     def add_array(self, step: int, name: str, values: Any, *, wall_time: float | None = None) -> None:
         """Store a 1-D array under ``name`` at ``step`` (e.g. the σ vector of W_Q at an evaluation).
@@ -329,7 +462,7 @@ class RunStore:
             with self._transaction() as conn:
                 conn.execute("INSERT INTO arrays (step, name, json, wall_time) VALUES (?, ?, ?, ?)", row)
 
-        self._write(insert)
+        self._write(insert, "array")
 
     def arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """name -> (steps int64 (n,), values float64 (n, width)), padded with NaN where widths differ."""
@@ -342,7 +475,7 @@ class RunStore:
         for name, step, payload in rows:
             steps, values = grouped.setdefault(name, ([], []))
             steps.append(step)
-            values.append([float(v) for v in json.loads(payload)])
+            values.append([float(v) for v in self._json(payload, f"the array {name!r} at step {step}")])
         out = {}
         for name, (steps, values) in grouped.items():
             width = max(len(v) for v in values)
@@ -378,16 +511,101 @@ class RunStore:
 
         return self._write_now(delete)
 
-    def _write(self, write: Callable[[], None]) -> None:
+    def _write(self, write: Callable[[], None], kind: str) -> None:
         """Run ``write`` now, or with ``write_behind`` hand it to the writer thread once the previous
-        write has finished; an error of that previous write is raised after this one is handed over."""
+        write has finished; an error of that previous write is raised after this one is handed over.
+        A write SQLite refuses for want of room or permission is held for retry (:meth:`_attempt`)."""
+        attempt = functools.partial(self._attempt, kind, write)
         if self._writer is None:
-            write()
+            attempt()
             return
         self._require_writable()  # a closed or read-only store fails here, not on the writer thread
-        error = self._finish_pending(then=write)
+        error = self._finish_pending(then=attempt)
         if error is not None:
             raise error
+
+    def _attempt(self, kind: str, write: Callable[[], None]) -> None:
+        """Write the held writes, oldest first, then ``write``; hold ``write`` if SQLite refuses it (or
+        if a held one is still refused: writes keep their order), and raise StoreWriteError then."""
+        if self._held and not self._retry_held():
+            raise self._hold(kind, write, None)
+        try:
+            write()
+        except sqlite3.Error as exc:
+            if not _retryable(exc):
+                raise
+            raise self._hold(kind, write, exc) from exc
+        if self._failing:
+            with self._held_lock:
+                self._failing, self._lost_this_run = False, 0
+
+    def _retry_held(self) -> bool:
+        """Write the held writes, oldest first, until SQLite refuses one; True once none is left."""
+        with self._held_lock:
+            while self._held:
+                kind, write = self._held[0]
+                try:
+                    write()
+                except sqlite3.Error as exc:
+                    self._last_error = _sqlite_message(exc)
+                    if _retryable(exc):
+                        return False
+                    self._lost[kind] += 1  # refused for its content now: no retry will store it
+                self._held.popleft()
+            return True
+
+    def _hold(self, kind: str, write: Callable[[], None], exc: sqlite3.Error | None) -> StoreWriteError:
+        """Keep a refused write for retry, or count it lost when ``max_held`` are held already."""
+        with self._held_lock:
+            if exc is not None:
+                self._last_error = _sqlite_message(exc)
+            started, self._failing = not self._failing, True
+            kept = len(self._held) < self.max_held
+            if kept:
+                self._held.append((kind, write))
+            else:
+                self._lost[kind] += 1
+                self._lost_this_run += 1
+            first_loss = not kept and self._lost_this_run == 1
+            backlog = self._backlog_locked()
+        where = f"the run store {self.path} could not commit {_ONE[kind]} ({backlog.error})"
+        fix = f"free disk space, or make {self.path.parent} writable, and the held writes are stored"
+        if kept:
+            message = (
+                f"{where}; it is held in memory and retried before each later write and at close "
+                f"({backlog.describe()}; once {self.max_held} are held, later writes are lost): {fix}"
+            )
+        else:
+            message = (
+                f"{where} and its {self.max_held} held writes fill the buffer, so it is lost "
+                f"({backlog.describe()}): {fix}"
+            )
+        return StoreWriteError(message, backlog=backlog, started=started, first_loss=first_loss)
+
+    def _give_up_held(self) -> StoreWriteError | None:
+        """For close(): retry the held writes once more; those still refused are lost. The error that
+        reports every write lost over the store's life, the first time only."""
+        if self.mode == "r" or self._close_reported:
+            return None
+        self._close_reported = True
+        with self._held_lock:
+            if self._held and self._conn is not None:
+                self._retry_held()
+            for kind, _ in self._held:
+                self._lost[kind] += 1
+            self._held.clear()
+            backlog = self._backlog_locked()
+        if not backlog.n_lost:
+            return None
+        return StoreWriteError(
+            f"the run store {self.path} is closed without storing {_count_words(backlog.lost)}: SQLite refused "
+            f"them ({backlog.error}) and they did not fit the buffer of {self.max_held} held writes, or were "
+            "still refused at close. What was committed before is intact.",
+            backlog=backlog,
+            started=False,
+            first_loss=False,
+            closed=True,
+        )
 
     def _write_now(self, write: Callable[[], _T]) -> _T:
         """Run ``write`` on this thread, in order after the writes handed over before it; an error of
@@ -400,10 +618,24 @@ class RunStore:
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
-        """The connection for a read, after the writes handed over so far are committed."""
+        """The connection for a read, after the writes handed over so far are committed (writes held for
+        retry are not: they are not in the file). An SQLite error is a RunStoreError naming the file."""
         self.flush()
         with self._lock:
-            yield self._require_open()
+            try:
+                yield self._require_open()
+            except sqlite3.Error as exc:
+                raise _read_error(self.path, exc) from exc
+
+    def _json(self, text: str, where: str) -> Any:
+        """``json.loads`` of a stored value; text that does not parse means the file is damaged."""
+        try:
+            return json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise RunStoreError(
+                f"{self.path} is damaged: {where} is not valid JSON ({exc}); "
+                + _RECOVER_HINT.format(db=self.path)
+            ) from exc
 
     def _insert(self, table: str, obj: Any, wall_time: float) -> None:
         self._require_writable()
@@ -449,14 +681,20 @@ class RunStore:
         """The stored configuration (``{}`` when none was written)."""
         with self._reading() as conn:
             row = conn.execute("SELECT json FROM config WHERE id = 1").fetchone()
-        return {} if row is None else _from_json(json.loads(row[0]), arrays=False)
+        return {} if row is None else _from_json(self._json(row[0], "the config"), arrays=False)
 
     def meta(self) -> dict[str, Any]:
         """Format, schema version (an int), creation time and library versions, as stored."""
         with self._reading() as conn:
             rows = conn.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
         out: dict[str, Any] = dict(rows)
-        out["schema_version"] = int(out["schema_version"])
+        try:
+            out["schema_version"] = int(out["schema_version"])
+        except (KeyError, ValueError) as exc:
+            raise RunStoreError(
+                f"{self.path} is damaged: its meta table has no schema version ({exc!r}); "
+                + _RECOVER_HINT.format(db=self.path)
+            ) from exc
         return out
 
     def records(self) -> list[dict[str, Any]]:
@@ -521,6 +759,36 @@ class RunStore:
             for name, (steps, values) in grouped.items()
         }
 
+    def check(self) -> None:
+        """Read the whole store once; raise RunStoreError, naming the file, if any of it is damaged.
+
+        Runs SQLite's ``PRAGMA quick_check`` (every page and cell of every table) and decodes every row,
+        which also finds what quick_check cannot: text that is not UTF-8, JSON cut short. A read of the
+        whole file: about a second per 100 MB. ``spectral-edge watch --once`` runs it.
+
+        Example:
+            >>> import tempfile
+            >>> tmp = tempfile.TemporaryDirectory()
+            >>> with RunStore(f"{tmp.name}/run", mode="w") as store:
+            ...     store.add_eval(1, {"loss": 0.5})
+            >>> with RunStore(f"{tmp.name}/run", mode="r") as store:
+            ...     store.check()
+            >>> tmp.cleanup()
+        """
+        with self._reading() as conn:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise RunStoreError(
+                f"{self.path} is damaged: SQLite's quick_check finds {len(problems)} problem(s), the first: "
+                f"{_one_line(problems[0])}; " + _RECOVER_HINT.format(db=self.path)
+            )
+        self.meta()
+        self.config()
+        self.records()
+        self.events()
+        self.evals()
+        self.arrays()
+
     def _read(self, table: str, sql: str) -> list[dict[str, Any]]:
         with self._reading() as conn:
             # Refreshed on every read: a writer in another process may have added columns.
@@ -531,7 +799,8 @@ class RunStore:
         out = []
         for row in rows:
             raw = dict(zip(names, row, strict=True))
-            nan_fields = set(json.loads(raw["nan_fields"])) if raw.get("nan_fields") else set()
+            where = f"the {table[:-1]} at step {raw.get('step')} (row id {raw.get('id')})"
+            nan_fields = set(self._json(raw["nan_fields"], where)) if raw.get("nan_fields") else set()
             item: dict[str, Any] = {}
             for name in names:
                 value = raw[name]
@@ -540,7 +809,7 @@ class RunStore:
                 if name in nan_fields:
                     value = math.nan
                 elif value is not None and types.get(name) == _JSON_TYPE:
-                    value = _from_json(json.loads(value), arrays=True)
+                    value = _from_json(self._json(value, f"column {name!r} of {where}"), arrays=True)
                 item[name] = value
             out.append(item)
         return out
@@ -633,12 +902,10 @@ def export_run(
                     columns.append((f"{prefix}_{j + 1}", "float", cells))
             else:
                 columns.append((name, kind, values))
-        with store._lock:
-            eval_rows = (
-                store._require_open()
-                .execute("SELECT step, name, value, wall_time FROM evals ORDER BY step, id")
-                .fetchall()
-            )
+        with store._reading() as conn:
+            eval_rows = conn.execute(
+                "SELECT step, name, value, wall_time FROM evals ORDER BY step, id"
+            ).fetchall()
         evals = [
             ("step", "int", [r[0] for r in eval_rows]),
             ("name", "str", [r[1] for r in eval_rows]),
@@ -691,13 +958,153 @@ def _open_readonly(db: Path) -> sqlite3.Connection:
         raise RunStoreError(f"could not open the run store {db} read-only: {exc}") from exc
 
 
+class _WriterLock:
+    """An exclusive ``flock`` on ``<db>.lock``, held while a RunStore may write ``<db>``.
+
+    ``flock`` rather than a file whose existence is the lock: the operating system drops it when the
+    holding process ends, however it ends, so a killed writer never blocks the next one. The lock file
+    stays when released (removing it would race with a process that has just opened it); it holds the
+    holder's pid and host, for the error the next writer gets. A child forked while the lock is held
+    closes its copy (``os.register_at_fork``), so that the lock ends with its holder, not with, say, a
+    DataLoader worker.
+    """
+
+    _live: weakref.WeakSet[_WriterLock] = weakref.WeakSet()
+
+    def __init__(self, db: Path) -> None:
+        self.path = db.with_name(db.name + LOCK_SUFFIX)
+        self.fd: int | None = None
+        if fcntl is None:  # pragma: no cover - Windows
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunStoreError(
+                f"could not open the writer lock {self.path} ({exc}); a run store is written in a "
+                "directory this process may write to: choose another run directory"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise RunStoreError(
+                f"the run store {db} is already open for writing by {holder} (the lock {self.path} is "
+                "held). A run store takes one writer at a time: a second would lose the first one's "
+                "records. Close the other SpectralMonitor or RunStore (or let that process finish), or "
+                "write to another run directory. Reading works meanwhile: RunStore(path, mode='r'), "
+                "spectral-edge summary, watch, report, export"
+            ) from None
+        except OSError as exc:  # a filesystem without flock (ENOLCK): one writer could not be ensured
+            os.close(fd)
+            raise RunStoreError(
+                f"could not lock {self.path} ({exc}); the run store needs a filesystem that supports "
+                "flock: choose a run directory on a local disk"
+            ) from exc
+        with contextlib.suppress(OSError):  # the pid only names the holder: a full disk must not stop it
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        self.fd = fd
+        _WriterLock._live.add(self)
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        _WriterLock._live.discard(self)
+        try:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # no stale pid for a writer that races the next holder
+            fcntl.flock(fd, fcntl.LOCK_UN)  # unlocks a forked child's copy of the descriptor too
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def forget_in_child(cls) -> None:
+        """After fork, in the child: close the inherited descriptors without unlocking (the lock is
+        the parent's), so that the parent's lock does not outlive the parent."""
+        for lock in list(cls._live):
+            fd, lock.fd = lock.fd, None
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        cls._live = weakref.WeakSet()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_WriterLock.forget_in_child)
+
+
+def _lock_holder(fd: int) -> str:
+    """Who holds a writer lock, from the pid and host its holder wrote into the file."""
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+    except OSError:
+        text = []
+    if not text or not text[0].isdigit():
+        return "another writer (its pid is not written yet)"
+    pid = int(text[0])
+    host = text[1] if len(text) > 1 else "?"
+    if pid == os.getpid() and host == socket.gethostname():
+        return f"another SpectralMonitor or RunStore in this process (pid {pid})"
+    return f"process {pid} on host {host}"
+
+
+def _retryable(exc: sqlite3.Error) -> bool:
+    """Whether SQLite refused a write for want of room or permission (it may succeed later), not for
+    what it holds."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _RETRYABLE_CODES
+    if sys.version_info >= (3, 11):  # an error raised without a code (not by SQLite itself)
+        return False
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        m in str(exc).lower() for m in _RETRYABLE_MESSAGES
+    )
+
+
+def _sqlite_message(exc: sqlite3.Error) -> str:
+    name = getattr(exc, "sqlite_errorname", None)
+    return _one_line(str(exc)) + (f", {name}" if name else "")
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """A message on one line, cut at ``limit`` characters (SQLite quotes undecodable text at length)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _read_error(db: Path, exc: sqlite3.Error, *, doing: str = "read") -> RunStoreError:
+    """A RunStoreError naming ``db`` for an SQLite error: not a database, damaged, or another failure."""
+    # Python's UTF-8 error quotes the undecodable text at length: the column is what helps.
+    message = _one_line(str(exc).split(" with text ", 1)[0])
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    if primary == 26 or "file is not a database" in message:  # SQLITE_NOTADB
+        return RunStoreError(f"{db} is not an SQLite database ({message}); expected a spectral-edge run.db")
+    if primary == 11 or "malformed" in message or "Could not decode" in message:  # SQLITE_CORRUPT
+        return RunStoreError(
+            f"{db} is damaged: SQLite cannot {doing} it ({message}); " + _RECOVER_HINT.format(db=db)
+        )
+    return RunStoreError(f"could not {doing} the run store {db}: {_sqlite_message(exc)}")
+
+
+def _count_words(counts: Mapping[str, int]) -> str:
+    """'3 records, 1 event' for {'record': 3, 'event': 1}; 'none' when every count is 0."""
+    words = {"record": "record", "event": "event", "eval": "evaluation", "array": "array"}
+    kinds = [k for k in words if k in counts] + [k for k in counts if k not in words]
+    parts = [f"{counts[k]} {words.get(k, k)}{'' if counts[k] == 1 else 's'}" for k in kinds if counts[k]]
+    return ", ".join(parts) or "none"
+
+
+_ONE = {"record": "a record", "event": "an event", "eval": "an evaluation", "array": "an array"}
+
+
 def _table_names(conn: sqlite3.Connection) -> set[str]:
     try:
         rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     except sqlite3.DatabaseError as exc:
-        raise RunStoreError(
-            f"{_db_of(conn)} is not an SQLite database ({exc}); expected a spectral-edge run.db"
-        ) from exc
+        raise _read_error(Path(_db_of(conn)), exc) from exc
     return {r[0] for r in rows}
 
 
@@ -707,6 +1114,13 @@ def _db_of(conn: sqlite3.Connection) -> str:
 
 
 def _check_schema(conn: sqlite3.Connection, db: Path) -> None:
+    try:
+        _check_tables(conn, db)
+    except sqlite3.Error as exc:
+        raise _read_error(db, exc) from exc
+
+
+def _check_tables(conn: sqlite3.Connection, db: Path) -> None:
     tables = _table_names(conn)
     missing = [t for t in _TABLES if t not in tables]
     if not tables:
@@ -726,7 +1140,14 @@ def _check_schema(conn: sqlite3.Connection, db: Path) -> None:
             f"Expected a {DB_NAME} written by RunStore; it may be half-written or another program's "
             "database. Point at a run directory, or create one with RunStore(path, mode='w')"
         )
-    version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    try:
+        version = int(row[0])
+    except (TypeError, ValueError) as exc:
+        raise RunStoreError(
+            f"{db} is damaged: its meta table holds no schema version ({row!r}); "
+            + _RECOVER_HINT.format(db=db)
+        ) from exc
     if version > SCHEMA_VERSION:
         raise RunStoreError(
             f"{db} has schema version {version}, but this spectral-edge reads up to version "
@@ -744,7 +1165,10 @@ def _clear_for_writing(db: Path, *, overwrite: bool) -> None:
             tables = _table_names(conn)
             if tables:
                 _check_schema(conn, db)  # a foreign database is never removed without overwrite=True
-                n = conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+                try:
+                    n = conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+                except sqlite3.Error as exc:
+                    raise _read_error(db, exc) from exc
                 if n:
                     raise RunStoreError(
                         f"{db} already holds a run with {n} records; mode='w' would erase them. Use "

@@ -154,8 +154,9 @@ def assert_no_nan(rec: SpectralRecord) -> None:
 class ReferenceMonitor:
     """The documented monitor semantics, in float64 on snapshots the test takes itself.
 
-    A non-finite or zero update is not pushed; if the window was full it loses its oldest update. After a
-    non-finite update the next call only takes a new snapshot.
+    A zero update is not pushed; if the window was full it loses its oldest update. A non-finite update
+    empties the window (the next record holds only updates after it), and the next call only takes a new
+    snapshot.
     """
 
     def __init__(self, theta0: np.ndarray, window: int) -> None:
@@ -173,7 +174,9 @@ class ReferenceMonitor:
         full = len(self.rows) == self.window
         if not np.all(np.isfinite(delta)) or not np.any(delta):
             self.needs_snapshot = not np.all(np.isfinite(delta))
-            if full:
+            if self.needs_snapshot:
+                self.rows.clear()
+            elif full:
                 self.rows.pop(0)
             return "nonfinite" if self.needs_snapshot else "zero"
         self.dropped = self.rows.pop(0) if full else None
@@ -519,13 +522,14 @@ def test_nonfinite_update_is_skipped_with_one_event_and_one_warning_and_monitori
     events = [e for e in mon.events if e.kind == "nonfinite_update"]
     assert len(events) == 1 and events[0].step == 7
     assert "NaN or Inf" in events[0].message
-    # The first refusal dropped the oldest update of the full window; the second found it not full.
-    assert mon._win.count == len(ref.rows) == window - 1
+    # Regression: the message says the window restarts, but the window kept its W - 1 older updates and
+    # the first record after the NaN mixed them with new ones. Now it restarts empty.
+    assert mon._win.count == len(ref.rows) == 0
 
     statuses = [advance() for _ in range(8)]
-    assert statuses[:2] == ["snapshot", "record"]
-    assert statuses[2:] == ["record"] * 6
-    assert len(mon.records) == 3 + 7
+    assert statuses[:5] == ["snapshot", "pushed", "pushed", "pushed", "record"]
+    assert statuses[5:] == ["record"] * 3
+    assert len(mon.records) == 3 + 4
 
     # A second burst later gets its own event (the warning is not repeated).
     with warnings.catch_warnings():
@@ -667,7 +671,8 @@ def test_frozen_parameters_are_excluded():
     model.head.bias.requires_grad_(False)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
     mon = SpectralMonitor(model, window=window, lr=0.05, storage_dtype=torch.float64)
-    assert sorted(mon.excluded) == ["encoder.weight", "head.bias"]
+    frozen = "frozen (requires_grad=False)"
+    assert mon.excluded == {"encoder.weight": frozen, "head.bias": frozen}
     names = mon._win.layout.names
     assert set(names) == {"encoder.bias", "hidden.weight", "hidden.bias", "head.weight"}
     assert mon.n_params == 12 + 144 + 12 + 36
@@ -946,3 +951,136 @@ def test_a_failing_store_never_reaches_training(tmp_path):
             mon.step()
         mon.log_eval(3, acc=1.0)
     assert len(mon.records) == 2  # kept in memory
+
+
+_FULL_DISK_TRAINING = """
+import json, os, resource, signal, sys, warnings
+import torch
+from spectral_edge import RunStore, SpectralMonitor, StoreWriteError
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+run, limit, recover = sys.argv[1], sys.argv[2], sys.argv[3] == "recover"
+torch.manual_seed(0)
+p = torch.nn.Parameter(torch.zeros(6))
+mon = SpectralMonitor([p], window=2, store=run, history=50)
+
+
+def train(n):
+    for _ in range(n):
+        with torch.no_grad():
+            p.add_(torch.randn(6))
+        mon.step()
+
+
+train(11)  # 10 records
+mon.store.flush()
+wal = os.path.getsize(os.path.join(run, "run.db-wal"))
+# "full": no file may grow (a full disk); "readonly": no byte may be written at all.
+resource.setrlimit(resource.RLIMIT_FSIZE, (wal if limit == "full" else 0, resource.RLIM_INFINITY))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    train(1100)
+    try:
+        mon.store.flush()  # the last record's write is refused before the limit goes, if it does
+    except StoreWriteError:
+        pass
+    held = mon.store.backlog().n_held
+    if recover:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    report = mon.close()
+print(json.dumps({
+    "warnings": [str(w.message) for w in caught],
+    "events": [(e.step, e.kind, e.message) for e in mon.events],
+    "held_before_close": held,
+    "records_in_memory": len(mon.records),
+    "report": {"held": report.held, "lost": report.lost},
+    "unwritten_is_report": mon.unwritten is report,
+}))
+"""
+
+
+@pytest.mark.parametrize(("limit", "recover"), [("full", "stay"), ("readonly", "stay"), ("full", "recover")])
+def test_a_full_disk_is_reported_honestly_and_never_stops_training(tmp_path, limit, recover):
+    """Regression (issue 14, item 4): on a full disk the monitor's one warning said records "stay in
+    memory" while all but the last `history` were gone, and no event said so. Now the store holds up to
+    1000 refused writes and retries them; an event and a warning come when writes start failing and when
+    they start being lost, with the store's counts, and close() returns what never reached the file.
+
+    RLIMIT_FSIZE makes the kernel refuse the writes (EFBIG), for a non-root and a root user alike: at the
+    WAL's size no file may grow (a full disk); at 0 no byte may be written (a read-only store)."""
+    import json
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    from spectral_edge import RunStore
+
+    pytest.importorskip("resource", reason="RLIMIT_FSIZE is POSIX")
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_TRAINING, str(run), limit, recover],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "default"},
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    store_events = [
+        (step, kind, message) for step, kind, message in out["events"] if kind.startswith("store_")
+    ]
+    assert [kind for _, kind, _ in store_events] == ["store_write_failed", "store_writes_lost"]
+    failed, lost = (message for _, _, message in store_events)
+    assert "held for retry: 1 record; lost: none" in failed and "up to 1000 writes" in failed
+    assert "holds 1000 unwritten writes, its limit" in lost and "lost: 1 " in lost
+    warned = out["warnings"]
+    assert warned[:2] == ["spectral-edge: " + failed, "spectral-edge: " + lost] and len(warned) == 3
+    assert out["held_before_close"] == 1000 and out["records_in_memory"] == 50
+    assert out["unwritten_is_report"] and out["report"]["held"] == {}
+    # Refused: the 1100 records after the limit and every event filed with them (spectral ones too).
+    n_events = sum(step >= 12 for step, _, _ in out["events"])
+    n_lost = sum(out["report"]["lost"].values())
+    if recover == "recover":  # close() wrote the 1000 held writes: only the overflow is lost
+        assert n_lost == 1100 + n_events - 1000
+        assert f"closed without storing {out['report']['lost']['record']} records" in warned[2]
+    else:
+        assert out["report"]["lost"] == {"record": 1100, "event": n_events}
+        assert f"closed without storing 1100 records, {n_events} events" in warned[2]
+    assert "mon.records keeps the latest 50 records" in warned[2]
+
+    conn = sqlite3.connect(f"{(run / 'run.db').as_uri()}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+    with RunStore(run, mode="r") as store:
+        steps = [row["step"] for row in store.records()]
+        assert steps[:10] == list(range(2, 12))  # everything committed before the failure
+        stored_events = len(store.events())
+        if recover == "recover":  # the held ones in the order they were filed
+            assert len(steps) + stored_events == 10 + sum(step < 12 for step, _, _ in out["events"]) + 1000
+            assert steps == sorted(steps) and steps[10] == 12
+        else:
+            assert len(steps) == 10
+
+
+def test_a_second_monitor_on_the_same_store_is_refused_and_the_first_loses_nothing(tmp_path):
+    """Regression (issue 14, item 3): a second SpectralMonitor(store=path) opened before the first had
+    written a record deleted run.db under the first, which wrote on into the deleted file."""
+    from spectral_edge import RunStore
+    from spectral_edge.errors import RunStoreError
+
+    p, q = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
+    first = SpectralMonitor([p], window=2, store=tmp_path / "run")
+    with pytest.raises(
+        RunStoreError, match=r"already open for writing by another SpectralMonitor or RunStore"
+    ):
+        SpectralMonitor([q], window=2, store=tmp_path / "run")
+    for _ in range(37):
+        with torch.no_grad():
+            p.add_(torch.randn(4))
+        first.step()
+    assert first.close().n_lost == 0
+    with RunStore(tmp_path / "run") as store:
+        assert [row["step"] for row in store.records()] == list(range(2, 38))

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import importlib
 import logging
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,9 +90,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     _show_library_messages()
     try:
         return args.handler(args)
-    except (SpectralEdgeError, FileNotFoundError, ValueError) as exc:
-        print(f"spectral-edge {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except (SpectralEdgeError, OSError, ValueError) as exc:
+        message = str(exc)
+    except sqlite3.Error as exc:  # the run store names its file; this is the net under it
+        message = f"could not read {' or '.join(map(str, _paths(args)))}: SQLite error: {exc}"
+    print(f"spectral-edge {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def _paths(args: argparse.Namespace) -> list[Path]:
+    """The paths a command was given (its runs, folder, store), for an error that must name a file."""
+    out: list[Path] = []
+    for name in ("run", "runs", "folder", "store"):
+        value = getattr(args, name, None)
+        out += [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, Path)]
+    return out or [Path(".")]
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -52,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="seconds between polls (default: %(default)s)",
     )
-    parser.add_argument("--once", action="store_true", help="print the current state once and exit")
+    parser.add_argument(
+        "--once", action="store_true", help="check the whole store, print the current state once and exit"
+    )
     parser.add_argument(
         "--timeout",
         type=_positive,
@@ -84,8 +86,9 @@ def watch(
 ) -> int:
     """Poll the run store every ``interval`` seconds and show what is new; returns the exit status.
 
-    ``once`` shows the current state and returns (a missing or foreign run is then an error, a run
-    without records is shown as such). Otherwise it waits for the run store and its records, and stops on
+    ``once`` checks the whole store (:meth:`~spectral_edge.store.RunStore.check`), shows the current
+    state and returns (a missing, foreign or damaged run is then an error, a run without records is
+    shown as such). Otherwise it waits for the run store and its records, and stops on
     Ctrl-C (status 0) or after ``timeout`` seconds (an error if no record was seen by then).
     """
     from spectral_edge.errors import RunStoreError
@@ -94,7 +97,10 @@ def watch(
     stream = stream if stream is not None else sys.stdout
     run = Path(run)
     if once:
-        open_run(run).close()  # the clear errors for a missing path or a directory that is not a run
+        # The clear errors for a missing path or a directory that is not a run, and a read of the whole
+        # store: a script that runs --once learns of damage from the exit status, not from a later summary.
+        with open_run(run) as store:
+            store.check()
     live = not once and bool(getattr(stream, "isatty", lambda: False)())
     follower = _Follower(run)
     plain = _PlainLog(run, stream)
@@ -182,7 +188,9 @@ class _Follower:
             except RunStoreError:
                 if _being_created(self.db):
                     return _State("creating", self.db)
-                raise
+                # The writer commits its whole schema in one transaction, which may have landed between
+                # the two looks: one more open tells a run that has just appeared from a foreign file.
+                self.store = RunStore(self.db, mode="r")
             self.inode = inode
         store = self.store
         n = len(store)

@@ -7,6 +7,7 @@ returns a :class:`~spectral_edge.tracking.record.SpectralRecord` computed from t
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
@@ -20,7 +21,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from spectral_edge.errors import NonFiniteUpdateError, ParameterLayoutError, SpectrumWarning
+from spectral_edge.errors import (
+    NonFiniteUpdateError,
+    ParameterLayoutError,
+    SpectrumWarning,
+    StoreWriteError,
+)
 from spectral_edge.spectrum.null import BBPVariant, bbp_ratio, noise_level_from_spectrum
 from spectral_edge.spectrum.stability import (
     AdiabaticRegimes,
@@ -31,17 +37,21 @@ from spectral_edge.spectrum.stability import (
     stability_coefficients,
 )
 from spectral_edge.spectrum.window import gap_positions, spectrum_from_eigen
-from spectral_edge.tracking._sharing import CountedOnce, count_once
+from spectral_edge.tracking._selection import UNREADABLE, ParameterWatch, Selection
+from spectral_edge.tracking._sharing import CountedOnce
 from spectral_edge.tracking.events import EventDetector, EventThresholds
 from spectral_edge.tracking.record import GroupSpectrum, SpectralEvent, SpectralRecord
 from spectral_edge.tracking.window import ParameterLayout, PushResult, UpdateWindow, check_window
 
 if TYPE_CHECKING:  # sinks are adapters above tracking/: the monitor only calls their methods
     from spectral_edge.sinks.base import Sink
+    from spectral_edge.store import StoreBacklog
 
 logger = logging.getLogger(__name__)
 
-#: Pushes between two checks that the module's parameter set is still the one being monitored.
+#: Pushes between two full re-reads of the parameter set. Every push first runs the cheap check of
+#: :class:`~spectral_edge.tracking._selection.ParameterWatch` (``requires_grad`` flags, parameters per
+#: module); the full re-read also catches what that cannot see, a ``.data`` swapped for another shape.
 LAYOUT_CHECK_EVERY = 50
 
 GroupSpec = str | int | Callable[[str], str] | Mapping[str, Sequence[str]] | None
@@ -87,15 +97,61 @@ def group_function(groups: GroupSpec) -> Callable[[str], str]:
     )
 
 
+def _contains_warnings(method: Callable[..., Any]) -> Callable[..., Any]:
+    """No warning escapes ``method`` into the training loop that called it, whatever the filters.
+
+    Under ``python -W error`` (or pytest's ``filterwarnings = error``) a warning is an exception: one NaN
+    update's SpectrumWarning crashed the training run, and a warning deep in a push (numpy, torch) aborted
+    the record half-way. While a filter says "error", the warnings of ``method`` are recorded, so that it
+    runs to the end, and re-issued after it under the caller's filters; one that the filters turn into an
+    error is logged through the ``spectral_edge`` logger instead. Exceptions (``strict=True``) still raise.
+    """
+
+    @functools.wraps(method)
+    def contained(self: SpectralMonitor, *args: Any, **kwargs: Any) -> Any:
+        if not any(f[0] == "error" for f in warnings.filters):
+            return method(self, *args, **kwargs)  # no warning can raise: no global state to touch
+        caught: list[warnings.WarningMessage] = []
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                return method(self, *args, **kwargs)
+        finally:
+            for w in caught:
+                _reissue(w, self._warning_registry)
+
+    return contained
+
+
+def _reissue(w: warnings.WarningMessage, registry: dict[Any, Any]) -> None:
+    """Show a recorded warning under the current filters; log it if they make it an exception."""
+    try:
+        warnings.warn_explicit(
+            w.message, w.category, w.filename, w.lineno, registry=registry, source=w.source
+        )
+    except Exception:
+        logger.warning(
+            "%s: %s (%s:%s; logged because the warning filters turn it into an error)",
+            w.category.__name__,
+            w.message,
+            w.filename,
+            w.lineno,
+        )
+
+
 class SpectralMonitor:
     """Watches the spectrum of the last W parameter updates while a model trains.
 
     Call :meth:`step` right after each ``optimizer.step()`` (or :meth:`attach` it to the optimizer). The
     monitor snapshots the trainable parameters when it is constructed; each step takes the update since
-    the previous snapshot. Frozen parameters (``requires_grad=False``) are left out and listed in
-    :attr:`excluded`. A tensor reached under several names or through views of one memory (a tied
-    embedding, ``[W, W.view(-1)]``) is monitored once: :attr:`merged` maps each name left out to the
-    name kept, and the run store's config holds it. A tensor that shares only part of its memory with a
+    the previous snapshot. Every tensor left out is in :attr:`excluded` (name → reason): frozen
+    (``requires_grad=False``) and non-floating ones with an info log, complex ones, and ones on the meta
+    device or otherwise holding no data with one warning (a model whose trainable parameters all hold no
+    data is an error). The set is checked at every step for the cost of a flag check: a parameter
+    unfrozen, frozen, added, replaced or removed mid-run restarts the window on the new set at once, with
+    one warning and one ``parameters_changed`` event. A tensor reached under several names or through
+    views of one memory (a tied embedding, ``[W, W.view(-1)]``) is monitored once: :attr:`merged` maps
+    each name left out to the name kept, and the run store's config holds it. A tensor that shares only part of its memory with a
     larger one is left out with a warning, its other elements unmonitored (:attr:`partially_merged`).
 
     Args:
@@ -103,14 +159,25 @@ class SpectralMonitor:
         window: W ≥ 2, updates per window (the paper uses 10).
         interval: take updates between snapshots this many steps apart (the paper's windows over
             checkpoints 200 steps apart use interval=200); records come every ``interval`` steps.
-        lr: learning rate η for 𝒜: a float, the optimizer (its first param group's ``lr`` is read at each
-            record), a zero-argument callable, or None (𝒜 and the regime are then not computed).
+        lr: learning rate η for 𝒜 = ‖ΔC‖_F/(η g²): a float, a zero-argument callable, the optimizer (read at
+            each record), or None: then the optimizer given to :meth:`attach`, if any, else 𝒜 and the
+            regime are not computed. With several parameter groups η is their rates weighted by each
+            group's share of the monitored scalars, η = Σ_g n_g η_g / Σ_g n_g, with one warning naming the
+            rates when they differ. ΔC sums over the monitored coordinates, each moved at its group's rate,
+            so this is the rate per coordinate averaged over them: the η of a one-rate optimizer taking steps
+            of the same mean size (for gradients of comparable size). It equals η for one group and follows
+            the groups' sizes continuously, where "the rate of the largest group" jumps as sizes cross, and
+            a small group at another rate (biases, norms) moves it little. A group at lr 0 is left out (its
+            parameters do not move), with one warning; with every group at 0, 𝒜 is None (one warning).
         groups: how to split the parameters into groups with their own Gram (see :func:`group_function`);
             group Grams come from the same pass and sum to the total.
         store: a run directory (str/Path, created; an error if it already holds records) or a
             :class:`~spectral_edge.store.RunStore` (open it with ``mode="a"`` to resume a run). A store
             the monitor opens from a path commits on a writer thread (``write_behind``, one record in
-            flight at most) unless ``strict``, so that training does not wait for SQLite.
+            flight at most) unless ``strict``, so that training does not wait for SQLite. A path that
+            another writer holds is an error (one writer per store). Writes the disk refuses are held
+            and retried by the store; an event and a warning give the counts, and :meth:`close` returns
+            what was lost.
         storage_dtype: torch.float32 (default), torch.bfloat16 (half the memory) or torch.float64.
         storage_device: where the W × P window lives; default the parameters' device.
         k95_threshold: cumulative-variance threshold of K_95 (Def 7.1).
@@ -120,7 +187,9 @@ class SpectralMonitor:
         events: thresholds of the event detectors.
         bbp_variant: "PW" or "P(W-1)" in d_crit (Prop 4.1).
         strict: raise on a non-finite update, a changed parameter set or an internal error instead of
-            warning and carrying on.
+            warning and carrying on. Either way no warning escapes :meth:`step`, the :meth:`attach` hook,
+            :meth:`log_metrics`, :meth:`log_eval` or :meth:`close`, whatever the warning filters: under
+            ``-W error`` the monitor's warnings go to the ``spectral_edge`` logger instead.
         history: records kept in memory (:attr:`records`); the run store keeps all of them.
         chunk_size: elements per chunk of the push loop (see :class:`UpdateWindow`).
         threads: host threads sharing a torch-path push when the window is on the CPU (see
@@ -221,21 +290,19 @@ class SpectralMonitor:
 
         self._module = model_or_params if isinstance(model_or_params, torch.nn.Module) else None
         self._group_of = group_function(groups)
-        sharing, self.excluded = _trainable_named_tensors(model_or_params)
+        self._watch = ParameterWatch(model_or_params)
+        selection = self._watch.selection
+        sharing = selection.sharing
+        self.excluded: dict[str, str] = dict(selection.excluded)  # name -> why it is not monitored
         self.merged, self.partially_merged = sharing.merged, sharing.partial
-        if sharing.partial:
-            warnings.warn(_partial_message(sharing), SpectrumWarning, stacklevel=2)
         named = sharing.named
         if not named:
-            raise ValueError(
-                "nothing to monitor: no trainable parameters (all have requires_grad=False, or none were passed)"
-            )
-        if self.excluded:
-            logger.info(
-                "spectral-edge: %d frozen parameter tensors are not monitored: %s",
-                len(self.excluded),
-                ", ".join(self.excluded[:10]),
-            )
+            raise ValueError(_nothing_to_monitor(selection))
+        if sharing.partial:
+            warnings.warn(_partial_message(sharing), SpectrumWarning, stacklevel=2)
+        notice = _exclusion_notice(selection, {})
+        if notice:
+            warnings.warn("spectral-edge: " + notice, SpectrumWarning, stacklevel=2)
         devices = {t.device for _, t in named}
         if len(devices) > 1 and storage_device is None:
             raise ValueError(
@@ -259,9 +326,16 @@ class SpectralMonitor:
         self.events: list[SpectralEvent] = []
         self.detector = EventDetector(self.event_thresholds, self.regimes)
         self._hook_handle: Any = None
+        self._hook_optimizer: torch.optim.Optimizer | None = None  # attach()'s: the rate when lr is None
+        self._in_hook = False
+        self._hook_ran = False  # the hook took an update that no call of the user's has followed yet
+        self._hook_record: SpectralRecord | None = None
+        self._paused = False  # no parameter left to monitor: wait until one is trainable again
+        self._warning_registry: dict[Any, Any] = {}  # "default"-action bookkeeping of re-issued warnings
 
         self._user_config = dict(config or {})
         self._owns_store = isinstance(store, (str, Path))  # close() closes only a store it opened
+        self.unwritten: StoreBacklog | None = None  # set by close(): what the run store could not write
         self.store = _open_store(store, write_behind=not strict)
         self._save_config()
         # Registered last, once nothing above can fail; removed by close() or when the monitor is freed.
@@ -285,6 +359,8 @@ class SpectralMonitor:
         Pass it to :class:`~spectral_edge.curvature.HessianOperator` so that H's coordinates line up with
         :meth:`principal_directions`.
         """
+        if self._paused:
+            return []
         return list(zip(self._win.layout.names, self._tensors, strict=True))
 
     def principal_directions(self, k: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
@@ -302,10 +378,12 @@ class SpectralMonitor:
             if isinstance(self.lr, (int, float))
             else type(self.lr).__name__
             if self.lr
+            else f"{type(self._hook_optimizer).__name__} (attach)"
+            if self._hook_optimizer is not None
             else None,
             "n_params": layout.n_params,
             "groups": layout.group_sizes(),
-            "excluded": list(self.excluded),
+            "excluded": dict(self.excluded),  # name -> why it is not monitored
             "merged": dict(self.merged),
             "partially_merged": dict(self.partially_merged),
             "storage_dtype": str(self.storage_dtype),
@@ -321,11 +399,13 @@ class SpectralMonitor:
             "strict": self.strict,
         }
 
+    @_contains_warnings
     def step(self, *, step: int | None = None, **metrics: float) -> SpectralRecord | None:
         """Take the update since the last snapshot; return a record once the window is full.
 
         Call right after ``optimizer.step()``. With ``interval=n`` only every n-th call takes an update
-        (the others return None and their metrics are dropped).
+        (the others return None and their metrics are dropped). After :meth:`attach` the hook calls it:
+        a call of yours after the hook's takes no update, warns once, and returns the hook's record.
 
         Args:
             step: the global step to file the record under; default the monitor's own count of calls.
@@ -334,6 +414,8 @@ class SpectralMonitor:
         Returns:
             The :class:`SpectralRecord`, or None (window not full yet, between intervals, or a skipped update).
         """
+        if self._hook_ran and not self._in_hook:
+            return self._second_call(metrics)
         self.step_count = int(step) if step is not None else self.step_count + 1
         self._calls_since_push += 1
         if self._calls_since_push < self.interval:
@@ -355,6 +437,7 @@ class SpectralMonitor:
             )
             return None
 
+    @_contains_warnings
     def log_metrics(self, **metrics: float) -> None:
         """Metrics to attach to the next record (for use with :meth:`attach`, where step() takes none).
 
@@ -364,6 +447,7 @@ class SpectralMonitor:
             "log_metrics", lambda: self._pending_metrics.update({k: float(v) for k, v in metrics.items()})
         )
 
+    @_contains_warnings
     def log_eval(self, step: int | None = None, **metrics: float) -> None:
         """Record evaluation metrics (test loss, accuracy, ...) at ``step`` in the run store and the sinks."""
         self._guarded(
@@ -376,20 +460,65 @@ class SpectralMonitor:
     def attach(self, optimizer: torch.optim.Optimizer) -> Any:
         """Call :meth:`step` automatically after every ``optimizer.step()`` (a step post-hook).
 
+        Do not call :meth:`step` yourself as well: pass metrics with :meth:`log_metrics` before
+        ``optimizer.step()``. With ``lr=None`` the monitor reads η for 𝒜 from ``optimizer``.
+
         Returns:
             The hook handle; ``handle.remove()`` (or :meth:`detach`) stops monitoring.
         """
         self.detach()
-        self._hook_handle = optimizer.register_step_post_hook(lambda opt, args, kwargs: self.step())
+        self._hook_optimizer = optimizer
+        self._hook_handle = optimizer.register_step_post_hook(lambda opt, args, kwargs: self._hook_step())
+        if self.lr is None:  # the config now names the rate's source
+            self._guarded("the run store", self._save_config)
         return self._hook_handle
 
     def detach(self) -> None:
         if self._hook_handle is not None:
             self._hook_handle.remove()
             self._hook_handle = None
+        self._hook_optimizer = None
+        self._hook_ran = False
 
-    def close(self) -> None:
-        """Detach, close the sinks, and close the run store if the monitor opened it from a path."""
+    def _hook_step(self) -> None:
+        self._in_hook = True
+        try:
+            self._hook_record = self.step()
+        finally:
+            self._in_hook = False
+        self._hook_ran = True
+
+    def _second_call(self, metrics: dict[str, float]) -> SpectralRecord | None:
+        """A call of the user's after the hook already took this step's update: name it, take nothing.
+
+        Taken as a step it would push a zero update (nothing moved since the hook's snapshot), return None
+        every time and warn about gradient accumulation.
+        """
+        self._hook_ran = False
+        lost = (
+            f" Its metrics ({', '.join(sorted(metrics))}) were not recorded: pass them with log_metrics() "
+            "before optimizer.step()."
+            if metrics
+            else ""
+        )
+        self._warn_once(
+            "second_call",
+            f"spectral-edge: step() was called by the optimizer hook and again by you at step "
+            f"{self.step_count}; with attach() do not call step() yourself. Your call took no update and "
+            f"returned the hook's record.{lost}",
+        )
+        return self._hook_record
+
+    @_contains_warnings
+    def close(self) -> StoreBacklog | None:
+        """Detach, close the sinks, and close the run store if the monitor opened it from a path.
+
+        Returns:
+            What the run store could not write, also kept as :attr:`unwritten`: a
+            :class:`~spectral_edge.store.StoreBacklog` whose ``lost`` counts the records, events and
+            evaluations that never reached the file (a warning says so too; ``held`` counts those a store
+            the monitor did not open still holds for retry), or None without a run store.
+        """
         self.detach()
         _remove_handles(self._registry_hooks)
         try:
@@ -397,8 +526,12 @@ class SpectralMonitor:
                 self._guarded(_sink_name(sink), sink.close)
         finally:  # strict mode raises a sink's error, but the store is closed all the same
             if self.store is not None and self._owns_store:
-                # Closing commits the last record; its error, if any, is a warning outside strict mode.
+                # Closing commits the last record and retries the held ones; what it could not write is a
+                # warning outside strict mode.
                 self._guarded("the run store", self.store.close)
+            backlog = getattr(self.store, "backlog", None)
+            self.unwritten = backlog() if callable(backlog) else None
+        return self.unwritten
 
     def __enter__(self) -> SpectralMonitor:
         return self
@@ -445,6 +578,7 @@ class SpectralMonitor:
         )
         self._tensors = [named[i][1] for i in order]
         self._ids = [id(t) for t in self._tensors]
+        self._numel_of = {id(t): t.numel() for t in self._tensors}  # weights of the groups' rates
         self._win = UpdateWindow(
             layout,
             window=self.window,
@@ -457,15 +591,19 @@ class SpectralMonitor:
         self._win.snapshot(self._tensors)
 
     def _step(self, metrics: dict[str, float]) -> SpectralRecord | None:
-        # Walking the module tree costs ~0.1 ms, too much for every step. Registering a parameter or a
-        # submodule anywhere sets _registry_changed (global torch hooks), which triggers the walk at the
-        # next push; deletions, which no hook sees, are caught by the walk every LAYOUT_CHECK_EVERY pushes.
+        # A full re-read of the parameter set costs ~1 ms, too much for every step. ParameterWatch's check
+        # (requires_grad flags and how many parameters each module holds, ~23 µs for 200 tensors) runs at
+        # every push, since requires_grad_() and deletions fire no hook: a layer unfrozen mid-run was left
+        # out of up to 49 records. It, torch's registration hooks (additions, replacements:
+        # _registry_changed) and every LAYOUT_CHECK_EVERY-th push (a .data of another shape) trigger it.
         self._pushes_since_check += 1
-        if self._registry_changed or self._pushes_since_check >= LAYOUT_CHECK_EVERY:
+        if self._registry_changed or self._pushes_since_check >= LAYOUT_CHECK_EVERY or self._watch.stale():
             self._registry_changed = False
             self._pushes_since_check = 0
             if self._layout_changed():
                 return None
+        if self._paused:
+            return None
         if self._needs_snapshot:
             self._win.snapshot(self._tensors)
             self._needs_snapshot = False
@@ -555,28 +693,79 @@ class SpectralMonitor:
         )
 
     def _current_lr(self) -> float | None:
-        lr = self.lr
+        lr = self.lr if self.lr is not None else self._hook_optimizer
         if lr is None:
             return None
         if isinstance(lr, torch.optim.Optimizer):
-            value = lr.param_groups[0]["lr"]
-        elif callable(lr):
-            value = lr()
-        else:
-            value = lr
-        if value is None:  # a callable (or a scheduler-managed group) with no rate yet: no 𝒜 this record
+            return self._optimizer_lr(lr)
+        value = lr() if callable(lr) else lr
+        if value is None:  # a callable with no rate yet: no 𝒜 this record
             return None
         value = float(value.item() if isinstance(value, torch.Tensor) else value)
         return value if math.isfinite(value) and value > 0 else None
 
+    def _optimizer_lr(self, optimizer: torch.optim.Optimizer) -> float | None:
+        """η for 𝒜 from the optimizer's groups: their rates weighted by their monitored scalars (see ``lr``)."""
+        numel = self._numel_of
+        seen: set[int] = set()
+        shares = []  # (group index, rate, monitored scalars in it)
+        for i, group in enumerate(optimizer.param_groups):
+            n = 0
+            for p in group["params"]:
+                if id(p) in numel and id(p) not in seen:  # a tensor in two groups counts once
+                    seen.add(id(p))
+                    n += numel[id(p)]
+            shares.append((i, _rate(group.get("lr")), n))
+        if not seen:  # the optimizer holds none of the monitored tensors (copies?): weigh by group sizes
+            self._warn_once(
+                "lr_unmatched",
+                "spectral-edge: lr=optimizer holds none of the monitored parameters; η for 𝒜 weighs its "
+                "groups' rates by the groups' own sizes",
+            )
+            groups = optimizer.param_groups
+            shares = [(i, r, sum(p.numel() for p in groups[i]["params"])) for i, r, _ in shares]
+        # A group without a rate yet (None, NaN: a scheduler that has not set it) counts as no group.
+        shares = [(i, r, n) for i, r, n in shares if n > 0 and r is not None]
+        live = [(i, r, n) for i, r, n in shares if r > 0]
+        idle = [(i, r, n) for i, r, n in shares if r <= 0]
+        step = self.step_count
+        if not live:
+            if idle:
+                self._warn_once(
+                    "lr_all_zero",
+                    f"spectral-edge: every parameter group of the optimizer has lr 0 at step {step}: "
+                    "𝒜 = ‖ΔC‖_F/(η g²) is undefined at η = 0, so records have 𝒜 = None and no regime while "
+                    "the rates stay 0",
+                )
+            return None
+        if idle:
+            self._warn_once(
+                "lr_zero_group",
+                f"spectral-edge: the optimizer has parameter groups at lr 0 at step {step} "
+                f"({_groups_text(idle)}); they are left out of η for 𝒜 (their parameters do not move) "
+                "while at 0",
+            )
+        eta = sum(r * n for _, r, n in live) / sum(n for _, _, n in live)
+        if len({r for _, r, _ in live}) > 1:
+            self._warn_once(
+                "lr_groups_differ",
+                f"spectral-edge: the optimizer's parameter groups have different learning rates "
+                f"({_groups_text(live)}); η for 𝒜 is their mean weighted by monitored scalars, "
+                f"{eta:.6g} at step {step} (see SpectralMonitor's lr argument)",
+            )
+        return eta
+
     def _skipped(self, pushed: PushResult) -> None:
         kind = pushed.status
         if kind == "nonfinite":
-            # θ_prev now holds the non-finite parameters: take a fresh snapshot before the next update.
+            # θ_prev now holds the non-finite parameters: take a fresh snapshot before the next update. The
+            # updates before it go too: a record mixing them with later ones would span the divergence.
+            self._win.reset()
             self._needs_snapshot = True
             message = (
                 f"update at step {self.step_count} holds NaN or Inf (‖δ‖ = {pushed.update_norm}); it was "
-                "skipped and the window restarts from the next finite snapshot"
+                "skipped and the window restarts: the next record holds only updates after the next finite "
+                "snapshot"
             )
             if self.strict:
                 raise NonFiniteUpdateError(message + ". Training diverged or a parameter overflowed.")
@@ -593,34 +782,54 @@ class SpectralMonitor:
             self._warn_once(event_kind, "spectral-edge: " + message)
 
     def _layout_changed(self) -> bool:
-        if self._module is not None:
-            sharing, excluded = _trainable_named_tensors(self._module)
-            named = sharing.named
-            current = [id(t) for _, t in named]
-            changed = sorted(current) != sorted(self._ids)
-        else:  # a list or mapping of tensors: the same tensors, possibly reshaped
-            named, excluded = list(zip(self._win.layout.names, self._tensors, strict=True)), self.excluded
-            sharing = CountedOnce(named=named, merged=self.merged, partial=self.partially_merged)
-            changed = False
-        changed = changed or any(
-            tuple(t.shape) != s for t, s in zip(self._tensors, self._win.layout.shapes, strict=True)
+        """Re-read the parameter set; if it changed, restart the window on the new set (one warning, one
+        event per change). Also refreshes :attr:`excluded` when only the tensors left out changed."""
+        before = self.excluded
+        selection = self._watch.read()
+        sharing = selection.sharing
+        named = sharing.named
+        old = {} if self._paused else dict(zip(self._win.layout.names, self._tensors, strict=True))
+        shapes = (
+            {} if self._paused else dict(zip(self._win.layout.names, self._win.layout.shapes, strict=True))
         )
+        changed = sorted(id(t) for _, t in named) != sorted(self._ids) or any(
+            tuple(t.shape) != shapes[n] for n, t in old.items()
+        )
+        notice = _exclusion_notice(selection, before)
         if not changed:
+            if selection.excluded != before:  # only tensors left out came or went
+                self.excluded = dict(selection.excluded)
+                if notice:
+                    self._warn_once("excluded:" + notice, "spectral-edge: " + notice)
+                self._save_config()
             return False
-        message = (
-            f"the monitored parameters changed at step {self.step_count} (added, removed, replaced or "
-            "reshaped); the window restarts on the new set. Create the monitor after the model is final, "
-            "or a new monitor after changing it."
-        )
+        what = _describe_change(old, shapes, named, selection, before, sharing.merged)
+        if named:
+            size = sum(t.numel() for _, t in named)
+            outcome = (
+                f"The window restarts on the new set ({size:,} scalars in {len(named)} tensors): the next "
+                "record holds only updates from here on."
+            )
+        else:
+            outcome = "No parameter is left to monitor: monitoring pauses until one is trainable again."
+        message = f"the monitored parameters changed at step {self.step_count}: {what}. {outcome}"
         if self.strict:
             raise ParameterLayoutError(message)
-        self.excluded = excluded
+        self.excluded = dict(selection.excluded)
         self.merged, self.partially_merged = sharing.merged, sharing.partial
         if sharing.partial:
             self._warn_once("partially_merged", _partial_message(sharing))
-        self._build_window(named)
+        if named:
+            self._build_window(named)
+            self._needs_snapshot = self._paused = False
+        else:
+            self._win.reset()
+            self._ids, self._paused = [], True
         self._emit([SpectralEvent(step=self.step_count, kind="parameters_changed", message=message)])
-        self._warn_once("parameters_changed", "spectral-edge: " + message)
+        # One warning per distinct change: freezing and unfreezing a layer each warn once, not every time.
+        self._warn_once(
+            f"parameters_changed:{what}", "spectral-edge: " + message + (" " + notice if notice else "")
+        )
         self._save_config()
         return True
 
@@ -646,14 +855,52 @@ class SpectralMonitor:
         """Run ``action``; outside strict mode a failure is one warning, never an exception into training."""
         try:
             action()
+        except StoreWriteError as exc:  # the store holds the write for retry, or counts it lost
+            if self.strict:
+                raise
+            self._store_failed(exc)
         except Exception as exc:
             if self.strict:
                 raise
             self._warn_once(
                 f"{what}:{type(exc).__name__}",
-                f"spectral-edge: {what} failed ({exc!r}); training continues and records stay in memory "
-                "(mon.records, mon.events). Pass strict=True to raise instead.",
+                f"spectral-edge: {what} failed ({exc!r}); training continues. In memory, mon.records keeps "
+                f"the latest {self.records.maxlen} records and mon.events every event. Pass strict=True to "
+                "raise instead.",
             )
+
+    def _store_failed(self, exc: StoreWriteError) -> None:
+        """The run store refused a write: an event and a warning with the store's counts when writes start
+        failing and when the first is lost, not one per step (the store raises at every refused write)."""
+        backlog, where = exc.backlog, getattr(self.store, "path", "the run store")
+        kept = f"mon.records keeps the latest {self.records.maxlen} records in memory whatever happens"
+        if exc.closed:  # the store is closed: no event can reach it
+            warnings.warn(
+                f"spectral-edge: {exc} {kept}; SpectralMonitor.unwritten has the counts.",
+                SpectrumWarning,
+                stacklevel=4,
+            )
+            return
+        if exc.started:
+            kind = "store_write_failed"
+            message = (
+                f"the run store {where} refuses writes ({backlog.error}; noticed at step {self.step_count}). "
+                f"The store holds what it could not write in memory, up to {backlog.max_held} writes, and "
+                "retries them before each later write and at close; beyond that they are lost. Now "
+                f"{backlog.describe()}. Free disk space and they are written; {kept}."
+            )
+        elif exc.first_loss:
+            kind = "store_writes_lost"
+            message = (
+                f"the run store {where} holds {backlog.max_held} unwritten writes, its limit, so records are "
+                f"being lost (noticed at step {self.step_count}; {backlog.describe()}). Free disk space and "
+                f"the held ones are written; {kept}."
+            )
+        else:
+            return
+        warnings.warn("spectral-edge: " + message, SpectrumWarning, stacklevel=4)
+        # Its own write may be refused too: it is then held like the rest, and raises nothing new here.
+        self._emit([SpectralEvent(step=self.step_count, kind=kind, message=message)])
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -697,41 +944,89 @@ def _watch_registrations(monitor: SpectralMonitor) -> list[Any]:
     ]
 
 
-def _trainable_named_tensors(source: Any) -> tuple[CountedOnce, list[str]]:
-    """What requires grad, each tensor once, and the names left out as frozen.
+def _rate(value: Any) -> float | None:
+    """A parameter group's ``lr`` as a float; None when it has none yet (None, NaN or Inf)."""
+    if value is None:
+        return None
+    value = float(value.item() if isinstance(value, torch.Tensor) else value)
+    return value if math.isfinite(value) else None
 
-    A tensor reached under several names (a tied embedding: ``lm_head.weight`` is ``embed.weight``) or
-    through views of one memory (``[W, W.view(-1)]``) is monitored once, under the first name of the
-    largest; the others are in ``.merged`` (see :mod:`spectral_edge.tracking._sharing`). Counting both
-    would put W's update into the window twice (its block of G doubled, σ up to √2 too large).
-    """
-    if isinstance(source, torch.nn.Module):
-        # Every name, duplicates included, so that tied names are reported as merged, not silently lost.
-        items = list(source.named_parameters(remove_duplicate=False))
-    elif isinstance(source, Mapping):
-        items = list(source.items())
-    else:
-        items = []
-        for i, item in enumerate(source):
-            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
-                items.append(item)
-            elif isinstance(item, torch.Tensor):
-                items.append((f"param_{i}", item))
+
+def _groups_text(shares: list[tuple[int, float, int]]) -> str:
+    """``group 0: lr 0.1 over 1,234 monitored scalars, ...`` for a warning."""
+    return ", ".join(f"group {i}: lr {r:g} over {n:,} monitored scalars" for i, r, n in shares)
+
+
+def _names_text(items: list[str], limit: int = 8) -> str:
+    more = f", and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _nothing_to_monitor(selection: Selection) -> str:
+    """The construction error when no tensor can be monitored: what was found, why each is out, the fix."""
+    excluded = list(selection.excluded)
+    unreadable = [n for n in excluded if selection.kinds[n] in UNREADABLE]
+    if unreadable:
+        listed = selection.describe(unreadable)
+        return f"cannot monitor this model: its parameters hold no data to read: {listed}"
+    if not excluded:
+        return "nothing to monitor: no parameters were passed"
+    listed = selection.describe(excluded)
+    return f"nothing to monitor: no trainable floating-point parameters; left out: {listed}"
+
+
+def _exclusion_notice(selection: Selection, before: Mapping[str, str]) -> str | None:
+    """Log the tensors newly left out for an expected reason (frozen, non-floating) at info level; return
+    the warning for the others (complex, meta, no data), or None."""
+    new = [n for n, reason in selection.excluded.items() if before.get(n) != reason]
+    if not new:
+        return None
+    unexpected = selection.unexpected()
+    expected = [n for n in new if n not in unexpected]
+    if expected:
+        logger.info(
+            "spectral-edge: %d parameter tensors are not monitored: %s",
+            len(expected),
+            _names_text([f"{n} ({selection.excluded[n]})" for n in expected], limit=10),
+        )
+    odd = [n for n in new if n in unexpected]
+    if not odd:
+        return None
+    return (
+        f"{len(odd)} parameter tensor{'s are' if len(odd) > 1 else ' is'} not monitored: "
+        f"{selection.describe(odd)}. mon.excluded lists every tensor left out and why."
+    )
+
+
+def _describe_change(
+    old: Mapping[str, torch.Tensor],
+    old_shapes: Mapping[str, tuple[int, ...]],
+    named: list[tuple[str, torch.Tensor]],
+    selection: Selection,
+    before: Mapping[str, str],
+    merged: Mapping[str, str],
+) -> str:
+    """What changed in the monitored set, by name: ``a now monitored (was frozen ...); b left out (...)``."""
+    new = dict(named)
+    parts = []
+    for name, t in named:
+        if name not in old:
+            was = before.get(name)
+            parts.append(f"{name} now monitored" + (f" (was {was})" if was else " (new)"))
+        elif t is not old[name]:
+            parts.append(f"{name} replaced by another tensor")
+        elif tuple(t.shape) != old_shapes[name]:
+            parts.append(f"{name} reshaped from {old_shapes[name]} to {tuple(t.shape)}")
+    for name in old:
+        if name not in new:
+            if name in selection.excluded:
+                why = selection.excluded[name]
+            elif name in merged:
+                why = f"shares its memory with {merged[name]}"
             else:
-                raise TypeError(
-                    f"cannot monitor item {i} of type {type(item).__name__}: pass tensors or (name, tensor)"
-                )
-    named, frozen = [], []
-    for name, tensor in items:
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"parameter {name!r} is a {type(tensor).__name__}, not a tensor")
-        if not tensor.is_floating_point():
-            frozen.append(name)
-        elif isinstance(tensor, torch.nn.Parameter) and not tensor.requires_grad:
-            frozen.append(name)
-        else:
-            named.append((name, tensor))
-    return count_once(named), frozen
+                why = "no longer in the model"
+            parts.append(f"{name} left out ({why})")
+    return "; ".join(parts[:8]) + (f"; and {len(parts) - 8} more" if len(parts) > 8 else "") or "reordered"
 
 
 def _partial_message(sharing: CountedOnce) -> str:

@@ -22,6 +22,8 @@ EVENT_KINDS = (
     "nonfinite_update",  # an update held NaN or Inf and was skipped
     "zero_update",  # the parameters did not move since the last snapshot; nothing was pushed
     "parameters_changed",  # parameters were added, removed or reshaped; the window restarted
+    "store_write_failed",  # the run store refused a write; it holds such writes in memory for retry
+    "store_writes_lost",  # the run store's buffer of held writes is full: writes are being lost
 )
 
 #: The adiabatic regimes, from slow to fast change (Prop 34.3); ``log_scalars`` logs a regime as its index.
