@@ -139,7 +139,9 @@ def test_offline_analysis_reads_as_the_online_monitor(kernel, tmp_path):
         lam_on, lam_off = np.square(on.singular_values), np.square(off.singular_values)
         np.testing.assert_allclose(lam_off, lam_on, rtol=0, atol=1e-14 * lam_on[0])
         assert off.k_star == on.k_star
-        assert_reads_like_float64(np.asarray(off.singular_values), off.k_star, updates[on.step - window : on.step])
+        assert_reads_like_float64(
+            np.asarray(off.singular_values), off.k_star, updates[on.step - window : on.step]
+        )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -219,4 +221,6 @@ def test_a_real_training_trajectory_reads_like_float64(kernel):
     assert len(records) == 40 - window + 1
     for rec in records:
         assert rec.rank == window
-        assert_reads_like_float64(np.asarray(rec.singular_values), rec.k_star, updates[rec.step - window : rec.step])
+        assert_reads_like_float64(
+            np.asarray(rec.singular_values), rec.k_star, updates[rec.step - window : rec.step]
+        )

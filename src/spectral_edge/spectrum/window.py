@@ -37,7 +37,6 @@ DEFAULT_RANK_RTOL = 1e-13
 NEGATIVE_RAISE_RTOL = 1e-4
 
 
-
 def storage_rank_rtol(unit_roundoff: float, window: int) -> float:
     """The rank cut of a window whose rows were rounded to a format of unit round-off u before their Gram
     was accumulated in float64 (the monitor's windows: u = 2⁻²⁴ for float32, 2⁻⁸ for bfloat16).
