@@ -1,4 +1,4 @@
-"""Grokking recipe: model shapes and names, seeding, the training loop's contract, and the pinned smoke run."""
+"""Grokking recipe: model shapes and names, seeding, the training loop's contract, and the smoke run."""
 
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ from spectral_edge.experiments.grokking import (
 )
 from spectral_edge.experiments.models.transformer import Transformer, query_weight
 
-# Final numbers of the smoke preset on the reference machine (2-core CPU, torch 2.13.0).
-FINAL_TRAIN_LOSS = 0.0012
-FINAL_TEST_ACC = 0.991
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/experiments/conftest.py
+
 EVAL_KEYS = {"train_loss", "train_acc", "test_loss", "test_acc", "wq_sigma1", "wq_sigma2", "wq_ratio"}
 
 
@@ -64,16 +63,21 @@ def test_forward_shape_and_query_weight(norm: str) -> None:
 
 
 def test_last_position_shortcut_is_exact() -> None:
-    """The final block computes only the last position; that must equal running it on every position."""
+    """The final block computes only the last position; that must equal running it on every position.
+
+    In float64: the two paths multiply matrices of other shapes, whose float32 round-off (3.6e-7 here on an
+    AMD EPYC) depends on the CPU's kernels; in float64 it is 2e-16.
+    """
     torch.manual_seed(0)
-    model = _small(n_layers=3).eval()
+    model = _small(n_layers=3).double().eval()
     tokens = torch.randint(0, 8, (6, 3))
     with torch.no_grad():
         x = model.embed(tokens) + model.pos_embed(torch.arange(3))
         for block in model.blocks:
             x = block(x)  # every position, causal mask everywhere
         reference = model.unembed(model.norm(x[:, -1]))
-        torch.testing.assert_close(model(tokens), reference, rtol=1e-5, atol=1e-6)
+        assert reference.dtype == torch.float64
+        torch.testing.assert_close(model(tokens), reference, rtol=1e-10, atol=1e-12)
 
 
 def test_transformer_rejects_bad_arguments() -> None:
@@ -128,51 +132,45 @@ def test_default_preset_keeps_the_fixed_optimiser_settings() -> None:
 
 
 @pytest.fixture(scope="module")
-def smoke_run() -> tuple[TrainResult, list, list, list]:
-    config = PRESETS["smoke"]
-    steps, evals, ticks = [], [], []
-    result = train(
-        config,
-        build_model(config),
-        make_data(config),
-        on_step=lambda step, metrics: steps.append((step, metrics)),
-        on_eval=lambda step, metrics: evals.append((step, metrics)),
-        progress=lambda step, total, metrics: ticks.append((step, total)),
-    )
-    return result, steps, evals, ticks
+def smoke_run(grokking_smoke_run) -> tuple[TrainResult, list, list, list]:
+    return grokking_smoke_run  # tests/experiments/conftest.py: trained once, shared with the demo's test
 
 
-def test_smoke_run_numbers_are_pinned(smoke_run) -> None:
-    """Pinned from a run on the 2-core reference machine; the run is deterministic under its seed.
+def test_smoke_run_memorises_then_groks_well_inside_the_budget(smoke_run) -> None:
+    """What the smoke preset is for: memorise early, generalise much later, within the step budget.
 
-    Tolerances allow for another BLAS, not for a changed recipe: a different memorise or grok step
-    means the model, data or loop changed.
+    The steps come from a chaotic trajectory that differs between CPUs and thread counts (torch 2.13.0):
+    on an AMD EPYC with one thread (as here) memorised at 320 and grokked at 1500, with two at 300 and 1340;
+    over twenty runs with the initial weights perturbed by 1e-6 (ten on each thread count) memorised at
+    280–340 and grokked at 1240–1500; the one-thread runs ended at test accuracy 0.93–1.0 and train
+    accuracy ≥ 0.99, with dips to 0.80 and 0.88 after grokking. On an Intel Xeon grokked at 1480. Hence
+    the 2,000-step budget and these margins.
     """
     result, *_ = smoke_run
-    assert result.steps_run == 1500
-    assert result.memorize_step == pytest.approx(300, abs=40)
-    assert result.grok_step == pytest.approx(1340, abs=100)
-    assert result.final["train_acc"] == pytest.approx(1.0, abs=0.01)
-    assert result.final["train_loss"] == pytest.approx(FINAL_TRAIN_LOSS, abs=0.005)
-    assert result.final["test_acc"] == pytest.approx(FINAL_TEST_ACC, abs=0.05)
+    config = PRESETS["smoke"]
+    assert result.steps_run == config.max_steps == 2000
+    assert result.grok_step is not None and result.memorize_step is not None
+    assert result.memorize_step <= result.grok_step / 2  # memorised first, grokked much later
+    assert result.final["train_acc"] >= 0.8  # still fitted at the end
+    assert result.final["test_acc"] >= 0.5  # and still generalising (chance: 1/23)
     assert result.final["wq_ratio"] > 10  # σ1/σ2 of W_Q opened up (§27), from ≈ 1 at init
-    assert result.history["wq_ratio"][0] < 1.2
+    assert result.history["wq_ratio"][0] < 1.2  # the initial weights do not depend on the CPU: 1.043
 
 
 def test_train_result_and_callbacks_follow_the_documented_contract(smoke_run) -> None:
     result, steps, evals, ticks = smoke_run
     config = PRESETS["smoke"]
-    assert [step for step, _ in steps] == list(range(1, 1501))
+    assert [step for step, _ in steps] == list(range(1, config.max_steps + 1))
     assert set(steps[0][1]) == {"loss", "lr", "grad_norm"}
     assert steps[0][1]["lr"] == pytest.approx(config.lr / config.warmup_steps)
     assert steps[-1][1]["lr"] == config.lr
     assert list(result.losses) == [metrics["loss"] for _, metrics in steps]
-    assert result.eval_steps == tuple(range(0, 1501, 20))
+    assert result.eval_steps == tuple(range(0, config.max_steps + 1, 20))
     assert [step for step, _ in evals] == list(result.eval_steps)
     assert set(evals[0][1]) == EVAL_KEYS and set(result.history) == EVAL_KEYS
     assert all(len(values) == len(result.eval_steps) for values in result.history.values())
     assert dict(result.final) == evals[-1][1]
-    assert ticks[0] == (1, 1500) and ticks[-1] == (1500, 1500)
+    assert ticks[0] == (1, config.max_steps) and ticks[-1] == (config.max_steps, config.max_steps)
     # memorise / grok steps are the first evaluations over the thresholds
     train_acc, test_acc = result.history["train_acc"], result.history["test_acc"]
     first_memorised = next(i for i, acc in enumerate(train_acc) if acc >= MEMORIZE_ACC)
@@ -180,7 +178,7 @@ def test_train_result_and_callbacks_follow_the_documented_contract(smoke_run) ->
     assert result.memorize_step == result.eval_steps[first_memorised]
     assert result.grok_step == result.eval_steps[first_grokked]
     assert 0 < result.eval_time_s < result.wall_time_s
-    assert result.ms_per_step == pytest.approx(1000 * result.wall_time_s / 1500)
+    assert result.ms_per_step == pytest.approx(1000 * result.wall_time_s / config.max_steps)
 
 
 def test_early_stopping_stops_at_the_streak_and_repeats_the_run(smoke_run) -> None:

@@ -17,8 +17,13 @@ from spectral_edge.experiments.lmstudy.suite import complete, run_suite
 from spectral_edge.experiments.lmstudy.train import load_outcome, run
 from spectral_edge.store import RunStore
 
-# Final validation losses of the smoke runs with one torch thread (torch 2.13 CPU). A change here means
-# the data, the tokenizer, the model, the optimiser or the loop changed: check which, then re-pin.
+# Final validation losses of the smoke runs with one torch thread (torch 2.13 CPU, AMD EPYC). A change here
+# means the data, the tokenizer, the model, the optimiser or the loop changed: check which, then re-pin.
+# The 60 steps are not chaotic, but float32 round-off differs between CPUs: with the initial weights
+# perturbed by 1e-6 the losses moved by up to 1.8e-6 relative (two threads instead of one: 2.8e-7). So
+# VAL_LOSS_REL = 1e-4 leaves 50× room for another CPU and is still 20× tighter than the closest two runs
+# (AdamW and Muon, seed 42: 0.23% apart).
+VAL_LOSS_REL = 1e-4
 PINNED_VAL_LOSS = {
     "adamw-seed42": 3.5095391,
     "adamw-seed123": 3.5361696,
@@ -44,10 +49,12 @@ def test_smoke_suite_through_the_cli_then_resume(tmp_path, corpus_available, cap
     printed = capsys.readouterr().out
     assert "Section 29" in printed and "BBP vacuous" in printed and "Muon vs AdamW" in printed
 
+    first_session = {}
     for name, pinned in PINNED_VAL_LOSS.items():
         outcome = load_outcome(out / name)
         assert outcome is not None, name
-        assert outcome.final_val_loss == pytest.approx(pinned, rel=1e-5), name
+        assert outcome.final_val_loss == pytest.approx(pinned, rel=VAL_LOSS_REL), name
+        first_session[name] = outcome.final_val_loss
         assert outcome.train_s > 0 and outcome.monitor_s > 0
     # The shift continues seed 42: global steps go on from 61, and its windows straddle the shift.
     shift = load_outcome(out / "shift-milton-seed42")
@@ -75,9 +82,8 @@ def test_smoke_suite_through_the_cli_then_resume(tmp_path, corpus_available, cap
         "shift-milton-seed42": "skipped",
         "continue-shakespeare-seed42": "skipped",
     }
-    assert load_outcome(out / "muon-seed42").final_val_loss == pytest.approx(
-        PINNED_VAL_LOSS["muon-seed42"], rel=1e-5
-    )
+    # Run again in this process, on this machine: the same run, bit for bit.
+    assert load_outcome(out / "muon-seed42").final_val_loss == first_session["muon-seed42"]
     manifest = json.loads((out / "suite.json").read_text())
     assert manifest["totals"]["sessions"] == 2 and manifest["runs"]["muon-seed42"]["attempts"] == 2
 

@@ -1,4 +1,4 @@
-"""Dyck-1 family of the grokking study: variants, the model, the metrics and the pinned smoke runs."""
+"""Dyck-1 family of the grokking study: variants, the model, the metrics and the smoke runs."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from spectral_edge.store import RunStore
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """One thread for every test here: the pinned numbers hold for one thread count (torch's reductions
-    split differently on two), and on a busy 2-core machine two threads per op can wait on each other."""
+    """One thread for every test here, as in the suite (torch's reductions split differently on two, which
+    changes the trajectory), and on a busy 2-core machine two threads per op can wait on each other."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -133,40 +133,60 @@ def smoke_runs(tmp_path_factory):
     return runs
 
 
-def test_smoke_runs_are_pinned(smoke_runs) -> None:
-    """Pinned on the 2-core reference machine (torch 2.13.0, CPU, one thread); deterministic under the seed.
+def test_smoke_runs_grok_with_weight_decay_only(smoke_runs) -> None:
+    """A miniature of the study: with ω = 1 the ×3-initialised model fits the training tokens first and only
+    later reaches 0.95 on the novel test prefixes; with ω = 0 it never does.
 
-    A miniature of the study: with ω = 1 the ×3-initialised model fits the training tokens by step 100,
-    test accuracy on novel prefixes sits near 0.46 until step 280 and reaches 0.95 at step 360; with ω = 0
-    it stays below 0.5.
+    The steps come from a chaotic trajectory that differs between CPUs (torch 2.13.0, one thread): with
+    ω = 1 it fitted the training tokens at step 100 and grokked at 360 on an AMD EPYC (360–420 with the
+    initial weights perturbed by 1e-6) and at 400 on an Intel Xeon, of a 600-step budget; with ω = 0 novel
+    accuracy stayed at 0.42–0.50 for 1,000 steps. So the margins: memorising by half the grok step,
+    grokking before the budget ends, the control below 0.7. The counts and steps the schedule fixes are
+    exact.
     """
-    (grok, grok_dir, ticks), (control, _, _) = smoke_runs
+    (grok, grok_dir, ticks), (control, control_dir, control_ticks) = smoke_runs
+    config = dyck.PRESETS["smoke"]
     assert (grok.family, grok.task, grok.seed, grok.weight_decay) == ("dyck", "disjoint", 42, 1.0)
-    assert (grok.memorize_step, grok.grok_step, grok.steps) == (100, 360, 400)
-    assert grok.n_params == 2544 and grok.n_evals == 21 and grok.n_records == 71
-    assert grok.final_test_acc == pytest.approx(0.9425, abs=1e-4)
-    assert grok.final_train_loss == pytest.approx(0.0076958, rel=1e-3)
-    assert grok.wq_ratio_at_grok == pytest.approx((1.64401,), rel=1e-3)
-    assert grok.extra["grok_step_token"] == 340 and grok.extra["grok_step_novel"] == 360
-    assert "grok_step_seq" not in grok.extra and grok.extra["final_test_seq_acc"] == pytest.approx(0.92)
-    assert ticks[0] == (1, 400) and ticks[-1] == (400, 400) and len(ticks) == 400
+    assert grok.n_params == 2544 and grok.max_steps == config.max_steps == 600
+    assert grok.grok_step is not None and grok.memorize_step is not None
+    assert grok.memorize_step <= grok.grok_step / 2  # memorised first, grokked much later
+    # Stopped post_grok_steps after grokking: the first evaluation 40 steps on.
+    assert grok.steps == min(grok.grok_step + config.post_grok_steps, config.max_steps)
+    assert grok.n_evals == grok.steps // config.eval_every + 1
+    assert len(grok.wq_ratio_at_grok) == 1 and grok.wq_ratio_at_grok[0] > 1  # one layer
+    # The grok step is the novel-prefix one (grok_metric "novel"); accuracy on all test tokens, most of
+    # which a memoriser answers, gets to 0.95 no later.
+    assert grok.extra["grok_step_novel"] == grok.grok_step
+    assert grok.extra["grok_step_token"] <= grok.grok_step
+    assert ticks[0] == (1, 600) and ticks[-1] == (grok.steps, 600) and len(ticks) == grok.steps
     assert load_outcome(grok_dir) == grok
 
-    assert (control.weight_decay, control.grok_step, control.memorize_step) == (0.0, None, None)
-    assert control.final_test_acc == pytest.approx(0.4775, abs=1e-4)
-    assert control.final_train_acc == pytest.approx(0.95652, abs=1e-4)
+    assert (control.weight_decay, control.grok_step, control.steps) == (0.0, None, 600)
+    assert control.n_evals == 600 // config.eval_every + 1 and len(control_ticks) == 600
+    assert control.final_test_acc < 0.7  # 0.42–0.50 measured, grokking needs 0.95
+    assert "grok_step_novel" not in control.extra
+    assert load_outcome(control_dir) == control
 
 
 def test_smoke_run_store_holds_every_accuracy(smoke_runs) -> None:
     outcome, run_dir, _ = smoke_runs[0]
+    config = dyck.PRESETS["smoke"]
     with RunStore(run_dir, mode="r") as store:
         evals, arrays, records = store.evals(), store.arrays(), store.records()
     names = {"test_token_acc", "test_novel_acc", "test_seq_acc", "train_token_acc", "train_seq_acc"}
     assert names | {"train_acc", "test_acc", "weight_norm", "wq0_ratio"} <= set(evals)
     steps, test_acc = evals["test_acc"]
-    assert steps[0] == 0 and steps[-1] == 400 and len(steps) == outcome.n_evals
+    # Every evaluation is in the store: steps 0, 20, … up to the last step.
+    assert steps.tolist() == list(range(0, outcome.steps + 1, config.eval_every))
+    assert len(steps) == outcome.n_evals
     torch.testing.assert_close(torch.as_tensor(test_acc), torch.as_tensor(evals["test_novel_acc"][1]))
-    assert arrays["wq0_sigma"][1].shape == (21, 16)
-    assert len(records) == outcome.n_records == (400 - 50) // 5 + 1  # W = 10 updates 5 steps apart
+    assert test_acc[-1] == outcome.final_test_acc
+    first = next(step for step, acc in zip(steps.tolist(), test_acc.tolist(), strict=True) if acc >= 0.95)
+    assert first == outcome.grok_step  # the outcome's grok step is the store's first evaluation ≥ 0.95
+    assert arrays["wq0_sigma"][1].shape == (outcome.n_evals, 16)
+    # W = 10 updates 5 steps apart: the first record at step 50, then every 5 steps.
+    assert [r["step"] for r in records] == list(range(50, outcome.steps + 1, 5))
+    assert len(records) == outcome.n_records
     saved = sorted(int(p.stem.split("_")[1]) for p in (run_dir / CHECKPOINT_DIR).iterdir())
-    assert saved == list(outcome.checkpoint_steps) and 360 in saved and saved[-1] == 400
+    assert saved == list(outcome.checkpoint_steps)
+    assert outcome.grok_step in saved and saved[0] == 0 and saved[-1] == outcome.steps

@@ -1,4 +1,4 @@
-"""Modular-arithmetic family of the grokking study: variants, config mapping and the pinned smoke run."""
+"""Modular-arithmetic family of the grokking study: variants, config mapping and the smoke run."""
 
 from __future__ import annotations
 
@@ -88,22 +88,32 @@ def smoke_run(tmp_path_factory):
     return outcome, run_dir, ticks
 
 
-def test_smoke_run_numbers_are_pinned(smoke_run) -> None:
-    """Pinned from a one-thread run on the 2-core reference machine (torch 2.13.0, CPU).
+def test_smoke_run_memorises_then_groks_well_inside_the_budget(smoke_run) -> None:
+    """The smoke run's contract: memorise, grok much later, stop post_grok_steps after a stable grok.
 
-    Tolerances allow for another BLAS, not for a changed recipe: a different memorise or grok step means
-    the model, data, loop or recorder changed.
+    The steps come from a chaotic trajectory that differs between CPUs (torch 2.13.0, one thread): memorised
+    at 220 and grokked at 740 on an AMD EPYC (200–240 and 720–840 with the initial weights perturbed by
+    1e-6), grokked at 660 on an Intel Xeon, of a 1,200-step budget. So the margins: memorising by half
+    the grok step, grokking before the budget ends; what the stopping rule and schedule fix is exact.
     """
     outcome, run_dir, ticks = smoke_run
+    config = modular.PRESETS["smoke"]
     assert (outcome.family, outcome.task, outcome.seed, outcome.weight_decay) == ("modular", "add", 0, 1.0)
-    assert outcome.memorize_step == pytest.approx(220, abs=40)
-    assert outcome.grok_step == pytest.approx(740, abs=60)
-    assert outcome.steps == outcome.grok_step + 200  # stopped post_grok_steps after grokking
     assert outcome.max_steps == 1200 and outcome.n_params == 10080
-    assert outcome.final_train_acc == pytest.approx(1.0, abs=0.01)
-    assert outcome.final_test_acc == pytest.approx(0.991, abs=0.03)
-    assert outcome.final_train_loss == pytest.approx(0.0087, abs=0.005)
-    assert outcome.wq_ratio_final[0] > 10 and len(outcome.wq_ratio_final) == 1  # one layer; ≈ 1 at init
+    assert outcome.grok_step is not None and outcome.memorize_step is not None
+    assert outcome.memorize_step <= outcome.grok_step / 2
+    # Stopping rule: post_grok_steps / eval_every + 1 consecutive evaluations at test accuracy ≥ 0.95 (a
+    # dip after grokking starts the count again), or the budget.
+    with RunStore(run_dir, mode="r") as store:
+        steps, test_acc = store.evals()["test_acc"]
+    streak = config.post_grok_steps // config.eval_every + 1
+    if outcome.steps < outcome.max_steps:  # stopped at the first full streak, not one evaluation later
+        assert (test_acc[-streak:] >= 0.95).all() and test_acc[-streak - 1] < 0.95
+        assert outcome.steps >= outcome.grok_step + config.post_grok_steps
+    assert steps[-1] == outcome.steps and test_acc[-1] == outcome.final_test_acc
+    assert outcome.memorize_step < outcome.grok_step < outcome.steps
+    # σ1/σ2 of W_Q opens up (§27): ≈ 1 at init, 31–38 at grokking and 26–59 at the end on an AMD EPYC.
+    assert outcome.wq_ratio_final[0] > 10 and len(outcome.wq_ratio_final) == 1  # one layer
     assert outcome.wq_ratio_at_grok[0] > 10
     assert ticks[0] == (1, 1200) and ticks[-1] == (outcome.steps, 1200) and len(ticks) == outcome.steps
     assert load_outcome(run_dir) == outcome

@@ -1,4 +1,4 @@
-"""Multi-task family of the grokking study: heads on a shared trunk, variants and the pinned smoke run."""
+"""Multi-task family of the grokking study: heads on a shared trunk, variants and the smoke run."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def smoke_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("multitask") / "smoke"
     ticks: list[tuple[int, int]] = []
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the suite; the grok step depends on the thread count (reductions)
+    torch.set_num_threads(1)  # as in the suite; the trajectory depends on the thread count (reductions)
     try:
         config = multitask.PRESETS["smoke"]
         outcome = multitask.run(config, run_dir, progress=lambda step, total: ticks.append((step, total)))
@@ -97,23 +97,30 @@ def smoke_run(tmp_path_factory):
     return outcome, run_dir, ticks
 
 
-def test_smoke_run_numbers_are_pinned(smoke_run) -> None:
-    """Pinned from a one-thread run on the 2-core reference machine (torch 2.13.0, CPU).
+def test_smoke_run_memorises_then_both_heads_grok(smoke_run) -> None:
+    """The smoke run's contract: memorise, then each head groks, and the run stops post_grok_steps after
+    both heads are at test accuracy ≥ 0.95 at one evaluation.
 
-    Mul groks before add, the staggered order of §27. Tolerances allow for another BLAS, not for a
-    changed recipe.
+    The steps come from a chaotic trajectory that differs between CPUs (torch 2.13.0, one thread): on an
+    AMD EPYC it memorised at 400, mul grokked at 1000 and add at 1300; on an Intel Xeon add at 900; over
+    twenty runs with the initial weights perturbed by 1e-6 it memorised at 400–480 and grokked at 900–2780
+    (the test accuracy of the worse head tops out just above 0.95). Hence the 4,000-step budget, and only
+    orderings here: not even the order of the heads, as mul grokked first (§27's order) in 17 of the 20
+    runs and add in 3. The stopping rule and the schedule are exact.
     """
     outcome, run_dir, ticks = smoke_run
+    config = multitask.PRESETS["smoke"]
     assert (outcome.family, outcome.task, outcome.seed) == ("multitask", "dual", 0)
-    assert outcome.memorize_step == pytest.approx(400, abs=60)
-    assert outcome.extra["grok_step_mul"] == pytest.approx(1000, abs=100)
-    assert outcome.extra["grok_step_add"] == pytest.approx(1300, abs=100)
-    assert outcome.grok_step == max(outcome.extra["grok_step_mul"], outcome.extra["grok_step_add"])
-    assert outcome.steps == outcome.grok_step + 100  # stopped post_grok_steps after the last head grokked
-    assert outcome.final_test_acc == pytest.approx(0.92, abs=0.05)
-    assert outcome.final_train_loss == pytest.approx(0.066, abs=0.05)
     assert outcome.n_params == 10080 + 23 * 32  # the single-task smoke model and a second head
-    assert ticks[-1] == (outcome.steps, 1500) and len(ticks) == outcome.steps
+    assert outcome.max_steps == config.max_steps == 4000
+    assert outcome.grok_step is not None and outcome.memorize_step is not None
+    mul, add = outcome.extra["grok_step_mul"], outcome.extra["grok_step_add"]
+    assert 0 < outcome.memorize_step < min(mul, add)  # memorised first, then each head groks
+    # The run groks when both heads are at ≥ 0.95 at one evaluation: at or after the later head's first.
+    assert outcome.grok_step >= max(mul, add)
+    assert outcome.steps == outcome.grok_step + config.post_grok_steps  # stopped 100 steps after grokking
+    assert outcome.n_evals == outcome.steps // config.eval_every + 1
+    assert ticks[-1] == (outcome.steps, 4000) and len(ticks) == outcome.steps
     assert load_outcome(run_dir) == outcome
 
 
@@ -131,9 +138,14 @@ def test_smoke_run_store_holds_per_head_values(smoke_run) -> None:
     ):
         assert name in evals
     steps, test_acc = evals["test_acc"]
-    assert steps[-1] == outcome.steps and test_acc[-1] == outcome.final_test_acc
+    assert steps.tolist() == list(range(0, outcome.steps + 1, 20))  # every evaluation
+    assert test_acc[-1] == outcome.final_test_acc
     add, mul = evals["test_acc_add"][1], evals["test_acc_mul"][1]
     assert (test_acc == [min(a, m) for a, m in zip(add, mul, strict=True)]).all()
+    # The outcome's grok steps are the store's first evaluations at ≥ 0.95: each head's, then both at once.
+    for name, acc in (("grok_step_add", add), ("grok_step_mul", mul), (None, test_acc)):
+        first = steps[acc >= 0.95][0]
+        assert first == (outcome.extra[name] if name else outcome.grok_step), name
     assert arrays["wq0_sigma"][0].tolist() == steps.tolist()
     saved = sorted(int(p.stem.split("_")[1]) for p in (run_dir / CHECKPOINT_DIR).iterdir())
     assert saved == list(outcome.checkpoint_steps) and outcome.grok_step in saved

@@ -1,4 +1,4 @@
-"""SCAN family of the grokking study: variants, the model, batching, exact evaluation and the pinned smoke run."""
+"""SCAN family of the grokking study: variants, the model, batching, exact evaluation and the smoke run."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from spectral_edge.store import RunStore
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """One thread for every test here: the pinned numbers hold for one thread count (torch's reductions
-    split differently on two), and on a busy 2-core machine two threads per op can wait on each other."""
+    """One thread for every test here, as in the suite (torch's reductions split differently on two, which
+    changes the trajectory), and on a busy 2-core machine two threads per op can wait on each other."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -62,13 +62,19 @@ def test_model_shapes_and_query_matrices() -> None:
 
 
 def test_length_chunks_give_the_whole_batch_gradient() -> None:
-    """Padding each length-sorted piece to its own longest target must not change the batch's gradient."""
+    """Padding each length-sorted piece to its own longest target must not change the batch's gradient.
+
+    In float64: the pieces sum the same terms in another order, so the gradients agree to round-off. In
+    float32 that round-off depends on the CPU's kernels (2.5e-3 relative on some entries on an Intel Xeon
+    with AVX-512; up to 3e-3 on an AMD EPYC too); in float64 it stays below 2e-14 absolute on an AMD EPYC,
+    60× inside the tolerance and far below what a padding, masking or scaling mistake would give.
+    """
     config = scan.PRESETS["smoke"]
     train, _ = scan.make_data(config)
     rows = torch.arange(16)
 
     def gradient(n_chunks: int) -> list[torch.Tensor]:
-        model = scan.build_model(config)
+        model = scan.build_model(config).double()
         pieces = scan.length_chunks(train, rows, n_chunks)
         n_tokens = sum(int((t != IGNORE_INDEX).sum()) for _, _, t in pieces)
         for src, tgt_in, tgt_out in pieces:
@@ -77,13 +83,14 @@ def test_length_chunks_give_the_whole_batch_gradient() -> None:
             ).backward()
         return [p.grad for p in model.parameters()]
 
-    whole = scan.build_model(config)
+    whole = scan.build_model(config).double()
     F.cross_entropy(
         whole(train.src[rows], train.tgt_in[rows]).transpose(1, 2), train.tgt_out[rows]
     ).backward()
     for n_chunks in (1, 4):
         for got, want in zip(gradient(n_chunks), (p.grad for p in whole.parameters()), strict=True):
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+            assert got.dtype == torch.float64
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
     widths = [t.shape[1] for _, _, t in scan.length_chunks(train, rows, 4)]
     assert widths == sorted(widths) and widths[-1] == int((train.tgt_out[rows] != IGNORE_INDEX).sum(1).max())
 
@@ -117,15 +124,30 @@ def smoke_run(tmp_path_factory):
     return outcome, run_dir, ticks
 
 
-def test_smoke_run_is_pinned(smoke_run) -> None:
-    """Pinned on the 2-core reference machine (torch 2.13.0, CPU, one thread); deterministic under the seed."""
+def test_smoke_run_learns_tokens_but_not_sequences(smoke_run) -> None:
+    """The toy run's contract: 150 steps learn the tokens, not whole sequences, so nothing groks or memorises.
+
+    Counts (steps, evaluations, records, parameters) follow from the config and are exact. The trained
+    values come from a chaotic trajectory that differs between CPUs, so they get wide margins: over 150
+    steps on an AMD EPYC (and with the initial weights perturbed by 1e-6) the final training loss was
+    0.41–0.46 from 8.2 at step 0, test token accuracy 0.56–0.59 (chance 1/9), and at most 4 of the 32
+    training sequences and 1 of the 32 test sequences came out right.
+    """
     outcome, run_dir, ticks = smoke_run
+    config = scan.PRESETS["smoke"]
     assert (outcome.family, outcome.task, outcome.seed, outcome.weight_decay) == ("scan", "simple", 42, 1.0)
-    assert (outcome.steps, outcome.grok_step, outcome.memorize_step) == (150, None, None)
-    assert outcome.n_params == 6880 and outcome.n_evals == 4 and outcome.n_records == 21
-    assert outcome.final_train_acc == 2 / 32 and outcome.final_test_acc == 0.0
-    assert outcome.final_train_loss == pytest.approx(0.42795, rel=1e-3)
-    assert outcome.extra["final_test_token_acc"] == pytest.approx(0.5653, abs=1e-3)
+    assert outcome.steps == outcome.max_steps == 150  # post_grok_steps=None: never stops early
+    assert (outcome.grok_step, outcome.memorize_step) == (None, None)
+    assert outcome.n_params == 6880 and outcome.n_evals == 4  # steps 0, 50, 100, 150
+    assert outcome.n_records == (150 - 10 * config.monitor_interval) // config.monitor_interval + 1 == 21
+    # Sequence accuracies are counts over the 32 evaluated sequences, far from the 0.95 and 0.99 thresholds.
+    assert (32 * outcome.final_train_acc).is_integer() and outcome.final_train_acc <= 0.5
+    assert (32 * outcome.final_test_acc).is_integer() and outcome.final_test_acc <= 0.5
+    with RunStore(run_dir, mode="r") as store:
+        steps, train_loss = store.evals()["train_loss"]
+    assert steps.tolist() == [0, 50, 100, 150] and train_loss[-1] == outcome.final_train_loss
+    assert outcome.final_train_loss < train_loss[0] / 5  # it learnt: 0.43 from 8.2 on an AMD EPYC
+    assert outcome.extra["final_test_token_acc"] > 0.3  # chance is 1/9
     assert len(outcome.wq_ratio_final) == 3  # encoder self, decoder self, decoder cross
     assert ticks[0] == (1, 150) and ticks[-1] == (150, 150) and len(ticks) == 150
     assert load_outcome(run_dir) == outcome

@@ -200,10 +200,12 @@ def test_killed_suite_resumes(tmp_path) -> None:
         _cli(out, "--jobs", "1"), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 60
+        # A run takes ~2 s; the limit is for a loaded 2-core machine, where starting the CLI alone can
+        # take tens of seconds.
+        deadline = time.monotonic() + 180
         while not list(out.glob(f"*/*/{OUTCOME_FILE}")):
             assert proc.poll() is None, "the suite ended before it could be killed"
-            assert time.monotonic() < deadline, "no run finished within 60 s"
+            assert time.monotonic() < deadline, "no run finished within 180 s"
             time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -216,7 +218,7 @@ def test_killed_suite_resumes(tmp_path) -> None:
     # the orphaned worker notices its parent is gone at its next step and stops writing
     time.sleep(1.0)
     result = subprocess.run(
-        _cli(out, "--jobs", "1"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        _cli(out, "--jobs", "1"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr
     after = _mtimes(out)
@@ -279,4 +281,6 @@ def test_smoke_suite_end_to_end(tmp_path, capsys) -> None:
     assert set(summary["hits"]["families"]) == set(FAMILY_MODULES)
     assert (out / MANIFEST).is_file()
     assert "## Hit table" in captured.out and "## Early warning" in captured.out
-    assert elapsed < 300
+    # Minutes, not tens of minutes: 110 s on the 2-core AMD EPYC under a load of 3 (the multi-task control
+    # runs its whole 4,000-step budget); the limit leaves room for a slower, busier CI machine.
+    assert elapsed < 900

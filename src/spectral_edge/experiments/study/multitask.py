@@ -124,8 +124,11 @@ class Config:
 
 
 #: Named configurations. ``full`` is the study's run (see the module docstring for what was measured);
-#: ``quick`` the same recipe on a shorter budget; ``smoke`` a seconds-long dual mod 23 (mul grokked at step
-#: 1000, add at 1300, with one thread) whose numbers the tests pin.
+#: ``quick`` the same recipe on a shorter budget; ``smoke`` a seconds-long dual mod 23. Its test accuracy
+#: (the worse head's) tops out just above the 0.95 threshold, so when it gets there varies a lot with the
+#: CPU's rounding: with one thread, mul grokked at step 1000 and add at 1300 on an AMD EPYC, add at 900
+#: on an Intel Xeon, and both at 900–2780 over twenty runs with the initial weights perturbed by 1e-6 (mul
+#: first in 17 of them). Hence its 4,000-step budget; with ω = 0 it stays below 0.52 through step 4000.
 PRESETS: dict[str, Config] = {
     "full": Config(),
     "quick": Config(max_steps=2500, post_grok_steps=200),
@@ -138,7 +141,7 @@ PRESETS: dict[str, Config] = {
         d_mlp=64,
         lr=1e-2,  # lower rates do not grok within a few seconds
         batch_size=1024,  # ≥ 423 train pairs: full batch
-        max_steps=1500,
+        max_steps=4000,  # grokking comes at 900–2780 depending on the CPU (comment above)
         eval_every=20,
         post_grok_steps=100,
         monitor_interval=5,
