@@ -429,7 +429,7 @@ def run_stability(
         >>> for _ in range(8):
         ...     theta += torch.randn(50, generator=gen, dtype=torch.float64)
         ...     _ = mon.step()
-        >>> mon.close()
+        >>> _ = mon.close()
         >>> paper, author = run_stability(tmp.name + "/run"), run_stability(tmp.name + "/run", form="eigenvalue_change")
         >>> bool(np.all(author.perturbation[1:] <= paper.perturbation[1:])), bool(np.isnan(author.alpha[0]).all())
         (True, True)
