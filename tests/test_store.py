@@ -882,3 +882,14 @@ def test_a_full_or_read_only_disk_loses_no_committed_record_and_says_what_it_los
     with RunStore(run, mode="r") as store:
         assert [row["step"] for row in store.records()] == list(range(10))
         assert_record(store.last_record(), make_record(9))
+
+
+def test_a_store_dropped_without_close_does_not_keep_its_path_locked(tmp_path):
+    """A notebook cell rerun drops the old store unclosed: the next writer must get the path."""
+    import gc
+
+    store = RunStore(tmp_path / "run", mode="w")
+    del store
+    gc.collect()
+    with RunStore(tmp_path / "run", mode="a") as again:
+        assert len(again) == 0

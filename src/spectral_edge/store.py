@@ -611,9 +611,11 @@ class RunStore:
         """Run ``write`` on this thread, in order after the writes handed over before it; an error of
         those is raised after ``write`` has run, as :meth:`_write` raises it after the hand-over."""
         error = self._finish_pending()
-        result = write()
-        if error is not None:
-            raise error
+        try:
+            result = write()
+        finally:  # an earlier write's error is never dropped, even when this one fails too
+            if error is not None:
+                raise error
         return result
 
     @contextmanager
@@ -1006,11 +1008,15 @@ class _WriterLock:
             os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         self.fd = fd
         _WriterLock._live.add(self)
+        # A store dropped without close() (a notebook cell rerun, a constructor that failed after
+        # opening it) must not keep its path locked until the process ends.
+        self._finalizer = weakref.finalize(self, _close_quietly, fd)
 
     def release(self) -> None:
         fd, self.fd = self.fd, None
         if fd is None:
             return
+        self._finalizer.detach()  # closed here; a later finalizer must not close a reused fd number
         _WriterLock._live.discard(self)
         try:
             with contextlib.suppress(OSError):
@@ -1025,10 +1031,16 @@ class _WriterLock:
         the parent's), so that the parent's lock does not outlive the parent."""
         for lock in list(cls._live):
             fd, lock.fd = lock.fd, None
+            lock._finalizer.detach()
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         cls._live = weakref.WeakSet()
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)  # closing the descriptor drops its flock
 
 
 if hasattr(os, "register_at_fork"):

@@ -470,3 +470,15 @@ def test_a_manual_step_after_attach_is_named_not_taken_for_gradient_accumulation
     assert not [e for e in mon.events if e.kind == "zero_update"]
     assert mon.step_count == 4 and len(mon.records) == 3
     assert returned[0] is None and returned[1:] == list(mon.records)
+
+
+def test_a_monitor_whose_config_cannot_be_stored_leaves_its_store_unlocked(tmp_path):
+    """The constructor fails after opening the store (a config that is not JSON): the store it opened is
+    closed, so a corrected retry on the same path works."""
+    from spectral_edge import RunStore
+
+    params = [torch.nn.Parameter(torch.zeros(4))]
+    with pytest.raises(TypeError):
+        SpectralMonitor(params, window=2, store=tmp_path / "run", groups=None, config={"bad": object()})
+    with RunStore(tmp_path / "run", mode="a") as store:
+        assert len(store) == 0

@@ -172,7 +172,7 @@ def half_window_alignment(gram: np.ndarray, *, rank_rtol: float = 1e-13) -> np.n
     Args:
         gram: (W, W) Gram matrix in time order, W ≥ 4.
         rank_rtol: eigenvalues of a half below ``rank_rtol`` times the largest are round-off: their
-            directions are undefined (use 1e-6 for a Gram accumulated in float32).
+            directions are undefined (a monitor's window gives its own cut, ``UpdateWindow.rank_rtol``).
 
     Returns:
         (⌊W/2⌋,) float64 array in [0, 1]; a direction that is zero in either half gets α = 0.

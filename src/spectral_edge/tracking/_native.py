@@ -111,7 +111,10 @@ def _load_or_build() -> Any:
     name = build_name()
     folder = build_dir(name)
     if (folder / READY).exists():
-        return _import(name, folder)
+        try:
+            return _import(name, folder)
+        except ImportError:  # marked complete, but its library is gone or unreadable: build it again
+            (folder / READY).unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     timeout = float(os.environ.get("SPECTRAL_EDGE_BUILD_TIMEOUT", "600"))
     with _build_lock(folder.with_name(name + ".flock"), timeout):
@@ -174,18 +177,28 @@ class _build_lock:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(self.fd)
-                    self.fd = -1
-                    raise TimeoutError(
-                        f"another process has been building the kernel for {self.timeout:.0f} s "
-                        f"(lock {self.path}); set SPECTRAL_EDGE_BUILD_TIMEOUT to wait longer"
-                    ) from None
-                time.sleep(0.2)
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                self._close()
+                raise TimeoutError(
+                    f"another process has been building the kernel for {self.timeout:.0f} s "
+                    f"(lock {self.path}); set SPECTRAL_EDGE_BUILD_TIMEOUT to wait longer"
+                ) from None
+            except OSError:  # a filesystem without flock (NFS, Lustre): torch's own lock file serves
+                self._close()
+                return
+            except BaseException:
+                self._close()
+                raise
 
     def __exit__(self, *exc: object) -> None:
+        self._close()  # closing the descriptor releases the flock
+
+    def _close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)  # closing the descriptor releases the flock
+            os.close(self.fd)
+            self.fd = -1
 
 
 def _put_ninja_on_path() -> None:

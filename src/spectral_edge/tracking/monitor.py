@@ -7,6 +7,7 @@ returns a :class:`~spectral_edge.tracking.record.SpectralRecord` computed from t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -105,6 +106,10 @@ def _contains_warnings(method: Callable[..., Any]) -> Callable[..., Any]:
     the record half-way. While a filter says "error", the warnings of ``method`` are recorded, so that it
     runs to the end, and re-issued after it under the caller's filters; one that the filters turn into an
     error is logged through the ``spectral_edge`` logger instead. Exceptions (``strict=True``) still raise.
+
+    ``warnings.catch_warnings`` changes process-wide state: while such a call runs, a warning raised by
+    another thread (a data-loading thread, say) is caught and re-issued here too rather than raised in
+    its own thread. Only under an "error" filter, and only for the duration of one call.
     """
 
     @functools.wraps(method)
@@ -144,7 +149,8 @@ class SpectralMonitor:
 
     Call :meth:`step` right after each ``optimizer.step()`` (or :meth:`attach` it to the optimizer). The
     monitor snapshots the trainable parameters when it is constructed; each step takes the update since
-    the previous snapshot. Every tensor left out is in :attr:`excluded` (name → reason): frozen
+    the previous snapshot. Every tensor left out is in :attr:`excluded` (name → reason; a tensor that only
+    partly overlaps a monitored one is in :attr:`partially_merged` instead): frozen
     (``requires_grad=False``) and non-floating ones with an info log, complex ones, and ones on the meta
     device or otherwise holding no data with one warning (a model whose trainable parameters all hold no
     data is an error). The set is checked at every step for the cost of a flag check: a parameter
@@ -337,7 +343,13 @@ class SpectralMonitor:
         self._owns_store = isinstance(store, (str, Path))  # close() closes only a store it opened
         self.unwritten: StoreBacklog | None = None  # set by close(): what the run store could not write
         self.store = _open_store(store, write_behind=not strict)
-        self._save_config()
+        try:
+            self._save_config()
+        except BaseException:  # a config that cannot be stored: leave no store open (and locked) behind
+            if self._owns_store and self.store is not None:
+                with contextlib.suppress(Exception):
+                    self.store.close()
+            raise
         # Registered last, once nothing above can fail; removed by close() or when the monitor is freed.
         self._registry_hooks = _watch_registrations(self) if self._module is not None else []
         weakref.finalize(self, _remove_handles, self._registry_hooks)
@@ -525,12 +537,14 @@ class SpectralMonitor:
             for sink in self.sinks:
                 self._guarded(_sink_name(sink), sink.close)
         finally:  # strict mode raises a sink's error, but the store is closed all the same
-            if self.store is not None and self._owns_store:
-                # Closing commits the last record and retries the held ones; what it could not write is a
-                # warning outside strict mode.
-                self._guarded("the run store", self.store.close)
-            backlog = getattr(self.store, "backlog", None)
-            self.unwritten = backlog() if callable(backlog) else None
+            try:
+                if self.store is not None and self._owns_store:
+                    # Closing commits the last record and retries the held ones; what it could not write
+                    # is a warning outside strict mode (and raised in strict mode, after this is set).
+                    self._guarded("the run store", self.store.close)
+            finally:
+                backlog = getattr(self.store, "backlog", None)
+                self.unwritten = backlog() if callable(backlog) else None
         return self.unwritten
 
     def __enter__(self) -> SpectralMonitor:
@@ -636,7 +650,7 @@ class SpectralMonitor:
         return record
 
     def _record(self, pushed: PushResult, metrics: dict[str, float]) -> SpectralRecord:
-        # Eigenvalues below the precision the Gram was accumulated in are round-off, not directions.
+        # Eigenvalues below what the stored rows resolve (UpdateWindow.rank_rtol) are rounding, not directions.
         rtol = self._win.rank_rtol
         # Every eigensolve of the record (total, groups, halves) in one call; the float stage below is
         # spectrum/'s own, so the record equals analyze_gram_with_parts and half_window_alignment.
@@ -801,7 +815,7 @@ class SpectralMonitor:
                 self.excluded = dict(selection.excluded)
                 if notice:
                     self._warn_once("excluded:" + notice, "spectral-edge: " + notice)
-                self._save_config()
+                self._guarded("the run store", self._save_config)
             return False
         what = _describe_change(old, shapes, named, selection, before, sharing.merged)
         if named:
@@ -830,7 +844,7 @@ class SpectralMonitor:
         self._warn_once(
             f"parameters_changed:{what}", "spectral-edge: " + message + (" " + notice if notice else "")
         )
-        self._save_config()
+        self._guarded("the run store", self._save_config)
         return True
 
     def _write_eval(self, step: int, values: dict[str, float]) -> None:

@@ -55,6 +55,9 @@ CPU_CHUNK = 1 << 18
 ACCELERATOR_CHUNK = 1 << 24
 
 STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
+#: The rank cut where the sums can only be float32 (Apple's MPS has no float64): entries then carry
+#: errors near 1e-7·‖x‖‖a‖, so eigenvalues below 1e-6·λ_1 are not resolved.
+FLOAT32_SUMS_RANK_RTOL = 1e-6
 
 
 def check_window(window: object) -> None:
@@ -209,10 +212,13 @@ class UpdateWindow:
         self.chunk_size = chunk_size
         # Dot products and ‖δ‖² always accumulate in float64 (see the module docstring); δ itself is formed
         # in float32 (float64 for a float64 window), the precision the window stores it in or better.
-        self.compute_dtype = torch.float64
+        # Apple's MPS has no float64: there the sums stay float32, with the coarser cut they support.
+        self.compute_dtype = torch.float32 if device.type == "mps" else torch.float64
         self.delta_dtype = torch.float64 if storage_dtype == torch.float64 else torch.float32
         #: Eigenvalues below rank_rtol·λ_1 cannot be told from the rounding of the stored rows.
         self.rank_rtol = storage_rank_rtol(torch.finfo(storage_dtype).eps / 2, window)
+        if self.compute_dtype == torch.float32:
+            self.rank_rtol = max(self.rank_rtol, FLOAT32_SUMS_RANK_RTOL)
 
         p = layout.n_params
         self._x = torch.zeros(window, p, dtype=storage_dtype, device=device)  # (W, P) rows are slots
@@ -544,7 +550,8 @@ class UpdateWindow:
         whose columns in X start at ``col``.
 
         The window's columns and ``a`` are widened to float64 a block at a time into a scratch of about
-        1 MiB that stays in cache, so X is still read once from memory; one ``addmv`` per block gives the
+        1 MiB on the CPU, which stays in cache, so X is still read once from memory (on an accelerator
+        the scratch is up to 2^24 values, 128 MiB, per worker: launches, not cache, set the cost there); one ``addmv`` per block gives the
         W dots and ‖a‖² together (``a`` is the scratch's last row).
         """
         w = self.window
@@ -552,7 +559,7 @@ class UpdateWindow:
         if wide is None or wide.device != stored.device:
             budget = (1 << 17) if stored.device.type == "cpu" else (1 << 24)  # float64 values
             block = max(1024, min(self._max_piece, budget // (w + 1)))
-            wide = torch.empty(w + 1, block, dtype=torch.float64, device=stored.device)
+            wide = torch.empty(w + 1, block, dtype=self.compute_dtype, device=stored.device)
             self._wide[worker] = wide
         out.zero_()
         n, block = stored.numel(), wide.shape[1]
