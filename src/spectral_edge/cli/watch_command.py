@@ -165,11 +165,17 @@ class _Follower:
         from spectral_edge.store import DB_NAME
 
         self.db = run if run.suffix == ".db" or run.is_file() else run / DB_NAME
-        self.store: Any = None
         self.inode: int | None = None
         self.db_seen = False
 
     def poll(self) -> _State:
+        """One look at the run store, through a connection opened for this poll alone.
+
+        A read connection kept open across polls could be opened while the writer was still creating the
+        database (before its switch to WAL) and then outlive the writer's close, which removes the WAL
+        files under it: such a connection went on reading a stale snapshot, and watch never showed the
+        run's last records (a subprocess test hung until its watchdog). Opening costs a few milliseconds.
+        """
         from spectral_edge.errors import RunStoreError
         from spectral_edge.store import RunStore
 
@@ -179,45 +185,39 @@ class _Follower:
             self.close()
             return _State("missing", self.db)
         self.db_seen = True
-        replaced = self.store is not None and inode != self.inode
-        if replaced:
-            self.close()
-        if self.store is None:
-            try:
-                self.store = RunStore(self.db, mode="r")
-            except RunStoreError:
-                if _being_created(self.db):
-                    return _State("creating", self.db)
-                # The writer commits its whole schema in one transaction, which may have landed between
-                # the two looks: one more open tells a run that has just appeared from a foreign file.
-                self.store = RunStore(self.db, mode="r")
-            self.inode = inode
-        store = self.store
-        n = len(store)
-        evals = store.evals()
-        eval_step = max((int(steps[-1]) for steps, _ in evals.values()), default=None)
-        latest = {
-            name: float(values[steps == eval_step][-1])
-            for name, (steps, values) in evals.items()
-            if eval_step is not None and (steps == eval_step).any()
-        }
-        return _State(
-            "ready",
-            self.db,
-            config=store.config(),
-            n_records=n,
-            last=store.last_record() if n else None,
-            events=[e.to_dict() for e in store.events()],
-            eval_step=eval_step,
-            evals=latest,
-            replaced=replaced,
-        )
+        replaced = self.inode is not None and inode != self.inode
+        try:
+            store = RunStore(self.db, mode="r")
+        except RunStoreError:
+            if _being_created(self.db):
+                return _State("creating", self.db)
+            # The writer commits its whole schema in one transaction, which may have landed between
+            # the two looks: one more open tells a run that has just appeared from a foreign file.
+            store = RunStore(self.db, mode="r")
+        self.inode = inode
+        with store:
+            n = len(store)
+            evals = store.evals()
+            eval_step = max((int(steps[-1]) for steps, _ in evals.values()), default=None)
+            latest = {
+                name: float(values[steps == eval_step][-1])
+                for name, (steps, values) in evals.items()
+                if eval_step is not None and (steps == eval_step).any()
+            }
+            return _State(
+                "ready",
+                self.db,
+                config=store.config(),
+                n_records=n,
+                last=store.last_record() if n else None,
+                events=[e.to_dict() for e in store.events()],
+                eval_step=eval_step,
+                evals=latest,
+                replaced=replaced,
+            )
 
     def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-            self.inode = None
+        self.inode = None
 
 
 def _being_created(db: Path) -> bool:
