@@ -61,6 +61,7 @@ import sqlite3
 import sys
 import threading
 import time
+import uuid
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -1219,6 +1220,8 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         "format": _FORMAT,
         "schema_version": str(SCHEMA_VERSION),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # Tells this run from one written anew at the same path (whose file may reuse the inode).
+        "run_id": uuid.uuid4().hex,
         "python": platform.python_version(),
         "torch": _version("torch"),
         "numpy": _version("numpy"),

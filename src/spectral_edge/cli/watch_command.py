@@ -165,7 +165,7 @@ class _Follower:
         from spectral_edge.store import DB_NAME
 
         self.db = run if run.suffix == ".db" or run.is_file() else run / DB_NAME
-        self.inode: int | None = None
+        self.identity: tuple[int, str | None] | None = None  # the run last read: (inode, run id)
         self.db_seen = False
 
     def poll(self) -> _State:
@@ -185,7 +185,6 @@ class _Follower:
             self.close()
             return _State("missing", self.db)
         self.db_seen = True
-        replaced = self.inode is not None and inode != self.inode
         try:
             store = RunStore(self.db, mode="r")
         except RunStoreError:
@@ -194,8 +193,12 @@ class _Follower:
             # The writer commits its whole schema in one transaction, which may have landed between
             # the two looks: one more open tells a run that has just appeared from a foreign file.
             store = RunStore(self.db, mode="r")
-        self.inode = inode
         with store:
+            meta = store.meta()
+            # The inode alone does not tell a run written anew: the new file may reuse the old one's.
+            identity = (inode, meta.get("run_id") or meta.get("created"))
+            replaced = self.identity is not None and identity != self.identity
+            self.identity = identity
             n = len(store)
             evals = store.evals()
             eval_step = max((int(steps[-1]) for steps, _ in evals.values()), default=None)
@@ -217,7 +220,7 @@ class _Follower:
             )
 
     def close(self) -> None:
-        self.inode = None
+        self.identity = None
 
 
 def _being_created(db: Path) -> bool:
