@@ -357,6 +357,10 @@ def test_watch_rejects_a_non_positive_duration(flag, capsys):
 WATCH_CHILD_LIMIT_S = 300
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_watch_subprocess_follows_a_training_process_and_stops_on_ctrl_c(tmp_path):
     """Two processes: watch reads the store while this one trains into it; SIGINT ends watch cleanly.
 
@@ -368,8 +372,16 @@ def test_watch_subprocess_follows_a_training_process_and_stops_on_ctrl_c(tmp_pat
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "SPECTRAL_EDGE_KERNEL": "torch"}
     command = [sys.executable, "-m", "spectral_edge.cli.main", "watch", str(run), "--interval", "0.05"]
     # The with-block closes stdout and stderr and waits for the child, also when an assertion fails.
+    # SIGINT at its default, as for a command typed at a terminal: a test run started in the background by
+    # a non-interactive shell (CI, fresh-clone-test) inherits SIGINT ignored, and so would watch, which
+    # then never saw the Ctrl-C this test sends and ran until the watchdog killed it.
     with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=_default_sigint,
     ) as proc:
         watchdog = threading.Timer(WATCH_CHILD_LIMIT_S, proc.kill)  # a stuck child: every read below ends
         watchdog.start()
