@@ -23,6 +23,7 @@ import spectral_edge.store as store_module
 from spectral_edge.errors import RunStoreError, StoreWriteError
 from spectral_edge.store import RunStore, StoreBacklog, export_run
 from spectral_edge.tracking.record import GroupSpectrum, SpectralEvent, SpectralRecord
+from tests.sqlite_checks import integrity
 
 SRC = Path(store_module.__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -261,11 +262,7 @@ def test_killed_writer_keeps_every_committed_record(tmp_path: Path, write_behind
     assert committed >= 25, stderr
     assert proc.returncode == -9
 
-    conn = sqlite3.connect(f"{(run / 'run.db').as_uri()}?mode=ro", uri=True)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    finally:
-        conn.close()
+    assert integrity(run / "run.db") == "ok"
     with RunStore(run, mode="r") as store:
         n = len(store)
         # The writer may have committed one more record than it got to print; with write_behind the
@@ -874,11 +871,7 @@ def test_a_full_or_read_only_disk_loses_no_committed_record_and_says_what_it_los
     assert "disk I/O error" in errors[0] and "held for retry: 1 record; lost: none" in errors[0]
     assert "held for retry: 5 records; lost: 1 record" in errors[5]
     assert "closed without storing 20 records" in errors[-1] and "committed before is intact" in errors[-1]
-    conn = sqlite3.connect(f"{(run / 'run.db').as_uri()}?mode=ro", uri=True)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    finally:
-        conn.close()
+    assert integrity(run / "run.db") == "ok"
     with RunStore(run, mode="r") as store:
         assert [row["step"] for row in store.records()] == list(range(10))
         assert_record(store.last_record(), make_record(9))

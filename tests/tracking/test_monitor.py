@@ -20,6 +20,7 @@ from torch import nn
 from spectral_edge.errors import NonFiniteUpdateError, ParameterLayoutError, SpectrumWarning
 from spectral_edge.spectrum import analyze_window
 from spectral_edge.tracking import SpectralMonitor, SpectralRecord
+from tests.sqlite_checks import integrity
 
 N_DATA = 64
 BATCH = 8
@@ -1010,7 +1011,6 @@ def test_a_full_disk_is_reported_honestly_and_never_stops_training(tmp_path, lim
     WAL's size no file may grow (a full disk); at 0 no byte may be written (a read-only store)."""
     import json
     import os
-    import sqlite3
     import subprocess
     import sys
 
@@ -1049,11 +1049,7 @@ def test_a_full_disk_is_reported_honestly_and_never_stops_training(tmp_path, lim
         assert f"closed without storing 1100 records, {n_events} events" in warned[2]
     assert "mon.records keeps the latest 50 records" in warned[2]
 
-    conn = sqlite3.connect(f"{(run / 'run.db').as_uri()}?mode=ro", uri=True)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    finally:
-        conn.close()
+    assert integrity(run / "run.db") == "ok"
     with RunStore(run, mode="r") as store:
         steps = [row["step"] for row in store.records()]
         assert steps[:10] == list(range(2, 12))  # everything committed before the failure

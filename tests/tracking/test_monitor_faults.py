@@ -24,18 +24,7 @@ from torch import nn
 from spectral_edge.errors import NonFiniteUpdateError, SpectrumWarning
 from spectral_edge.spectrum import analyze_window
 from spectral_edge.tracking import SpectralMonitor
-
-
-class MLP(nn.Module):
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.encoder = nn.Linear(6, 12)
-        self.hidden = nn.Linear(12, 12)
-        self.head = nn.Linear(12, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.tanh(self.hidden(torch.tanh(self.encoder(x)))))
+from tests.tracking.test_monitor import MLP
 
 
 def batches(n: int, seed: int = 1, n_in: int = 6, n_out: int = 3):
