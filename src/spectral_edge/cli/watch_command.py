@@ -187,12 +187,17 @@ class _Follower:
         self.db_seen = True
         try:
             store = RunStore(self.db, mode="r")
-        except RunStoreError:
-            if _being_created(self.db):
+        except RunStoreError as exc:
+            if _being_created(self.db) or _busy(exc):
                 return _State("creating", self.db)
             # The writer commits its whole schema in one transaction, which may have landed between
             # the two looks: one more open tells a run that has just appeared from a foreign file.
-            store = RunStore(self.db, mode="r")
+            try:
+                store = RunStore(self.db, mode="r")
+            except RunStoreError as again:
+                if _busy(again):
+                    return _State("creating", self.db)
+                raise
         with store:
             meta = store.meta()
             # The inode alone does not tell a run written anew: the new file may reuse the old one's.
@@ -221,6 +226,15 @@ class _Follower:
 
     def close(self) -> None:
         self.identity = None
+
+
+def _busy(exc: BaseException) -> bool:
+    """True when SQLite refused a read for a moment (the writer held a lock it may not wait on, as while
+    it switches a new database to WAL): the next poll will read, so this one waits instead of failing."""
+    cause = exc.__cause__
+    return isinstance(cause, sqlite3.OperationalError) and any(
+        word in str(cause).lower() for word in ("locked", "busy")
+    )
 
 
 def _being_created(db: Path) -> bool:
