@@ -73,7 +73,7 @@ class EvalSummary:
 class RunSummary:
     """A run store reduced to the numbers a person compares runs by.
 
-    R statistics are over the records with a finite R; a record at a rank edge has R = inf (the README's
+    R statistics are over the records with a finite R; a record at a rank edge has R = inf (docs/concepts.md,
     "rank-deficient windows") and is counted in ``n_infinite_gap_ratio`` instead, while ``gap_ratio_peak``
     may be inf.
     """

@@ -18,7 +18,7 @@ from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
 
 @dataclass(frozen=True)
 class EventThresholds:
-    """When the detectors fire. Defaults are documented in the README's event table.
+    """When the detectors fire. Defaults are documented in docs/concepts.md's event table.
 
     The paper defines gap opening and collapse (Defs 10.4, 10.6) without numbers. The defaults were chosen
     by looking at the demo's grokking run (W = 10, AdamW): a noisy Adam trajectory keeps R between about

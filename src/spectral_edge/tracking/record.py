@@ -44,7 +44,7 @@ class SpectralRecord:
     """Everything the monitor measured on one full window of W updates.
 
     Field names follow the paper: σ_j are the singular values of the trajectory matrix X (Def 1.2),
-    λ_j = σ_j² the eigenvalues of G = X Xᵀ (Def 1.3); see the README's table for every field.
+    λ_j = σ_j² the eigenvalues of G = X Xᵀ (Def 1.3); see docs/concepts.md for every field.
     """
 
     step: int  # optimizer step at which the newest update of the window was taken
