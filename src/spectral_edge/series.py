@@ -40,7 +40,7 @@ class LagCorrelation:
 
 
 def detrend(y: np.ndarray, order: int | None = 1) -> np.ndarray:
-    """y minus its least-squares polynomial of ``order`` in normalised time t ∈ [0, 1].
+    """The series y minus its least-squares polynomial of ``order`` in normalised time t ∈ [0, 1].
 
     ``order=1`` is the thesis harness's linear detrend, ``3`` the SED scripts' cubic one, ``0`` removes
     the mean, None leaves y unchanged. Non-finite samples keep their place as NaN and are left out of
@@ -199,6 +199,7 @@ class GapFlowTerms:
 
     @property
     def total(self) -> np.ndarray:
+        """The whole right-hand side: the sum of the three terms, step by step."""
         return self.curvature_asymmetry + self.damping + self.driving_asymmetry
 
 

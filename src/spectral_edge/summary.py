@@ -110,7 +110,7 @@ class RunSummary:
 
     @property
     def event_counts(self) -> dict[str, int]:
-        """kind -> number of events, in order of first occurrence."""
+        """Each event kind -> its number of events, in order of first occurrence."""
         return dict(Counter(e["kind"] for e in self.events))
 
     def to_dict(self) -> dict[str, Any]:
@@ -264,7 +264,8 @@ def _summarize(store: RunStore, grok_metric: str | None, grok_threshold: float) 
     mode, mode_n = max(sorted(counts.items()), key=lambda kv: kv[1])  # ties: the smaller k*
     peak_index = int(np.nanargmax(ratios)) if not np.all(np.isnan(ratios)) else 0
     wall = [r["wall_time"] for r in rows if r.get("wall_time") is not None]
-    monitor = config.get("monitor") if isinstance(config.get("monitor"), Mapping) else {}
+    given = config.get("monitor")
+    monitor: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
     window = monitor.get("window", rows[-1].get("window"))
     last = rows[-1]
     evals = store.evals()

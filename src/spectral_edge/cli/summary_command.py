@@ -28,6 +28,7 @@ _WIDTH = 110  # wrap long config lines here
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``spectral-edge summary`` to the CLI's subcommands."""
     summary = subparsers.add_parser(
         "summary",
         help="summarise a run: records, k* and R statistics, events, evaluations, grokking step",

@@ -30,6 +30,7 @@ _N_SIGMAS = 5  # leading singular values shown
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``spectral-edge watch`` to the CLI's subcommands."""
     parser = subparsers.add_parser(
         "watch",
         help="follow a run while it trains: the latest record, evaluations and events",

@@ -242,7 +242,7 @@ def _static_gap(plt: Any, runs: Sequence[RunData], with_records: Sequence[RunDat
             if not gap_kinds(event.kind):
                 continue
             label, ecolor, _, marker = event_style(event.kind)
-            at = min(np.searchsorted(run.steps, event.step), len(run.steps) - 1)
+            at = min(int(np.searchsorted(run.steps, event.step)), len(run.steps) - 1)
             y = run.gap_ratio[at] if np.isfinite(run.gap_ratio[at]) else cap
             ax_r.plot(
                 [event.step],
@@ -296,9 +296,12 @@ def _static_adiabatic(plt: Any, runs: Sequence[RunData], with_records: Sequence[
         ax.text(1.005, np.sqrt(y0 * y1), name, transform=ax.get_yaxis_transform(), va="center", fontsize=8)
     for i, run in enumerate(with_a):
         color = colors[run.name]
-        raw = np.where(np.isposinf(run.eta_adiabatic), hi, run.eta_adiabatic)
+        eta, eta_median = run.eta_adiabatic, run.eta_adiabatic_median
+        if eta is None or eta_median is None:  # with_a holds only runs that have both
+            continue
+        raw = np.where(np.isposinf(eta), hi, eta)
         ax.plot(run.steps, np.where(raw > 0, raw, np.nan), color=color, lw=0.4, alpha=0.25, rasterized=True)
-        med = np.where(np.isposinf(run.eta_adiabatic_median), hi, run.eta_adiabatic_median)
+        med = np.where(np.isposinf(eta_median), hi, eta_median)
         ax.plot(
             run.steps,
             np.where(med > 0, med, np.nan),

@@ -605,7 +605,10 @@ class _Page:
         n_inf = 0
         for i, run in enumerate(with_a):
             color = self.colors[run.name]
-            raw, inf = _clip_inf(run.eta_adiabatic, hi)
+            eta, eta_median = run.eta_adiabatic, run.eta_adiabatic_median
+            if eta is None or eta_median is None:  # with_a holds only runs that have both
+                continue
+            raw, inf = _clip_inf(eta, hi)
             n_inf += int(inf.sum())
             raw = np.where(raw > 0, raw, np.nan)
             fig.add_trace(
@@ -623,7 +626,7 @@ class _Page:
                 row=1,
                 col=1,
             )
-            med, _ = _clip_inf(run.eta_adiabatic_median, hi)
+            med, _ = _clip_inf(eta_median, hi)
             fig.add_trace(
                 go.Scatter(
                     x=run.steps,

@@ -46,6 +46,8 @@ def stability_coefficients(
         eigenvalues: (W,) eigenvalues λ_j of G, any order (the result follows the same order).
         delta_c_fro: ‖ΔC‖_F of the step, ≥ 0.
         c: the Davis–Kahan constant, > 0.
+        include_zero: also bound δ_j by λ_j itself (the covariance's zero eigenvalue when P > W), for a
+            guaranteed Davis–Kahan bound.
 
     Returns:
         (W,) float64 array in [0, 1].

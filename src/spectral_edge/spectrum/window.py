@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -183,7 +184,8 @@ def analyze_gram_with_parts(
     Args:
         gram: (W, W) Gram matrix, as for :func:`analyze_gram`.
         parts: (n, W, W) Gram matrices of parts of the updates, or None.
-        k95_threshold, rank_rtol: as for :func:`analyze_gram`.
+        k95_threshold: as for :func:`analyze_gram`.
+        rank_rtol: as for :func:`analyze_gram`.
 
     Returns:
         ``(spectrum, part_singular_values)``: the :class:`WindowSpectrum` of ``gram`` and the (n, W)
@@ -257,7 +259,8 @@ def spectrum_from_eigen(
         eigenvalues: (W,) eigenvalues of G, descending, as the solver returned them (not clipped).
         eigenvectors: (W, W) the matching eigenvectors as columns (copied).
         parts: (n, W) descending eigenvalues of the parts' Grams, or None.
-        k95_threshold, rank_rtol: as for :func:`analyze_gram`.
+        k95_threshold: as for :func:`analyze_gram`.
+        rank_rtol: as for :func:`analyze_gram`.
 
     Returns:
         ``(spectrum, part_singular_values)`` as :func:`analyze_gram_with_parts` returns them.
@@ -528,17 +531,15 @@ _GRAM_BLOCK = 1 << 22
 def _gram_of_updates(updates: Any) -> np.ndarray:
     """G = X Xᵀ in float64. A torch tensor is reduced on its own device in column blocks, so a (W, P)
     window on a GPU never travels to the host nor exists whole in float64."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        torch = None
+    # A tensor can only come from torch once it is imported, so the pure maths never imports it itself.
+    torch = sys.modules.get("torch")
     if torch is not None and isinstance(updates, torch.Tensor):
-        x = updates.detach()
-        if x.ndim != 2:
-            raise ValueError(f"expected a 2-D (W, P) array, got {x.ndim} dimension(s)")
-        gram = torch.zeros(x.shape[0], x.shape[0], dtype=torch.float64, device=x.device)
-        for lo in range(0, x.shape[1], _GRAM_BLOCK):
-            block = x[:, lo : lo + _GRAM_BLOCK].to(torch.float64)
+        rows = updates.detach()
+        if rows.ndim != 2:
+            raise ValueError(f"expected a 2-D (W, P) array, got {rows.ndim} dimension(s)")
+        gram = torch.zeros(rows.shape[0], rows.shape[0], dtype=torch.float64, device=rows.device)
+        for lo in range(0, rows.shape[1], _GRAM_BLOCK):
+            block = rows[:, lo : lo + _GRAM_BLOCK].to(torch.float64)
             gram += block @ block.T
         return gram.cpu().numpy()
     x = _as_float64_matrix(updates)
