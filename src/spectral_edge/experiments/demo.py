@@ -142,10 +142,10 @@ def run_demo(
 
     png = None
     if figure:
-        from spectral_edge.report.figures import plot_run
+        from spectral_edge.report.figures import save_run_figure
 
         try:
-            png = plot_run(run_dir, title=_title(config))
+            png = save_run_figure(run_dir, title=_title(config))
         except MissingExtraError as exc:  # the run itself is complete and stored: say so, do not fail
             print(f"spectral-edge demo: no figure ({exc})", file=stream or sys.stderr)
     with RunStore(run_dir, mode="r") as reader:

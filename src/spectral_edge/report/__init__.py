@@ -5,7 +5,7 @@ and ``plot_run`` draw matplotlib figures (the ``demo`` extra). Both extras are i
 """
 
 from spectral_edge.report.data import RunData, load_run, load_runs
-from spectral_edge.report.figures import plot_run, write_static_figures
+from spectral_edge.report.figures import plot_run, save_run_figure, write_static_figures
 from spectral_edge.report.html import render_report, write_report
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "render_report",
     "write_static_figures",
     "plot_run",
+    "save_run_figure",
     "load_runs",
     "load_run",
     "RunData",

@@ -1,7 +1,12 @@
 """Static figures of monitored runs, drawn from their run stores (needs matplotlib: the ``demo`` extra).
 
-:func:`plot_run` is the demo's three-panel PNG of one run; :func:`write_static_figures` draws the HTML
-report's panels for papers (PNG, SVG or PDF), overlaying several runs.
+:func:`plot_run` is the three-panel figure of one run (the demo's PNG, :func:`save_run_figure`);
+:func:`write_static_figures` draws the HTML report's panels for papers (PNG, SVG or PDF), overlaying
+several runs.
+
+Every figure is a :class:`matplotlib.figure.Figure` made without ``pyplot``: nothing here selects a
+backend or registers a figure with pyplot's global state, so a notebook's inline plots keep working and
+nothing is left open. In a notebook, ``plot_run("runs/x")`` as a cell's last line shows the figure.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from spectral_edge.report.data import RunData
 from spectral_edge.report.style import REGIME_COLORS, RUN_COLORS, event_style, short_labels
 from spectral_edge.store import RunStore
 
-__all__ = ["STATIC_FORMATS", "plot_run", "write_static_figures"]
+__all__ = ["STATIC_FORMATS", "plot_run", "save_run_figure", "write_static_figures"]
 
 #: Colours of the event kinds in figures.
 EVENT_COLORS = {
@@ -28,20 +33,22 @@ EVENT_COLORS = {
 }
 
 
-def plot_run(run: str | Path, out: str | Path | None = None, *, title: str | None = None) -> Path:
+def plot_run(run: str | Path, *, title: str | None = None) -> Any:
     """Three panels over training steps: σ_j (log scale), the gap ratio R with k* and events, accuracy.
 
     Args:
         run: the run directory (or its ``run.db``).
-        out: PNG path; default ``spectrum.png`` in the run directory.
         title: figure title; default the run directory's name.
 
     Returns:
-        The path of the PNG written.
+        A :class:`matplotlib.figure.Figure` (not registered with pyplot; the backend is left alone).
+        ``fig.savefig("x.png")`` writes it; :func:`save_run_figure` does that for the demo.
+
+    Raises:
+        ValueError: the run has no records yet.
+        MissingExtraError: matplotlib is not installed (the ``demo`` extra).
     """
-    matplotlib = require("matplotlib", "Figures")
-    matplotlib.use("Agg")  # files only: no display needed, and no GUI backend is ever started
-    plt = require("matplotlib.pyplot", "Figures")
+    plt = _figures("Figures")
 
     with RunStore(run, mode="r") as store:
         arrays = store.record_arrays()
@@ -91,26 +98,39 @@ def plot_run(run: str | Path, out: str | Path | None = None, *, title: str | Non
             )
     ax_r.legend(loc="upper left", fontsize=8)
 
-    for name, style in (("test_acc", "-"), ("train_acc", ":")):
-        if name in evals:
-            s, v = evals[name]
-            ax_a.plot(
-                s,
-                v,
-                style,
-                color="tab:red" if name == "test_acc" else "tab:gray",
-                label=name.replace("_", " "),
-            )
-    ax_a.set_ylim(-0.02, 1.02)
-    ax_a.set_ylabel("accuracy")
+    accuracy = [name for name in ("test_acc", "train_acc") if name in evals]
+    # The grokking demo's accuracies when they are there, else every evaluation the run logged.
+    for name in accuracy or sorted(evals):
+        s, v = evals[name]
+        style = {"test_acc": ("-", "tab:red"), "train_acc": (":", "tab:gray")}.get(name, ("-", None))
+        ax_a.plot(s, v, style[0], color=style[1], label=name.replace("_", " "))
+    if accuracy:
+        ax_a.set_ylim(-0.02, 1.02)
+    ax_a.set_ylabel("accuracy" if accuracy else "evaluations")
     ax_a.set_xlabel("optimizer step")
-    ax_a.legend(loc="center right", fontsize=8)
+    if evals:
+        ax_a.legend(loc="center right", fontsize=8)
     fig.suptitle(title or run_dir.name)
+    return fig
 
-    out = Path(out) if out is not None else run_dir / "spectrum.png"
+
+def save_run_figure(run: str | Path, out: str | Path | None = None, *, title: str | None = None) -> Path:
+    """Write :func:`plot_run`'s figure as a PNG (the demo's ``spectrum.png``).
+
+    Args:
+        run: the run directory (or its ``run.db``).
+        out: PNG path; default ``spectrum.png`` in the run directory.
+        title: figure title; default the run directory's name.
+
+    Returns:
+        The path of the PNG written.
+    """
+    fig = plot_run(run, title=title)
+    if out is None:
+        with RunStore(run, mode="r") as store:
+            out = Path(store.path).parent / "spectrum.png"
     fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return Path(out)
 
 
 # -- static figures for papers: the HTML report's panels, drawn with matplotlib -----------------------------
@@ -141,9 +161,7 @@ def write_static_figures(
     """
     if fmt not in STATIC_FORMATS:
         raise ValueError(f"fmt must be one of {', '.join(STATIC_FORMATS)}, got {fmt!r}")
-    matplotlib = require("matplotlib", "Static figures")
-    matplotlib.use("Agg")
-    plt = require("matplotlib.pyplot", "Static figures")
+    plt = _figures("Static figures")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     colors = {r.name: RUN_COLORS[i % len(RUN_COLORS)] for i, r in enumerate(runs)}
@@ -166,9 +184,36 @@ def write_static_figures(
                 continue
             path = out / f"{name}.{fmt}"
             fig.savefig(path, dpi=dpi)
-            plt.close(fig)
             written.append(path)
     return written
+
+
+class _Figures:
+    """The few pyplot calls the panels use, made on bare :class:`~matplotlib.figure.Figure` objects.
+
+    Why: pyplot keeps every figure in a global registry and ``matplotlib.use`` switches the backend for
+    the whole process (a notebook's inline plots stop showing). A bare Figure has neither side effect;
+    ``savefig`` picks a file writer from the extension, and Jupyter still displays it.
+    """
+
+    def __init__(self, matplotlib: Any) -> None:
+        self._figure = require("matplotlib.figure", "Figures").Figure
+        self.Line2D = require("matplotlib.lines", "Figures").Line2D
+        self.rc_context = matplotlib.rc_context
+        self._colormaps = matplotlib.colormaps
+
+    def subplots(
+        self, *args: Any, figsize: tuple[float, float], constrained_layout: bool = False, **kwargs: Any
+    ) -> tuple[Any, Any]:
+        fig = self._figure(figsize=figsize, layout="constrained" if constrained_layout else None)
+        return fig, fig.subplots(*args, **kwargs)
+
+    def get_cmap(self, name: str) -> Any:
+        return self._colormaps[name]
+
+
+def _figures(what: str) -> _Figures:
+    return _Figures(require("matplotlib", what))
 
 
 def _event_lines(ax: Any, run: RunData, index: int, kinds: Callable[[str], bool]) -> None:
