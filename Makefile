@@ -5,21 +5,24 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# torch is pinned to the CPU build this project is developed and tested with.
+# torch is pinned to the CPU build this project is developed and tested with; every other package to the
+# versions in constraints.txt (`make constraints` refreshes them).
 TORCH := torch==2.13.0
+CONSTRAINTS := constraints.txt
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 # The HTML report's browser test drives Debian's Chromium. `make test` never installs system packages: the
 # test skips, naming `make browser`, when Chromium is missing. CI runs `make browser` first (.ci/run).
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser demo test test-slow bench lint clean
+.PHONY: setup browser demo test test-slow bench lint constraints clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "spectral-edge needs Python >= 3.10"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(PIP) "$(TORCH)"
+	$(PIP) -c $(CONSTRAINTS) -e ".[test]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -42,6 +45,18 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+# Newest releases within pyproject.toml's ranges, installed into a scratch venv and frozen into
+# constraints.txt; then the suite runs against them. Commit constraints.txt only if it passes.
+SCRATCH := .venv-constraints
+constraints:
+	rm -rf $(SCRATCH) && $(PYTHON) -m venv $(SCRATCH)
+	$(SCRATCH)/bin/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(SCRATCH)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	{ sed -n '/^#/p' $(CONSTRAINTS); $(SCRATCH)/bin/python -m pip freeze --exclude-editable | grep -v '^torch=='; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS) && rm -rf $(SCRATCH)
+	$(MAKE) test
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
