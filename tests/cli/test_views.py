@@ -183,6 +183,37 @@ def test_compare_puts_runs_side_by_side(run_dir, other_run, capsys):
     assert [s["n_records"] for s in both] == [37, 21] and both[1]["evals"] == {}
 
 
+def test_compare_shows_which_configuration_differs(tmp_path, capsys):
+    for name, lr, wd in (("a", 0.01, 1.0), ("b", 0.02, 1.0)):
+        model = torch.nn.Linear(3, 2)
+        with SpectralMonitor(
+            model, window=4, lr=lr, store=tmp_path / name, config={"wd": wd, "seed": name}
+        ) as mon:
+            for _ in range(6):
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.add_(torch.randn_like(p))
+                mon.step()
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out.splitlines()
+
+    def row(label):
+        return next(line for line in out if line.startswith(label + " "))[len(label) :].split()
+
+    assert row("config") == ["differs", "below", "differs", "below"]
+    assert row("  user.seed") == ["a", "b"]
+    assert not any(line.startswith("  user.wd ") for line in out)  # the same in both: not listed
+    assert any(line.startswith("  monitor.lr ") for line in out)
+
+
+def test_compare_of_identical_configurations_says_so(run_dir, tmp_path, capsys):
+    twin = tmp_path / "twin"
+    write_run(twin, n_steps=12)
+    assert main(["compare", str(run_dir), str(twin)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert next(line for line in out if line.startswith("config ")).split()[1:] == ["identical"] * 2
+
+
 def test_compare_of_runs_with_the_same_name_shows_their_paths(run_dir, tmp_path, capsys):
     twin = tmp_path / "drift"
     write_run(twin, n_steps=12)

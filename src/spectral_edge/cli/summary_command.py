@@ -160,16 +160,40 @@ def format_comparison(summaries: Sequence[RunSummary]) -> str:
             rows.append([f"{name} best (step)", *(_eval_cell(s, name, best=True) for s in summaries)])
     if any(s.grok_metric is not None for s in summaries):
         rows.append(["grokked at step", *(_grok_cell(s) for s in summaries)])
+    differ = config_differences(summaries)
+    rows.append(["config", *(("differs below" if differ else "identical") for _ in summaries)])
+    rows += [[f"  {key}", *values] for key, values in differ.items()]
     return table(["", *names], rows)
 
 
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> list[str]:
+def config_differences(summaries: Sequence[RunSummary]) -> dict[str, list[str]]:
+    """The configuration keys whose values differ between runs: key -> each run's value ("-" if unset).
+
+    Keys are dotted paths into the stored configuration (the monitor's settings under ``monitor.``, the
+    user's ``config=`` under ``user.``), so a comparison says what was changed between runs, not only
+    what came of it.
+    """
+    flat = [dict(_config_pairs(s.config)) for s in summaries]
+    keys = list(dict.fromkeys(key for config in flat for key in config))
+    return {
+        key: [config.get(key, "-") for config in flat]
+        for key in keys
+        if len({config.get(key) for config in flat}) > 1
+    }
+
+
+def _flatten(config: Mapping[str, Any]) -> list[str]:
+    return [f"{key}={value}" for key, value in _config_pairs(config)]
+
+
+def _config_pairs(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, value as text) for every leaf of a nested configuration."""
     out = []
     for key, value in config.items():
         if isinstance(value, Mapping):
-            out += _flatten(value, f"{prefix}{key}.")
+            out += _config_pairs(value, f"{prefix}{key}.")
         else:
-            out.append(f"{prefix}{key}={json.dumps(value) if not isinstance(value, str) else value}")
+            out.append((f"{prefix}{key}", value if isinstance(value, str) else json.dumps(value)))
     return out
 
 
