@@ -1,5 +1,6 @@
 # Two commands for a fresh machine: `make demo` (the monitored grokking run) and `make test`.
 # Both create .venv and install the pinned dependencies first; nothing else needs to be installed.
+# .venv holds the library and, beside it, the paper's studies (studies/, `spectral-edge reproduce`).
 
 PYTHON ?= python3
 VENV := .venv
@@ -18,11 +19,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup browser demo test test-slow bench lint constraints clean
 
-$(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
+$(STAMP): pyproject.toml studies/pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "spectral-edge needs Python >= 3.10"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) "$(TORCH)"
-	$(PIP) -c $(CONSTRAINTS) -e ".[test]"
+	$(PIP) -c $(CONSTRAINTS) -e ".[test]" -e "./studies[test]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -43,8 +44,8 @@ bench: setup
 	$(BIN)/python benchmarks/monitor_step.py
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests studies benchmarks
+	$(BIN)/ruff format --check src tests studies benchmarks
 	$(BIN)/mypy
 
 # Newest releases within pyproject.toml's ranges, installed into a scratch venv and frozen into
@@ -53,7 +54,7 @@ SCRATCH := .venv-constraints
 constraints:
 	rm -rf $(SCRATCH) && $(PYTHON) -m venv $(SCRATCH)
 	$(SCRATCH)/bin/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(SCRATCH)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(SCRATCH)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]" -e "./studies[test]"
 	{ sed -n '/^#/p' $(CONSTRAINTS); $(SCRATCH)/bin/python -m pip freeze --exclude-editable | grep -v '^torch=='; } > $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS) && rm -rf $(SCRATCH)
 	$(MAKE) test

@@ -1,8 +1,9 @@
 """Repository-level pytest set-up.
 
-Doctests run over ``src/`` (pyproject's ``--doctest-modules``). Modules of the optional integrations
-import their framework at the top, so they cannot be collected where that extra is not installed: leave
-them out there instead of failing the whole collection (their tests in tests/integrations skip).
+Doctests run over ``src/`` and the studies' ``studies/src/`` (pyproject's ``--doctest-modules``).
+Modules of the optional integrations import their framework at the top, so they cannot be collected
+where that extra is not installed: leave them out there instead of failing the whole collection (their
+tests in tests/integrations skip).
 
 Several recipes are deterministic only for a given number of torch threads (their pinned numbers were
 measured with torch's default), so no test may leave another thread count behind for the next one.

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from spectral_edge import RunStore, SpectralMonitor
+from spectral_edge.demo import GROK_ACC
 from spectral_edge.errors import RunStoreError
-from spectral_edge.experiments.grokking import GROK_ACC
 from spectral_edge.summary import GROK_THRESHOLD, metric_direction, open_run, summarize_run
 from tests.cli.runs import WINDOW, write_empty_run, write_run
 

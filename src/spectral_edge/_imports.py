@@ -20,9 +20,6 @@ _EXTRA_FOR = {
     "wandb": "wandb",
     "mlflow": "mlflow",
     "plotly": "report",
-    "weightwatcher": "weightwatcher",
-    "tokenizers": "lm",
-    "gguf": "lm",
 }
 
 

@@ -81,3 +81,81 @@ def test_the_command_line_shows_the_librarys_messages_on_stderr(capsys):
     capsys.readouterr()
     logging.getLogger("spectral_edge.tracking").info("compiling the kernel")
     assert capsys.readouterr().err == "compiling the kernel\n"
+
+
+class _FakeEntryPoint:
+    """What the CLI reads of an importlib.metadata.EntryPoint: a name, a value and load()."""
+
+    def __init__(self, name: str, load) -> None:
+        self.name, self.value, self._load = name, f"fake_package:{name}", load
+
+    def load(self):
+        return self._load()
+
+
+def _greet(subparsers) -> None:
+    greet = subparsers.add_parser("greet", help="say hello from another distribution")
+    greet.add_argument("--name", default="world")
+    greet.set_defaults(handler=lambda args: print(f"hello {args.name}") or 0)
+
+
+def test_commands_of_other_distributions_come_from_their_entry_points(monkeypatch, capsys):
+    """A distribution adds a command through the spectral_edge.commands group (the studies add reproduce)."""
+    import spectral_edge.cli.main as cli
+
+    groups = []
+
+    def entry_points(*, group):
+        groups.append(group)
+        return [_FakeEntryPoint("greet", lambda: _greet)]
+
+    monkeypatch.setattr(cli, "entry_points", entry_points)
+    assert main(["greet", "--name", "you"]) == 0
+    assert capsys.readouterr().out == "hello you\n" and groups == ["spectral_edge.commands"]
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "say hello from another distribution" in capsys.readouterr().out
+
+
+def test_a_missing_command_says_what_to_install(monkeypatch, capsys):
+    """Without the studies installed, `reproduce` (--help too) names the distribution and how to get it."""
+    import spectral_edge.cli.main as cli
+
+    monkeypatch.setattr(cli, "entry_points", lambda *, group: [])
+    for argv in (["reproduce", "grokking", "--suite", "smoke"], ["reproduce", "--help"], ["reproduce"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("spectral-edge reproduce: error: the 'reproduce' command is unavailable: it is")
+        assert "spectral-edge-studies" in err and "pip install -e studies" in err
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "(unavailable)" in capsys.readouterr().out
+
+
+def test_a_command_that_fails_to_load_leaves_the_others_working(monkeypatch, capsys, small_run):
+    import spectral_edge.cli.main as cli
+
+    def broken():
+        raise ImportError("No module named 'fake_package'")
+
+    monkeypatch.setattr(cli, "entry_points", lambda *, group: [_FakeEntryPoint("reproduce", broken)])
+    assert main(["export", str(small_run)]) == 0
+    capsys.readouterr()
+    assert main(["reproduce", "lm"]) == 2
+    err = capsys.readouterr().err
+    assert "installed (fake_package:reproduce) but does not load" in err and "No module named" in err
+
+
+def test_every_out_option_has_the_short_form():
+    # Users type `-o` as with every other tool; a command that took only `--out` refused it.
+    from spectral_edge.cli.main import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    with_out = {
+        name: action.option_strings
+        for name, sub in commands.items()
+        for action in sub._actions
+        if "--out" in action.option_strings
+    }
+    assert with_out and all("-o" in strings for strings in with_out.values()), with_out

@@ -6,6 +6,7 @@ Examples::
     spectral-edge demo --weight-decay 0      # the control: the same budget, no grokking
     spectral-edge demo --preset smoke        # a few seconds, for a first look
     spectral-edge export runs/grokking-div-p97-wd1-seed42 --format csv
+    spectral-edge reproduce grokking --suite smoke   # the paper's studies, installed beside the library
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import logging
 import sqlite3
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
-from spectral_edge.errors import SpectralEdgeError
+from spectral_edge.errors import MissingExtraError, SpectralEdgeError
 
 # Each further command lives in its own module, which defines ``register(subparsers)``: it adds its parser
 # and sets ``handler`` (a function of the parsed arguments returning the exit status) as a default.
@@ -29,8 +31,16 @@ COMMAND_MODULES: tuple[str, ...] = (
     "spectral_edge.cli.summary_command",
     "spectral_edge.cli.analyze_command",
     "spectral_edge.cli.report_command",
-    "spectral_edge.cli.reproduce_command",
 )
+# Other distributions add commands through entry points of this group, each naming such a ``register``
+# function: ``[project.entry-points."spectral_edge.commands"]`` in their pyproject.toml. They are found
+# when the parser is built; a register function imports only argparse, its handler the rest.
+COMMAND_GROUP = "spectral_edge.commands"
+# Commands that come from another distribution, and how to install it (for the error when it is missing).
+OPTIONAL_COMMANDS: dict[str, str] = {
+    "reproduce": "the paper's studies are the spectral-edge-studies distribution, in the repository beside "
+    "the library: from a clone, run `pip install -e studies` (`make setup` does)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--interval", type=int, default=1, help="steps between snapshots (default: %(default)s)"
     )
-    demo.add_argument("--out", type=Path, default=None, help="run directory (default: runs/grokking-...)")
+    demo.add_argument(
+        "-o", "--out", type=Path, default=None, help="run directory (default: runs/grokking-...)"
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.add_argument("--no-figure", action="store_true", help="do not draw spectrum.png")
     demo.set_defaults(handler=_demo)
@@ -76,13 +88,42 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run", type=Path, help="run directory (or its run.db)")
     export.add_argument("--format", choices=("csv", "parquet"), default="csv", help="default: %(default)s")
     export.add_argument(
-        "--out", type=Path, default=None, help="output file or directory (default: the run directory)"
+        "-o", "--out", type=Path, default=None, help="output file or directory (default: the run directory)"
     )
     export.set_defaults(handler=_export)
 
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(sub)
+    _add_installed_commands(sub)
     return parser
+
+
+def _add_installed_commands(sub: argparse._SubParsersAction) -> None:
+    """Register the commands of the :data:`COMMAND_GROUP` entry points; a known command that is missing,
+    or one that fails to load, gets a stand-in that says why and what to install."""
+    unavailable: dict[str, str] = {}
+    for entry in entry_points(group=COMMAND_GROUP):
+        if entry.name in sub.choices:
+            continue  # a name taken already (by the library, or by the same distribution found twice)
+        try:
+            register = entry.load()
+        except Exception as exc:  # a broken distribution must not take the library's own commands down
+            unavailable[entry.name] = f"it is installed ({entry.value}) but does not load: {exc!r}"
+            continue
+        register(sub)
+    for name, install in OPTIONAL_COMMANDS.items():
+        if name not in sub.choices and name not in unavailable:
+            unavailable[name] = f"it is not installed; {install}"
+    for name, why in unavailable.items():
+        # prefix_chars no argument starts with: every argument (--help too) is a positional, so the
+        # stand-in always reaches its handler, which explains
+        stand_in = sub.add_parser(name, help=f"(unavailable) {why}", add_help=False, prefix_chars="\0")
+        stand_in.add_argument("arguments", nargs="*")
+        stand_in.set_defaults(handler=lambda args, why=why: _unavailable(args.command, why))
+
+
+def _unavailable(command: str, why: str) -> int:
+    raise MissingExtraError(f"the {command!r} command is unavailable: {why}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,8 +149,7 @@ def _paths(args: argparse.Namespace) -> list[Path]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from spectral_edge.experiments.demo import format_summary, run_demo
-    from spectral_edge.experiments.grokking import PRESETS
+    from spectral_edge.demo import PRESETS, format_summary, run_demo
 
     if args.preset not in PRESETS:
         raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")

@@ -33,7 +33,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directory (or its run.db)")
     parser.add_argument(
-        "--out", type=Path, default=Path("report.html"), help="HTML file to write (default: %(default)s)"
+        "-o",
+        "--out",
+        type=Path,
+        default=Path("report.html"),
+        help="HTML file to write (default: %(default)s)",
     )
     parser.add_argument("--title", default=None, help="page title (default: names the runs)")
     parser.add_argument(
