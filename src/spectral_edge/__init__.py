@@ -45,11 +45,16 @@ from spectral_edge.store import RunStore, StoreBacklog, export_run
 from spectral_edge.tracking import (
     EventThresholds,
     GroupSpectrum,
+    MonitorConfig,
+    PushedWindow,
     SpectralEvent,
     SpectralMonitor,
     SpectralRecord,
+    SpectralTracker,
+    TrackResult,
     UpdateWindow,
     analyze_checkpoints,
+    build_record,
 )
 
 try:
@@ -87,6 +92,11 @@ __all__ = [
     "mode_coupling_terms",
     # online and offline monitoring
     "SpectralMonitor",
+    "MonitorConfig",
+    "SpectralTracker",
+    "TrackResult",
+    "build_record",
+    "PushedWindow",
     "SpectralRecord",
     "SpectralEvent",
     "GroupSpectrum",

@@ -362,6 +362,22 @@ def test_bad_monitor_arguments_raise_at_construction(kwargs, error, message):
         SpectralEdgeCallback(**kwargs)
 
 
+def test_arguments_are_checked_by_building_the_config_not_a_throwaway_monitor(tmp_path, monkeypatch):
+    import spectral_edge.integrations.huggingface as module
+
+    built = []
+    monkeypatch.setattr(module, "SpectralMonitor", lambda *a, **k: built.append(k))
+    callback = SpectralEdgeCallback(window=3, storage_device="cpu", config={"run": "a"})
+    assert built == []  # nothing is built before training begins
+    monkeypatch.undo()
+    callback.on_train_begin(
+        fake_args(tmp_path), TrainerState(), TrainerControl(), model=torch.nn.Linear(3, 2)
+    )
+    settings = callback.monitor.settings
+    assert settings.window == 3 and settings.user == {"integration": "transformers", "run": "a"}
+    assert callable(settings.lr)  # the optimizer's rate at each step, read through the monitor
+
+
 def _copy_checkpoint(source: Path, target: Path) -> Path:
     import shutil
 

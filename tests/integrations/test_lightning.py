@@ -285,6 +285,26 @@ def test_bad_monitor_arguments_raise_at_construction(kwargs, error, message):
         SpectralEdgeLightningCallback(**kwargs)
 
 
+def test_arguments_are_checked_by_building_the_config_not_a_throwaway_monitor(monkeypatch):
+    import spectral_edge.integrations.lightning as module
+    from spectral_edge import MonitorConfig
+
+    class NoMonitor:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("a monitor was built before training started")
+
+    monkeypatch.setattr(module, "SpectralMonitor", NoMonitor)
+    config = MonitorConfig(window=3, interval=2)
+    callback = SpectralEdgeLightningCallback(config=config, lr=0.1)
+    with pytest.raises(TypeError, match="got object without write_record"):
+        SpectralEdgeLightningCallback(sinks=[object()])
+    monkeypatch.undo()
+    callback.on_train_start(fake_trainer(), ToyModule())
+    assert callback.monitor.settings.window == 3 and callback.monitor.settings.interval == 2
+    assert callback.monitor.lr == 0.1 and callback.monitor.config()["lr"] == 0.1
+    assert callback.monitor.settings.user == {"integration": "lightning"}
+
+
 def test_state_dict_round_trips_through_torch_load_with_weights_only(tmp_path):
     # Lightning may load checkpoints with weights_only=True: the state must hold only plain types.
     callback = SpectralEdgeLightningCallback(window=2)

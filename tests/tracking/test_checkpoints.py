@@ -373,7 +373,7 @@ def test_mismatched_tensor_shapes(tmp_path):
     number of elements, not the shape. A checkpoint whose ``0.weight`` is (4, 8) instead of (8, 4) (another
     architecture with the same names) is flattened and subtracted element by element from a differently
     laid out tensor, without a word. Fix: compare ``tuple(state[n].shape)`` with the first checkpoint's
-    shapes (``monitor._win.layout.shapes``) next to the name check and raise the same kind of ValueError.
+    shapes (``tracker.layout.shapes``) next to the name check and raise the same kind of ValueError.
     """
     snapshots = train(4)
     paths = [save("pt", tmp_path, step, state, opt) for step, state, opt in snapshots]
@@ -431,25 +431,32 @@ def test_load_state_dict_formats_and_errors(tmp_path):
         load_state_dict(tmp_path / "list.pt")
 
 
-def test_the_monitor_is_built_on_meta_tensors_so_no_checkpoint_is_copied(tmp_path, monkeypatch):
+def test_the_first_checkpoint_is_the_snapshot_so_no_checkpoint_is_copied(tmp_path, monkeypatch):
     """Regression: the monitor's constructor snapshots with a copy, so building it from the first
-    checkpoint briefly held two copies of it. It now sees only shape-only "meta" tensors, and the loaded
-    checkpoint itself becomes the snapshot; the records are unchanged (the tests above)."""
+    checkpoint briefly held two copies of it. The tracker is now given the loaded checkpoint's own
+    tensors with ``copy=False``: they become the snapshot; the records are unchanged (the tests above)."""
     import spectral_edge.tracking.checkpoints as ckpt
 
-    seen = []
+    loaded, seen = [], []
+    real_load = ckpt.load_state_dict
 
-    class Spy(ckpt.SpectralMonitor):
-        def __init__(self, source, **kwargs):
-            seen.append({name: t.device.type for name, t in source.items()})
-            super().__init__(source, **kwargs)
+    def load(path):
+        loaded.append(real_load(path))
+        return loaded[-1]
 
-    monkeypatch.setattr(ckpt, "SpectralMonitor", Spy)
+    class Spy(ckpt.SpectralTracker):
+        def __init__(self, named, **kwargs):
+            seen.append((dict(named), kwargs["copy"]))
+            super().__init__(named, **kwargs)
+
+    monkeypatch.setattr(ckpt, "load_state_dict", load)
+    monkeypatch.setattr(ckpt, "SpectralTracker", Spy)
     snapshots = train(4)
     paths = [save("pt", tmp_path, step, state, opt) for step, state, opt in snapshots]
     records = ckpt.analyze_checkpoints(paths, window=2)
     assert len(records) == 2
-    assert len(seen) == 1 and set(seen[0].values()) == {"meta"}
+    assert len(seen) == 1 and seen[0][1] is False
+    assert all(t is loaded[0][name] for name, t in seen[0][0].items())
 
 
 def test_unreadable_checkpoint_is_a_value_error_naming_the_file(tmp_path):

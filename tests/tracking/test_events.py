@@ -317,3 +317,34 @@ def test_a_run_that_starts_inside_the_band_reports_its_first_opening():
     det = EventDetector(T(persistence=3, k_star_persistence=100))
     events = feed(det, stream([BAND] * 200 + [OPEN] * 5 + [SHUT] * 5))
     assert kinds(events) == ["gap_opening", "gap_collapse"]
+
+
+def test_the_regime_smoothing_and_the_reports_trailing_median_are_one_function():
+    """The detector's median of recent η𝒜 is trailing_median's last value (report/data.py reuses it)."""
+    import numpy as np
+
+    from spectral_edge.report.data import trailing_median as report_median
+    from spectral_edge.spectrum.stability import AdiabaticRegimes
+    from spectral_edge.tracking.events import TrailingMedian, trailing_median
+
+    assert report_median is trailing_median
+    rng = np.random.default_rng(3)
+    values = rng.lognormal(size=80)
+    values[rng.choice(80, 10, replace=False)] = np.nan
+    smoothing = 7
+    det = EventDetector(EventThresholds(regime_smoothing=smoothing), AdiabaticRegimes(scale="none"))
+    online = []
+    for step, v in enumerate(values):
+        adiabatic = None if np.isnan(v) else float(v)
+        record = SimpleNamespace(
+            step=step, k_star=1, gap_ratio=2.0, ratios=None, adiabatic=adiabatic, lr=0.1, regime=None
+        )
+        det.update(record)
+        online.append(det.state_dict()["recent_adiabatic"])
+    column = trailing_median(values, smoothing)
+    for i, recent in enumerate(online):
+        if not np.isnan(values[i]):
+            assert column[i] == np.median(recent[-smoothing:])
+    median = TrailingMedian(smoothing)
+    median.load(online[-1])
+    assert median.value == column[~np.isnan(column)][-1]

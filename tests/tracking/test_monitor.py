@@ -78,7 +78,7 @@ def flat(model: nn.Module, names) -> np.ndarray:
 
 
 def group_columns(mon: SpectralMonitor) -> dict[str, np.ndarray]:
-    layout = mon._win.layout
+    layout = mon.tracker.layout
     cols: dict[str, list[int]] = {g: [] for g in layout.group_names}
     offset = 0
     for group, numel in zip(layout.groups, layout.numels, strict=True):
@@ -204,7 +204,7 @@ def test_records_match_analyze_window_of_snapshots(opt_name, dtype, sigma_rtol, 
     opt = make_optimizer(opt_name, model)
     lr = opt.param_groups[0]["lr"]
     mon = SpectralMonitor(model, window=window, lr=lr, storage_dtype=dtype, chunk_size=50)
-    names = mon._win.layout.names
+    names = mon.tracker.layout.names
     assert set(names) == {n for n, _ in model.named_parameters()}
     assert mon.n_params == sum(p.numel() for p in model.parameters())
     cols = group_columns(mon)
@@ -239,8 +239,8 @@ def test_bfloat16_storage_matches_the_rounded_reference():
     model = MLP()
     opt = make_optimizer("adamw", model)
     mon = SpectralMonitor(model, window=window, lr=1e-2, storage_dtype=torch.bfloat16)
-    assert mon._win.nbytes == window * mon.n_params * 2
-    names = mon._win.layout.names
+    assert mon.tracker.window.nbytes == window * mon.n_params * 2
+    names = mon.tracker.layout.names
     cols = group_columns(mon)
     ref = ReferenceMonitor(flat(model, names), window)
     n = 0
@@ -277,7 +277,7 @@ def test_other_groupings(groups, expected):
     mon = SpectralMonitor(model, window=window, groups=groups, storage_dtype=torch.float64)
     cols = group_columns(mon)
     assert set(cols) == expected
-    names = mon._win.layout.names
+    names = mon.tracker.layout.names
     ref = ReferenceMonitor(flat(model, names), window)
     n = 0
     for batch in make_batches(5):
@@ -302,7 +302,7 @@ def test_float64_model_with_default_float32_storage():
     model = MLP().double()
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
     mon = SpectralMonitor(model, window=window, lr=1e-4)  # storage float32, the default
-    names = mon._win.layout.names
+    names = mon.tracker.layout.names
     cols = group_columns(mon)
     ref = ReferenceMonitor(flat(model, names), window)
     n = 0
@@ -322,7 +322,7 @@ def test_interval_takes_deltas_between_snapshots_interval_steps_apart():
     model = MLP()
     opt = make_optimizer("sgd", model)
     mon = SpectralMonitor(model, window=window, interval=interval, lr=0.05, storage_dtype=torch.float64)
-    names = mon._win.layout.names
+    names = mon.tracker.layout.names
     cols = group_columns(mon)
     snaps = {0: flat(model, names)}
     got = {}
@@ -353,7 +353,7 @@ def test_learning_rate_from_optimizer_scheduler_and_callable():
     mon = SpectralMonitor(model, window=window, lr=opt, storage_dtype=torch.float64)
     box = {"lr": 0.5}
     shadow = SpectralMonitor(model, window=window, lr=lambda: box["lr"], storage_dtype=torch.float64)
-    names = mon._win.layout.names
+    names = mon.tracker.layout.names
     cols = group_columns(mon)
     ref = ReferenceMonitor(flat(model, names), window)
     seen_lrs = []
@@ -444,7 +444,7 @@ def test_attach_gives_one_record_per_optimizer_step_and_log_metrics_reach_the_ne
     opt = make_optimizer("adamw", model)
     mon = SpectralMonitor(model, window=window, lr=opt, storage_dtype=torch.float64)
     handle = mon.attach(opt)
-    names = mon._win.layout.names
+    names = mon.tracker.layout.names
     cols = group_columns(mon)
     ref = ReferenceMonitor(flat(model, names), window)
     for step, batch in enumerate(make_batches(n_steps), start=1):
@@ -479,7 +479,7 @@ def test_nonfinite_update_is_skipped_with_one_event_and_one_warning_and_monitori
     model = MLP()
     opt = make_optimizer("sgd", model)
     mon = SpectralMonitor(model, window=window, lr=0.05, storage_dtype=torch.float64)
-    names = mon._win.layout.names
+    names = mon.tracker.layout.names
     cols = group_columns(mon)
     ref = ReferenceMonitor(flat(model, names), window)
     batches = iter(make_batches(30))
@@ -525,7 +525,7 @@ def test_nonfinite_update_is_skipped_with_one_event_and_one_warning_and_monitori
     assert "NaN or Inf" in events[0].message
     # Regression: the message says the window restarts, but the window kept its W - 1 older updates and
     # the first record after the NaN mixed them with new ones. Now it restarts empty.
-    assert mon._win.count == len(ref.rows) == 0
+    assert mon.tracker.window.count == len(ref.rows) == 0
 
     statuses = [advance() for _ in range(8)]
     assert statuses[:5] == ["snapshot", "pushed", "pushed", "pushed", "record"]
@@ -561,7 +561,7 @@ def test_zero_update_gives_an_event_and_a_warning():
     model = MLP()
     opt = make_optimizer("sgd", model)
     mon = SpectralMonitor(model, window=window, storage_dtype=torch.float64)
-    names = mon._win.layout.names
+    names = mon.tracker.layout.names
     cols = group_columns(mon)
     ref = ReferenceMonitor(flat(model, names), window)
     batches = iter(make_batches(10))
@@ -638,7 +638,7 @@ def test_model_smaller_than_the_window(n_in, dtype):
     p = n_in
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     mon = SpectralMonitor(model, window=window, lr=0.1, storage_dtype=dtype)
-    names = mon._win.layout.names
+    names = mon.tracker.layout.names
     ref = ReferenceMonitor(flat(model, names), window)
     records = []
     with warnings.catch_warnings(record=True) as caught:
@@ -674,7 +674,7 @@ def test_frozen_parameters_are_excluded():
     mon = SpectralMonitor(model, window=window, lr=0.05, storage_dtype=torch.float64)
     frozen = "frozen (requires_grad=False)"
     assert mon.excluded == {"encoder.weight": frozen, "head.bias": frozen}
-    names = mon._win.layout.names
+    names = mon.tracker.layout.names
     assert set(names) == {"encoder.bias", "hidden.weight", "hidden.bias", "head.weight"}
     assert mon.n_params == 12 + 144 + 12 + 36
     assert mon.config()["excluded"] == mon.excluded
@@ -718,9 +718,9 @@ def test_parameter_added_after_start_restarts_the_window_on_the_new_set():
     changed = [e for e in mon.events if e.kind == "parameters_changed"]
     assert len(changed) == 1 and changed[0].step == 6
     assert mon.n_params == p_before + 6 * 3 + 3
-    names = mon._win.layout.names
+    names = mon.tracker.layout.names
     assert {"extra.weight", "extra.bias"} <= set(names)
-    assert mon._win.count == 0
+    assert mon.tracker.window.count == 0
 
     cols = group_columns(mon)
     assert set(cols) == {"encoder", "hidden", "head", "extra"}
@@ -863,7 +863,7 @@ def test_resumed_without_window_refills_first():
     state = mon.state_dict(include_window=False)
     again = SpectralMonitor(model, window=window)
     again.load_state_dict(copy.deepcopy(state))
-    assert again._win.count == 0
+    assert again.tracker.window.count == 0
     out = []
     for batch in make_batches(4, seed=2):
         train_step(model, opt, batch)
@@ -923,7 +923,7 @@ def test_interval_counts_calls_whatever_the_step_numbers():
             p.add_(torch.tensor(delta))
         record = mon.step(step=step)
     assert record is not None and record.step == 1
-    np.testing.assert_array_equal(mon._win.updates().numpy(), [[1.0, 0, 0], [0, 2.0, 0]])
+    np.testing.assert_array_equal(mon.tracker.window.updates().numpy(), [[1.0, 0, 0], [0, 2.0, 0]])
 
 
 def test_reshaped_tensor_list_restarts_without_raising():
@@ -932,7 +932,7 @@ def test_reshaped_tensor_list_restarts_without_raising():
     p = torch.nn.Parameter(torch.zeros(2, 3))
     mon = SpectralMonitor([p], window=2)
     p.data = torch.zeros(3, 2)
-    mon._registry_changed = True  # what torch's registration hooks do for a module
+    mon.recheck_parameters()  # what torch's registration hooks do for a module
     with pytest.warns(SpectrumWarning, match="changed"):
         assert mon.step() is None
     assert mon.events[-1].kind == "parameters_changed"

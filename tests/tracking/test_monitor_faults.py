@@ -75,7 +75,7 @@ def test_a_layer_unfrozen_mid_run_is_monitored_from_the_next_step():
     assert "encoder.weight now monitored (was frozen (requires_grad=False))" in message
     assert len(changes(mon)) == 1 and changes(mon)[0].step == 5
     assert mon.excluded == {}
-    names = mon._win.layout.names
+    names = mon.tracker.layout.names
     assert {"encoder.weight", "encoder.bias"} <= set(names)
 
     thetas = [flat(model, names)]
@@ -106,7 +106,7 @@ def test_a_layer_frozen_mid_run_leaves_the_records_at_once_and_each_change_warns
         "head.weight": "frozen (requires_grad=False)",
         "head.bias": "frozen (requires_grad=False)",
     }
-    assert not {"head.weight", "head.bias"} & set(mon._win.layout.names)
+    assert not {"head.weight", "head.bias"} & set(mon.tracker.layout.names)
     assert mon.config()["excluded"] == mon.excluded
 
     model.head.requires_grad_(True)
@@ -137,7 +137,7 @@ def test_freezing_every_parameter_pauses_monitoring_until_one_is_trainable_again
     model.hidden.requires_grad_(True)
     with pytest.warns(SpectrumWarning, match="hidden.weight now monitored"):
         assert mon.step() is None
-    assert set(mon._win.layout.names) == {"hidden.weight", "hidden.bias"}
+    assert set(mon.tracker.layout.names) == {"hidden.weight", "hidden.bias"}
     for _ in range(2):
         train_step(model, opt, next(data))
         rec = mon.step()
@@ -176,17 +176,20 @@ def test_a_parameter_of_a_tensor_list_frozen_mid_run_is_seen_at_once():
     b.requires_grad_(False)
     with pytest.warns(SpectrumWarning, match=r"b left out \(frozen"):
         mon.step()
-    assert list(mon._win.layout.names) == ["a"] and mon.excluded == {"b": "frozen (requires_grad=False)"}
+    assert list(mon.tracker.layout.names) == ["a"] and mon.excluded == {"b": "frozen (requires_grad=False)"}
 
 
-def test_a_parameter_deleted_mid_run_is_seen_at_the_next_step():
+def test_a_parameter_deleted_mid_run_is_seen_at_the_next_step(monkeypatch):
+    import spectral_edge.tracking.monitor as monitor_module
+
     model = MLP()
     mon = SpectralMonitor(model, window=2)
-    mon._pushes_since_check = -1000  # the periodic full re-read must not be what finds it
+    # The periodic full re-read must not be what finds it.
+    monkeypatch.setattr(monitor_module, "LAYOUT_CHECK_EVERY", 10**9)
     del model.head.bias  # no torch hook sees a deletion
     with pytest.warns(SpectrumWarning, match=r"head.bias left out \(no longer in the model\)"):
         mon.step()
-    assert "head.bias" not in mon._win.layout.names
+    assert "head.bias" not in mon.tracker.layout.names
 
 
 # ------------------------------------------------------------------ item 6: nothing left out silently

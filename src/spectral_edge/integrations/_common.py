@@ -1,73 +1,47 @@
-"""What the framework callbacks share: argument checks, the run store, unwrapping, sharding checks, guards.
+"""What the framework callbacks share: argument checks, unwrapping, sharding checks.
 
-Nothing here imports a training framework; each callback module imports its own.
+Nothing here imports a training framework; each callback module imports its own. The run store opener
+(:meth:`~spectral_edge.sinks.store.StoreSink.open`), the failure guard (``tracking/_guard.py``) and the
+learning-rate resolver (:meth:`~spectral_edge.tracking.monitor.SpectralMonitor.resolve_lr`) are the
+monitor's own.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import warnings
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
-from spectral_edge.errors import SpectrumWarning
-from spectral_edge.tracking.monitor import SpectralMonitor
-
-logger = logging.getLogger("spectral_edge")
-
-T = TypeVar("T")
+from spectral_edge.sinks.base import Sink, as_sink
+from spectral_edge.tracking.config import MonitorConfig, resolve_config
 
 #: SpectralMonitor arguments the callbacks set themselves (``store=`` is the callbacks' own argument).
 _OWN_KWARGS = ("model_or_params",)
 
 
-def check_monitor_kwargs(kwargs: Mapping[str, Any]) -> None:
-    """Raise now, not when training starts, on a misspelt or invalid :class:`SpectralMonitor` argument.
+def monitor_settings(kwargs: Mapping[str, Any], *, caller: str) -> tuple[MonitorConfig, tuple[Sink, ...]]:
+    """Check a callback's :class:`SpectralMonitor` keywords now, not when training starts.
 
-    The callbacks build their monitor only when training begins (the model is final then); a throwaway
-    monitor over one small tensor runs the constructor's checks at once.
+    The callbacks build their monitor only when training begins (the model is final then); the settings
+    are a :class:`~spectral_edge.tracking.config.MonitorConfig` checked here, and the sinks are checked
+    against the :class:`~spectral_edge.sinks.base.Sink` interface.
+
+    Returns:
+        The config and the sinks (as given) to build the monitor with.
+
+    Raises:
+        TypeError: an unknown keyword, one the callback sets itself, or a sink without the sink methods.
+        ValueError: a setting with a bad value.
     """
     for name in _OWN_KWARGS:
         if name in kwargs:
             raise TypeError(f"{name}= is set by the callback itself (the model the Trainer trains)")
-    # Left out: storage_device (only checked by allocating there, and the real device may differ) and
-    # sinks (closing the throwaway monitor would close them).
-    trial = {k: v for k, v in kwargs.items() if k not in ("storage_device", "sinks")}
-    SpectralMonitor([torch.zeros(2)], **trial).close()
-
-
-def open_store(
-    store: Any, *, resuming: bool, resume_step: int | None = None, write_behind: bool = True
-) -> tuple[Any, bool]:
-    """The run store for ``store=`` and whether the callback owns (and so closes) it.
-
-    A path is opened with ``mode="w"`` for a new run (refusing to overwrite one that holds records) and
-    ``mode="a"`` when training resumes from a checkpoint, so the resumed run appends to the same store.
-    When training resumes from the checkpoint of step ``resume_step``, the rows the interrupted run
-    wrote after that step are deleted: they belong to the trajectory that is being replaced, and would
-    otherwise appear twice. A store opened from a path commits on a writer thread (``write_behind``),
-    as the monitor's own stores do; a strict monitor passes ``write_behind=False``.
-    """
-    if store is None:
-        return None, False
-    owned = isinstance(store, (str, Path))
-    if owned:
-        from spectral_edge.store import RunStore
-
-        store = RunStore(store, mode="a" if resuming else "w", write_behind=write_behind)
-    if resume_step is not None and resume_step > 0:
-        removed = store.truncate_after(resume_step)
-        if removed:
-            logger.info(
-                "spectral-edge: resuming at step %d; removed %d rows written after it by the interrupted run",
-                resume_step,
-                removed,
-            )
-    return store, owned
+    settings = dict(kwargs)
+    config, sinks = settings.pop("config", None), tuple(settings.pop("sinks", ()))
+    for sink in sinks:
+        as_sink(sink)
+    return resolve_config(config, settings, caller=caller), sinks
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -122,46 +96,3 @@ def numeric_items(metrics: Mapping[str, Any], *, skip_prefix: str) -> dict[str, 
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[name] = float(value)
     return out
-
-
-def first_lr(optimizer: Any) -> float | None:
-    """η of the first parameter group, as a float (None when unknown)."""
-    if optimizer is None:
-        return None
-    groups = getattr(optimizer, "param_groups", None)
-    if not groups:
-        return None
-    value = groups[0].get("lr")
-    if value is None:
-        return None
-    value = float(value.item() if isinstance(value, torch.Tensor) else value)
-    return value if math.isfinite(value) else None
-
-
-class Guard:
-    """Runs callback code so that a monitoring failure is one warning, never an exception into training.
-
-    With ``strict=True`` failures are raised instead.
-    """
-
-    def __init__(self, strict: bool) -> None:
-        self.strict = strict
-        self._warned: set[str] = set()
-
-    def __call__(self, what: str, action: Callable[[], T]) -> T | None:
-        try:
-            return action()
-        except Exception as exc:
-            if self.strict:
-                raise
-            self.warn_once(
-                f"{what}:{type(exc).__name__}",
-                f"spectral-edge: {what} failed ({exc!r}); training continues. Pass strict=True to raise "
-                "instead.",
-            )
-            return None
-
-    def warn_once(self, key: str, message: str, category: type[Warning] = SpectrumWarning) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(message, category, stacklevel=3)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,14 @@ import torch
 
 from spectral_edge._imports import require
 from spectral_edge.integrations._common import (
-    Guard,
-    check_monitor_kwargs,
-    first_lr,
+    monitor_settings,
     numeric_items,
-    open_store,
     sharding_message,
     sharding_problem,
     unwrap_model,
 )
+from spectral_edge.sinks.store import StoreSink
+from spectral_edge.tracking._guard import Guard
 from spectral_edge.tracking.monitor import SpectralMonitor
 
 transformers = require("transformers", "SpectralEdgeCallback (the Hugging Face Trainer integration)")
@@ -57,8 +57,10 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
       ``gradient_accumulation_steps`` micro-batches. Records are filed under the Trainer's step number
       (``state.global_step`` after the step, the number the Trainer logs). Steps that the mixed-precision
       grad scaler skipped (parameters unchanged) are not pushed.
-    * **Learning rate.** η is the optimizer's first parameter group's ``lr`` at the step, which is the
-      rate the step used (the scheduler has not moved yet); pass ``lr=`` to override.
+    * **Learning rate.** η is read from the optimizer's parameter groups at the step, which is the rate
+      the step used (the scheduler has not moved yet): their rates weighted by monitored scalars, as
+      :meth:`~spectral_edge.SpectralMonitor.resolve_lr` reads them (the rate itself when the groups
+      agree); pass ``lr=`` to override.
     * **Logging.** Every record goes to the run store (``store=``). At each Trainer log
       (``logging_steps``) the newest record's :meth:`~spectral_edge.SpectralRecord.log_scalars` are added
       to the logs if they were not logged before, so TensorBoard / W&B / MLflow receive them through ``report_to``; for that the callback
@@ -86,7 +88,8 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
         prefix: name prefix of the logged scalars (TensorBoard shows them as ``train/<prefix>...``).
         save_window: save the W × P window with each checkpoint (exact resume) or not (smaller files).
         **monitor_kwargs: any :class:`~spectral_edge.SpectralMonitor` keyword (``window``, ``interval``,
-            ``groups``, ``storage_dtype``, ``strict``, ...), checked here at once.
+            ``groups``, ``storage_dtype``, ``strict``, ``config``, ``sinks``, ...), checked here at once (the
+            settings as a :class:`~spectral_edge.tracking.config.MonitorConfig`).
 
     Attributes:
         monitor: the :class:`~spectral_edge.SpectralMonitor` once training has begun (None before, and on
@@ -101,15 +104,15 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
         save_window: bool = True,
         **monitor_kwargs: Any,
     ) -> None:
-        check_monitor_kwargs(monitor_kwargs)
+        # Checked now, not when training starts: a MonitorConfig, and sinks with the Sink methods.
+        self._config, self._sinks = monitor_settings(monitor_kwargs, caller=type(self).__name__)
         self.store = store
         self.prefix = prefix
         self.save_window = save_window
         self.monitor_kwargs = monitor_kwargs
         self.monitor: SpectralMonitor | None = None
-        self._guard = Guard(bool(monitor_kwargs.get("strict", False)))
-        self._store: Any = None
-        self._owns_store = False
+        self._guard = Guard(strict=self._config.strict)
+        self._store: StoreSink | None = None  # the run store, once training has opened it
         self._optimizer: Any = None
         self._last_logged_step: int | None = None
         self._attached = False
@@ -165,16 +168,15 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
         if self._store is None and self.store is not None:
             # A second train() call appends to the store the first one created. If the store cannot be
             # opened (say it already holds another run), the monitor still runs, keeping records in memory.
-            opened = self._guard(
+            self._store = self._guard(
                 "opening the run store",
-                lambda: open_store(
+                lambda: StoreSink.open(
                     self.store,
-                    resuming=resuming or self._opened,
+                    resume=resuming or self._opened,
                     resume_step=state.global_step if resuming else None,
-                    write_behind=not self.monitor_kwargs.get("strict", False),
+                    write_behind=not self._config.strict,
                 ),
             )
-            self._store, self._owns_store = opened or (None, False)
             self._opened = True
         self._guard("starting the monitor", lambda: self._start(args, state, model))
 
@@ -182,14 +184,20 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
         resuming = state.global_step > 0
         # A second train() call gets a fresh monitor. The old one is dropped, not closed: close() would close
         # the store and sinks the two share; its torch hooks go when it is freed.
-        kwargs = dict(self.monitor_kwargs)
-        # NaN (not None) when the rate is unknown: the monitor then leaves 𝒜 out.
-        kwargs.setdefault("lr", lambda: _or_nan(first_lr(self._optimizer)))
-        kwargs["config"] = {"integration": "transformers", **dict(kwargs.get("config") or {})}
-        self.monitor = SpectralMonitor(unwrap_model(model), store=self._store, **kwargs)
+        config = self._config
+        if config.lr is None and "lr" not in self.monitor_kwargs:
+            # Read when a record is made, inside on_optimizer_step: before the scheduler moves the rate.
+            config = replace(config, lr=self._step_lr)
+        config = replace(config, user={"integration": "transformers", **config.user})
+        store = self._store.store if self._store is not None else None  # the callback closes it
+        self.monitor = SpectralMonitor(unwrap_model(model), config=config, store=store, sinks=self._sinks)
         self._last_logged_step = None
         if resuming:
             self._resume(args, state, unwrap_model(model))
+
+    def _step_lr(self) -> float | None:
+        """η of the step just taken, from the optimizer's groups (None when unknown: 𝒜 is left out)."""
+        return self.monitor.resolve_lr(self._optimizer) if self.monitor is not None else None
 
     def _resume(self, args: Any, state: Any, model: Any) -> None:
         step = state.global_step
@@ -275,11 +283,11 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
         os.replace(tmp, folder / STATE_FILE)  # a killed save never leaves a half-written state file
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self._owns_store and self._store is not None:
+        if self._store is not None and self._store.owned:
             self._guard("closing the run store", self._store.close)
             if self.monitor is not None:
-                self.monitor.store = None  # later evaluations must not write to the closed store
-            self._store, self._owns_store = None, False
+                self.monitor.detach_store()  # later evaluations must not write to the closed store
+            self._store = None
 
 
 class _DropScalars(transformers.TrainerCallback):
@@ -293,10 +301,6 @@ class _DropScalars(transformers.TrainerCallback):
         if isinstance(logs, Mapping):
             for name in [n for n in logs if n.startswith(self.prefix)]:
                 del logs[name]
-
-
-def _or_nan(value: float | None) -> float:
-    return math.nan if value is None else value
 
 
 def _fingerprint(model: torch.nn.Module) -> float:

@@ -13,20 +13,19 @@ Example:
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 from typing import Any
 
 from spectral_edge._imports import require
 from spectral_edge.integrations._common import (
-    Guard,
-    check_monitor_kwargs,
-    first_lr,
+    monitor_settings,
     numeric_items,
-    open_store,
     sharding_message,
     sharding_problem,
     unwrap_model,
 )
+from spectral_edge.sinks.store import StoreSink
+from spectral_edge.tracking._guard import Guard
 from spectral_edge.tracking.monitor import SpectralMonitor
 
 pl = require("lightning.pytorch", "SpectralEdgeLightningCallback (the Lightning integration)")
@@ -41,9 +40,11 @@ class SpectralEdgeLightningCallback(pl.Callback):
       ``trainer.global_step`` has advanced, so with ``accumulate_grad_batches=n`` once every n batches.
       Records are filed under ``trainer.global_step`` (the number of optimizer steps taken). With manual
       optimization and several optimizers, one record per batch that stepped any of them.
-    * **Learning rate.** η is the first optimizer's first parameter group's ``lr`` read in
+    * **Learning rate.** η is read from the stepping optimizer's parameter groups in
       ``on_before_optimizer_step``, the rate the step used (Lightning steps step-interval schedulers before
-      ``on_train_batch_end``); pass ``lr=`` to override.
+      ``on_train_batch_end``): their rates weighted by monitored scalars, as
+      :meth:`~spectral_edge.SpectralMonitor.resolve_lr` reads them (the rate itself when the groups
+      agree); pass ``lr=`` to override.
     * **Logging.** Each record's :meth:`~spectral_edge.SpectralRecord.log_scalars` go through
       ``pl_module.log_dict`` (``on_step=True``, so the Trainer's loggers write them every
       ``log_every_n_steps``), and every record goes to the run store (``store=``). At each validation end
@@ -65,7 +66,8 @@ class SpectralEdgeLightningCallback(pl.Callback):
         prefix: name prefix of the logged scalars.
         save_window: save the W × P window in checkpoints (exact resume) or not (smaller checkpoints).
         **monitor_kwargs: any :class:`~spectral_edge.SpectralMonitor` keyword (``window``, ``interval``,
-            ``groups``, ``storage_dtype``, ``strict``, ...), checked here at once.
+            ``groups``, ``storage_dtype``, ``strict``, ``config``, ``sinks``, ...), checked here at once (the
+            settings as a :class:`~spectral_edge.tracking.config.MonitorConfig`).
 
     Attributes:
         monitor: the :class:`~spectral_edge.SpectralMonitor` once training has started (None before, and
@@ -83,15 +85,15 @@ class SpectralEdgeLightningCallback(pl.Callback):
         save_window: bool = True,
         **monitor_kwargs: Any,
     ) -> None:
-        check_monitor_kwargs(monitor_kwargs)
+        # Checked now, not when training starts: a MonitorConfig, and sinks with the Sink methods.
+        self._config, self._sinks = monitor_settings(monitor_kwargs, caller=type(self).__name__)
         self.store = store
         self.prefix = prefix
         self.save_window = save_window
         self.monitor_kwargs = monitor_kwargs
         self.monitor: SpectralMonitor | None = None
-        self._guard = Guard(bool(monitor_kwargs.get("strict", False)))
-        self._store: Any = None
-        self._owns_store = False
+        self._guard = Guard(strict=self._config.strict)
+        self._store: StoreSink | None = None  # the run store, once training has opened it
         self._opened = False
         self._loaded_state: dict[str, Any] | None = None
         self._last_global_step = 0
@@ -120,16 +122,15 @@ class SpectralEdgeLightningCallback(pl.Callback):
         if self._store is None and self.store is not None:
             # A second fit() call appends to the store the first one created. If the store cannot be
             # opened (say it already holds another run), the monitor still runs, keeping records in memory.
-            opened = self._guard(
+            self._store = self._guard(
                 "opening the run store",
-                lambda: open_store(
+                lambda: StoreSink.open(
                     self.store,
-                    resuming=resuming or self._opened,
+                    resume=resuming or self._opened,
                     resume_step=trainer.global_step if resuming else None,
-                    write_behind=not self.monitor_kwargs.get("strict", False),
+                    write_behind=not self._config.strict,
                 ),
             )
-            self._store, self._owns_store = opened or (None, False)
             self._opened = True
         self._guard("starting the monitor", lambda: self._start(trainer, pl_module))
 
@@ -137,11 +138,13 @@ class SpectralEdgeLightningCallback(pl.Callback):
         resuming = trainer.global_step > 0
         # A second fit() call gets a fresh monitor. The old one is dropped, not closed: close() would close
         # the store and sinks the two share; its torch hooks go when it is freed.
-        kwargs = dict(self.monitor_kwargs)
-        # NaN (not None) when no step has reported its rate: the monitor then leaves 𝒜 out.
-        kwargs.setdefault("lr", lambda: math.nan if self._step_lr is None else self._step_lr)
-        kwargs["config"] = {"integration": "lightning", **dict(kwargs.get("config") or {})}
-        self.monitor = SpectralMonitor(unwrap_model(pl_module), store=self._store, **kwargs)
+        config = self._config
+        if config.lr is None and "lr" not in self.monitor_kwargs:
+            # The rate read in on_before_optimizer_step (None until a step reports it: no 𝒜).
+            config = replace(config, lr=lambda: self._step_lr)
+        config = replace(config, user={"integration": "lightning", **config.user})
+        store = self._store.store if self._store is not None else None  # the callback closes it
+        self.monitor = SpectralMonitor(unwrap_model(pl_module), config=config, store=store, sinks=self._sinks)
         saved, self._loaded_state = self._loaded_state, None
         if not resuming:
             return
@@ -160,7 +163,9 @@ class SpectralEdgeLightningCallback(pl.Callback):
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         if self.monitor is not None:
-            self._step_lr = first_lr(optimizer)
+            self._step_lr = self._guard(
+                "reading the learning rate", lambda: self.monitor.resolve_lr(optimizer)
+            )
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -191,11 +196,11 @@ class SpectralEdgeLightningCallback(pl.Callback):
             self.monitor.log_eval(trainer.global_step, **metrics)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        if self._owns_store and self._store is not None:
+        if self._store is not None and self._store.owned:
             self._guard("closing the run store", self._store.close)
             if self.monitor is not None:
-                self.monitor.store = None  # later validations must not write to the closed store
-            self._store, self._owns_store = None, False
+                self.monitor.detach_store()  # later validations must not write to the closed store
+            self._store = None
 
     # ------------------------------------------------------------------ checkpoints
 

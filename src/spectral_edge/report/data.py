@@ -20,7 +20,7 @@ import numpy as np
 
 from spectral_edge.spectrum.stability import AdiabaticRegimes
 from spectral_edge.store import DB_NAME, RunStore
-from spectral_edge.tracking.events import EventThresholds
+from spectral_edge.tracking.events import EventThresholds, trailing_median
 from spectral_edge.tracking.record import SpectralEvent
 
 __all__ = [
@@ -188,32 +188,6 @@ def thin_indices(steps: np.ndarray, max_points: int, keep_steps: Sequence[int] =
             keep[at[0]] = True
             keep[max(at[0] - 1, 0)] = True
     return np.flatnonzero(keep).astype(np.int64)
-
-
-def trailing_median(values: np.ndarray, window: int) -> np.ndarray:
-    """Median of the last ``window`` non-NaN values up to each position; NaN where the value is NaN.
-
-    This is how the event detector smooths η𝒜 before reading the regime (records without 𝒜 are
-    skipped, not counted).
-
-    Example:
-        >>> trailing_median(np.array([1.0, 3.0, np.nan, 2.0, 10.0]), 3).tolist()
-        [1.0, 2.0, nan, 2.0, 3.0]
-    """
-    values = np.asarray(values, dtype=np.float64)
-    out = np.full(values.shape, np.nan)
-    valid = np.flatnonzero(~np.isnan(values))
-    v = values[valid]
-    if not len(v):
-        return out
-    med = np.empty(len(v))
-    head = min(window - 1, len(v))
-    for i in range(head):  # the first window-1 medians cover fewer values
-        med[i] = np.median(v[: i + 1])
-    if len(v) >= window:
-        med[window - 1 :] = np.median(np.lib.stride_tricks.sliding_window_view(v, window), axis=1)
-    out[valid] = med
-    return out
 
 
 def run_data_from_arrays(

@@ -5,8 +5,9 @@ and hands it to one logging backend. Everything a sink logs as scalars comes fro
 :meth:`SpectralRecord.log_scalars <spectral_edge.tracking.record.SpectralRecord.log_scalars>`, so every
 backend shows the same names.
 
-The monitor calls the methods through its failure guard. Outside strict mode, a sink that raises costs
-one :class:`~spectral_edge.errors.SpectrumWarning` and never an exception in the training loop.
+The monitor calls the methods through its one fan-out and failure guard, the run store
+(:class:`~spectral_edge.sinks.store.StoreSink`) first. Outside strict mode, a sink that raises costs one
+:class:`~spectral_edge.errors.SpectrumWarning` and never an exception in the training loop.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
 
-__all__ = ["SINK_METHODS", "Sink"]
+__all__ = ["SINK_METHODS", "Sink", "as_sink"]
 
 #: The methods the monitor calls; an object with all four can be a sink without subclassing :class:`Sink`.
 SINK_METHODS = ("write_record", "write_event", "write_eval", "close")
@@ -48,9 +49,18 @@ class Sink(abc.ABC):
         >>> mon.close()
     """
 
+    @property
+    def label(self) -> str:
+        """How the monitor's warnings name this sink: ``"the sink <class name>"``."""
+        return f"the sink {type(self).__name__}"
+
     @abc.abstractmethod
     def write_record(self, record: SpectralRecord) -> None:
         """Log one record (called after the monitor has written it to its run store)."""
+
+    def write_config(self, config: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook, empty on purpose
+        """Log the run's configuration, ``{"monitor": ..., "user": ...}``; called when the monitor starts
+        and whenever its parameter set changes. Default: ignored."""
 
     def write_event(self, event: SpectralEvent) -> None:  # noqa: B027 - optional hook, empty on purpose
         """Log one event (gap opening, collapse, k* shift, ...). Default: ignored."""
@@ -66,3 +76,57 @@ class Sink(abc.ABC):
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def as_sink(obj: Any) -> Sink:
+    """``obj`` as a :class:`Sink`: itself if it is one, else an adapter over an object with the four methods.
+
+    Raises:
+        TypeError: ``obj`` lacks some of :data:`SINK_METHODS`; the message names them.
+
+    Example:
+        >>> class Printer:
+        ...     def write_record(self, record): print(record)
+        ...     def write_event(self, event): pass
+        ...     def write_eval(self, step, metrics): pass
+        ...     def close(self): pass
+        >>> as_sink(Printer()).label
+        'the sink Printer'
+    """
+    if isinstance(obj, Sink):
+        return obj
+    missing = [m for m in SINK_METHODS if not callable(getattr(obj, m, None))]
+    if missing:
+        raise TypeError(
+            f"sinks must be spectral_edge.sinks.Sink objects (write_record, write_event, write_eval, close), "
+            f"got {type(obj).__name__} without {', '.join(missing)}: subclass Sink or add the methods"
+        )
+    return _DuckSink(obj)
+
+
+class _DuckSink(Sink):
+    """A :class:`Sink` over an object that has the four methods without subclassing :class:`Sink`."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    @property
+    def label(self) -> str:
+        return f"the sink {type(self.obj).__name__}"
+
+    def write_record(self, record: SpectralRecord) -> None:
+        self.obj.write_record(record)
+
+    def write_event(self, event: SpectralEvent) -> None:
+        self.obj.write_event(event)
+
+    def write_eval(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.obj.write_eval(step, metrics)
+
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        write = getattr(self.obj, "write_config", None)  # optional, as on Sink
+        if callable(write):
+            write(config)
+
+    def close(self) -> None:
+        self.obj.close()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from spectral_edge.sinks.base import Sink
-from spectral_edge.tracking.record import SpectralEvent, SpectralRecord, _json_float
+from spectral_edge.tracking.record import SpectralEvent, SpectralRecord, json_float
 
 __all__ = ["JsonlSink"]
 
@@ -77,7 +77,7 @@ class JsonlSink(Sink):
             {
                 "type": "eval",
                 "step": int(step),
-                "metrics": {k: _json_float(float(v)) for k, v in metrics.items()},
+                "metrics": {k: json_float(float(v)) for k, v in metrics.items()},
             }
         )
 

@@ -37,6 +37,17 @@ class CountedOnce:
     merged: dict[str, str] = field(default_factory=dict)  # name left out -> the kept name sharing it
     partial: dict[str, int] = field(default_factory=dict)  # left out in part: name -> elements unmonitored
 
+    def partial_warning(self) -> str:
+        """The warning for the tensors left out in part (:attr:`partial`): which, how many elements, the fix."""
+        parts = ", ".join(
+            f"{name!r} ({lost} elements outside {self.merged[name]!r})" for name, lost in self.partial.items()
+        )
+        return (
+            f"spectral-edge: parameters share part of their memory with a larger one: {parts}. Counting them "
+            "would count the shared elements twice, so they are left out and the elements listed are not "
+            "monitored; register whole tensors (not overlapping slices of one buffer) to monitor every element."
+        )
+
 
 @dataclass(frozen=True)
 class _Span:

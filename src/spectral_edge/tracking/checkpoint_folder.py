@@ -12,8 +12,10 @@ Two layouts are recognised, side by side in the folder (not in its subfolders' s
 
 The step is the ``global_step`` of a checkpoint folder's ``trainer_state.json`` when it has one, else the
 one its name gives (the number after ``step``, ``checkpoint``, ``ckpt`` or ``iter``, else the last
-integer; see :func:`~spectral_edge.tracking.checkpoints.step_from_path`). Everything else in the folder
-(logs, configs, tokenizers) is ignored.
+integer; see :func:`step_from_path`). Everything else in the folder (logs, configs, tokenizers) is ignored.
+
+This module reads checkpoints (:func:`load_state_dict`, :func:`step_from_path`, the folder scan);
+:mod:`~spectral_edge.tracking.checkpoints` analyses them and imports from here, never the other way.
 """
 
 from __future__ import annotations
@@ -22,30 +24,43 @@ import json
 import os
 import re
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from spectral_edge._imports import require
-from spectral_edge.tracking.checkpoints import (
-    BUFFER_SUFFIXES,
-    CHECKPOINT_FILES,
-    SHARD_INDEX_FILES,
-    _step_in_name,
-    _trainer_state_step,
-)
+from spectral_edge.errors import MissingExtraError
 
 __all__ = [
+    "BUFFER_SUFFIXES",
+    "CHECKPOINT_FILES",
     "CHECKPOINT_SUFFIXES",
     "SHARD_INDEX_FILES",
     "CheckpointEntry",
     "check_readable",
     "find_checkpoints",
+    "load_state_dict",
     "read_sharded_state_dict",
+    "step_from_path",
 ]
 
+#: Keys under which training scripts commonly nest the model's state dict inside a checkpoint.
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module")
+#: Suffixes of the buffers that torch modules update during training (BatchNorm running statistics).
+#: They are not parameters, the online monitor does not see them, and they are left out offline too.
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+#: The file a checkpoint folder (HF ``checkpoint-N/`` and the like) holds its weights in, by preference.
+CHECKPOINT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "checkpoint.pt")
+#: Index files of sharded checkpoints (HF ``save_pretrained`` with ``max_shard_size``).
+SHARD_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+# A step number after a word that announces one ("step_500", "checkpoint-500", "epoch=3-step=9000",
+# "iter500"); a name without such a word gives its last integer ("model_000400").
+_STEP_WORD = re.compile(
+    r"(?<![a-z])(?:global_step|steps?|iter(?:ation)?s?|checkpoint|ckpt)[-_=]?(\d+)", re.IGNORECASE
+)
 #: Suffixes of single-file checkpoints.
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 # Files saved beside a model that are not the model: optimizer and scheduler states, RNG states, trainer
@@ -156,7 +171,7 @@ def check_readable(checkpoint: CheckpointEntry) -> None:
 def read_sharded_state_dict(folder: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The floating-point tensors of a sharded checkpoint folder, read from every shard its index names.
 
-    As :func:`~spectral_edge.tracking.checkpoints.load_state_dict` for one file: BatchNorm running
+    As :func:`load_state_dict` for one file: BatchNorm running
     statistics are left out, tensors are on the CPU.
 
     Raises:
@@ -192,10 +207,10 @@ def read_sharded_state_dict(folder: str | os.PathLike[str]) -> dict[str, torch.T
 def _checkpoint_dir(path: Path) -> CheckpointEntry | None:
     # A folder is a checkpoint only if its name gives a step (a "final/" or "best/" copy beside the
     # checkpoint-N folders is not one); HF Trainer's own count, when it wrote one, is the step.
-    step = _step_in_name(path.name)
+    step = step_in_name(path.name)
     if step is None:
         return None
-    counted = _trainer_state_step(path)
+    counted = trainer_state_step(path)
     step = counted if counted is not None else step
     single = next((path / n for n in CHECKPOINT_FILES if (path / n).is_file()), None)
     if single is not None:
@@ -213,7 +228,141 @@ def _checkpoint_dir(path: Path) -> CheckpointEntry | None:
 def _checkpoint_file(path: Path) -> CheckpointEntry | None:
     if path.suffix not in CHECKPOINT_SUFFIXES or _NOT_MODEL.match(path.name) or _SHARD.search(path.stem):
         return None
-    step = _step_in_name(path.stem)
+    step = step_in_name(path.stem)
     if step is None:
         return None
     return CheckpointEntry(step=step, path=path, layout="file", files=(path,))
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The floating-point tensors of a checkpoint, flattened to ``{name: tensor}`` on the CPU.
+
+    Accepts ``torch.save`` files (plain state dicts, or dicts nesting one under ``state_dict``/``model``),
+    ``.safetensors`` files (needs the ``safetensors`` extra), and directories holding one of
+    :data:`CHECKPOINT_FILES` or a sharded checkpoint (``*.index.json`` and its shards, as HF writes large
+    models). BatchNorm running statistics (:data:`BUFFER_SUFFIXES`) are left out: they are buffers, not
+    parameters.
+
+    Raises:
+        FileNotFoundError: no such file, or a folder without a checkpoint in it.
+        ValueError: the file cannot be read (truncated, still being written, not a checkpoint) or holds
+            no floating-point tensors; the message names the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = next((path / name for name in CHECKPOINT_FILES if (path / name).is_file()), None)
+        if found is None:
+            if any((path / name).is_file() for name in SHARD_INDEX_FILES):
+                return read_sharded_state_dict(path)
+            raise FileNotFoundError(
+                f"no checkpoint file in {path}: looked for {', '.join(CHECKPOINT_FILES + SHARD_INDEX_FILES)}"
+            )
+        path = found
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            safetensors_torch = require("safetensors.torch", "Reading .safetensors checkpoints")
+            raw: Any = safetensors_torch.load_file(str(path), device="cpu")
+        else:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except MissingExtraError:
+        raise
+    except Exception as exc:
+        raise ValueError(
+            f"cannot read the checkpoint {path} ({type(exc).__name__}: {exc}); is it truncated, still being "
+            "written, or not a checkpoint?"
+        ) from exc
+    if isinstance(raw, Mapping):
+        for key in _NESTED_KEYS:
+            if isinstance(raw.get(key), Mapping):
+                raw = raw[key]
+                break
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{path} holds a {type(raw).__name__}, not a state dict of tensors")
+    tensors = {
+        k: v
+        for k, v in raw.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not k.endswith(BUFFER_SUFFIXES)
+    }
+    if not tensors:
+        raise ValueError(f"{path} holds no floating-point tensors")
+    return tensors
+
+
+def step_from_path(path: str | os.PathLike[str]) -> int | None:
+    """The training step a checkpoint path names, or None if it names none.
+
+    In order of preference:
+
+    1. ``global_step`` in the ``trainer_state.json`` of an HF checkpoint folder (the path itself, or the
+       folder of a :data:`CHECKPOINT_FILES` file or shard index);
+    2. the path's own name: the number after ``step``, ``iter``, ``checkpoint`` or ``ckpt``
+       (``ckpt_step_400.pt``, ``checkpoint-500``, ``epoch=3-step=9000.ckpt``, ``step_500_v2.pt``), else
+       its last integer (``model_000400.safetensors``);
+    3. for a file with a checkpoint folder's standard name (``checkpoint-1200/model.safetensors``), the
+       step in its folder's name. Other files never borrow their folder's number: ``run7/first.pt`` and
+       ``run7/second.pt`` name no step, not step 7 twice.
+
+    Example:
+        >>> step_from_path("run/checkpoint-1200/model.safetensors"), step_from_path("ckpt_step_400.pt")
+        (1200, 400)
+        >>> step_from_path("run7/final.pt") is None
+        True
+    """
+    path = Path(path)
+    folder = checkpoint_folder_of(path)
+    if folder is not None:
+        step = trainer_state_step(folder)
+        if step is not None:
+            return step
+    step = step_in_name(path.name if path.is_dir() else path.stem)
+    if step is None and folder is not None and folder != path:
+        step = step_in_name(folder.name)
+    return step
+
+
+def step_in_name(name: str) -> int | None:
+    """The step a file or folder name gives (see :func:`step_from_path`), or None.
+
+    Example:
+        >>> step_in_name("epoch=3-step=9000"), step_in_name("model_000400"), step_in_name("final")
+        (9000, 400, None)
+    """
+    worded = _STEP_WORD.findall(name)
+    if worded:
+        return int(worded[-1])
+    numbers = re.findall(r"\d+", name)
+    return int(numbers[-1]) if numbers else None
+
+
+def checkpoint_folder_of(path: Path) -> Path | None:
+    """The folder that is one checkpoint (HF ``checkpoint-N/``): ``path`` itself, or the folder of a file
+    with a checkpoint folder's standard name; None for other files."""
+    if path.is_dir():
+        return path
+    if path.name in CHECKPOINT_FILES or path.name in SHARD_INDEX_FILES:
+        return path.parent
+    return None
+
+
+def trainer_state_step(folder: Path) -> int | None:
+    """``global_step`` of ``folder/trainer_state.json`` (HF Trainer), or None if there is none to read."""
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    step = state.get("global_step") if isinstance(state, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+
+
+def hf_config(path: Path) -> dict[str, Any] | None:
+    """The ``config.json`` of the HF checkpoint folder ``path`` is (or is in), or None."""
+    folder = checkpoint_folder_of(path)
+    if folder is None:
+        return None
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None

@@ -12,36 +12,48 @@ updates at all (R came out 3–7 times too large on a real run).
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from spectral_edge._imports import require
-from spectral_edge.errors import MissingExtraError
+from spectral_edge.errors import SpectrumWarning
+from spectral_edge.sinks.base import as_sink
+from spectral_edge.sinks.store import StoreSink
+from spectral_edge.tracking._fanout import FanOut
+from spectral_edge.tracking._guard import Guard
+from spectral_edge.tracking._lr import resolve_lr
 from spectral_edge.tracking._sharing import count_once
-from spectral_edge.tracking.monitor import SpectralMonitor
-from spectral_edge.tracking.record import SpectralRecord
-
-#: Keys under which training scripts commonly nest the model's state dict inside a checkpoint.
-_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module")
-#: Suffixes of the buffers that torch modules update during training (BatchNorm running statistics).
-#: They are not parameters, the online monitor does not see them, and they are left out offline too.
-BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
-#: The file a checkpoint folder (HF ``checkpoint-N/`` and the like) holds its weights in, by preference.
-CHECKPOINT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "checkpoint.pt")
-#: Index files of sharded checkpoints (HF ``save_pretrained`` with ``max_shard_size``).
-SHARD_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-# A step number after a word that announces one ("step_500", "checkpoint-500", "epoch=3-step=9000",
-# "iter500"); a name without such a word gives its last integer ("model_000400").
-_STEP_WORD = re.compile(
-    r"(?<![a-z])(?:global_step|steps?|iter(?:ation)?s?|checkpoint|ckpt)[-_=]?(\d+)", re.IGNORECASE
+from spectral_edge.tracking.checkpoint_folder import (
+    BUFFER_SUFFIXES,
+    CHECKPOINT_FILES,
+    SHARD_INDEX_FILES,
+    find_checkpoints,
+    hf_config,
+    load_state_dict,
+    step_from_path,
 )
+from spectral_edge.tracking.config import MonitorConfig, resolve_config
+from spectral_edge.tracking.record import SpectralRecord
+from spectral_edge.tracking.tracker import SpectralTracker
+
+# load_state_dict, step_from_path and the file names live in checkpoint_folder (reading checkpoints);
+# they are importable from here as they always were.
+__all__ = [
+    "BUFFER_SUFFIXES",
+    "CHECKPOINT_FILES",
+    "SHARD_INDEX_FILES",
+    "analyze_checkpoints",
+    "load_state_dict",
+    "step_from_path",
+]
+
 # HF names of a model's input embedding, and of the tensors tied to it when tie_word_embeddings is on
 # (the output embedding; T5's encoder and decoder token embeddings tied to its shared one). Matched as
 # whole trailing components of a name: "lm_head.weight" matches "model.lm_head.weight".
@@ -57,103 +69,16 @@ _INPUT_EMBEDDINGS = (
 _OUTPUT_EMBEDDINGS = ("lm_head.weight", "embed_out.weight")
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The floating-point tensors of a checkpoint, flattened to ``{name: tensor}`` on the CPU.
-
-    Accepts ``torch.save`` files (plain state dicts, or dicts nesting one under ``state_dict``/``model``),
-    ``.safetensors`` files (needs the ``safetensors`` extra), and directories holding one of
-    :data:`CHECKPOINT_FILES` or a sharded checkpoint (``*.index.json`` and its shards, as HF writes large
-    models). BatchNorm running statistics (:data:`BUFFER_SUFFIXES`) are left out: they are buffers, not
-    parameters.
-
-    Raises:
-        FileNotFoundError: no such file, or a folder without a checkpoint in it.
-        ValueError: the file cannot be read (truncated, still being written, not a checkpoint) or holds
-            no floating-point tensors; the message names the file.
-    """
-    path = Path(path)
-    if path.is_dir():
-        found = next((path / name for name in CHECKPOINT_FILES if (path / name).is_file()), None)
-        if found is None:
-            from spectral_edge.tracking.checkpoint_folder import read_sharded_state_dict
-
-            if any((path / name).is_file() for name in SHARD_INDEX_FILES):
-                return read_sharded_state_dict(path)
-            raise FileNotFoundError(
-                f"no checkpoint file in {path}: looked for {', '.join(CHECKPOINT_FILES + SHARD_INDEX_FILES)}"
-            )
-        path = found
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            safetensors_torch = require("safetensors.torch", "Reading .safetensors checkpoints")
-            raw: Any = safetensors_torch.load_file(str(path), device="cpu")
-        else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except MissingExtraError:
-        raise
-    except Exception as exc:
-        raise ValueError(
-            f"cannot read the checkpoint {path} ({type(exc).__name__}: {exc}); is it truncated, still being "
-            "written, or not a checkpoint?"
-        ) from exc
-    if isinstance(raw, Mapping):
-        for key in _NESTED_KEYS:
-            if isinstance(raw.get(key), Mapping):
-                raw = raw[key]
-                break
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{path} holds a {type(raw).__name__}, not a state dict of tensors")
-    tensors = {
-        k: v
-        for k, v in raw.items()
-        if isinstance(v, torch.Tensor) and v.is_floating_point() and not k.endswith(BUFFER_SUFFIXES)
-    }
-    if not tensors:
-        raise ValueError(f"{path} holds no floating-point tensors")
-    return tensors
-
-
-def step_from_path(path: str | os.PathLike[str]) -> int | None:
-    """The training step a checkpoint path names, or None if it names none.
-
-    In order of preference:
-
-    1. ``global_step`` in the ``trainer_state.json`` of an HF checkpoint folder (the path itself, or the
-       folder of a :data:`CHECKPOINT_FILES` file or shard index);
-    2. the path's own name: the number after ``step``, ``iter``, ``checkpoint`` or ``ckpt``
-       (``ckpt_step_400.pt``, ``checkpoint-500``, ``epoch=3-step=9000.ckpt``, ``step_500_v2.pt``), else
-       its last integer (``model_000400.safetensors``);
-    3. for a file with a checkpoint folder's standard name (``checkpoint-1200/model.safetensors``), the
-       step in its folder's name. Other files never borrow their folder's number: ``run7/first.pt`` and
-       ``run7/second.pt`` name no step, not step 7 twice.
-
-    Example:
-        >>> step_from_path("run/checkpoint-1200/model.safetensors"), step_from_path("ckpt_step_400.pt")
-        (1200, 400)
-        >>> step_from_path("run7/final.pt") is None
-        True
-    """
-    path = Path(path)
-    folder = _checkpoint_folder(path)
-    if folder is not None:
-        step = _trainer_state_step(folder)
-        if step is not None:
-            return step
-    step = _step_in_name(path.name if path.is_dir() else path.stem)
-    if step is None and folder is not None and folder != path:
-        step = _step_in_name(folder.name)
-    return step
-
-
 def analyze_checkpoints(
     paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     *,
-    window: int = 10,
+    window: int | None = None,
     steps: Sequence[int] | None = None,
     names: Iterable[str] | None = None,
-    **monitor_kwargs: Any,
+    config: MonitorConfig | Mapping[str, Any] | None = None,
+    store: Any = None,
+    sinks: Sequence[Any] = (),
+    **settings: Any,
 ) -> list[SpectralRecord]:
     """Records from a sequence of checkpoints, as the online monitor would have produced them.
 
@@ -166,7 +91,9 @@ def analyze_checkpoints(
     * If no path names a step, the paths are taken in the order given and filed under steps
       0, 1, 2, …; if only some do, that is a ``ValueError`` (pass ``steps=``, or rename the others).
 
-    Each tensor is counted once, as online (:class:`SpectralMonitor`): names that share memory in the
+    The records come from the same :class:`~spectral_edge.tracking.tracker.SpectralTracker` the online
+    :class:`~spectral_edge.tracking.monitor.SpectralMonitor` drives, and reach the run store and the sinks
+    through the same fan-out and guard. Each tensor is counted once, as online: names that share memory in the
     checkpoint (a tied embedding ``torch.save``-d under both names) are merged, and the monitor's config
     (in ``store=``) lists them under ``"merged"``. In an HF checkpoint folder whose ``config.json`` does
     not turn ``tie_word_embeddings`` off, an output embedding (``lm_head.weight``) that equals the input
@@ -179,13 +106,15 @@ def analyze_checkpoints(
         paths: checkpoint files or folders (at least ``window + 1`` of them), or one folder that holds a
             run's checkpoints (``checkpoint-N/`` folders, or files with a step in their names; see
             :func:`~spectral_edge.tracking.checkpoint_folder.find_checkpoints`), as a str or a Path.
-        window: W, updates per window.
+        window: W, updates per window; default the config's (10).
         steps: the step of each checkpoint, strictly increasing, in the order of ``paths`` (not with a
             folder); default read from the paths as above.
         names: the tensors to analyse (e.g. ``[n for n, p in model.named_parameters() if p.requires_grad]``
             to match an online monitor exactly); default every floating-point tensor but BatchNorm
             statistics.
-        **monitor_kwargs: passed to :class:`SpectralMonitor` (``lr``, ``groups``, ``store``, …).
+        config, store, sinks, **settings: as for :class:`~spectral_edge.tracking.monitor.SpectralMonitor`
+            (``lr``, ``groups``, ``storage_dtype``, ``store``, …); ``interval`` and ``storage_device`` do
+            not apply (pass every n-th path; the window is kept on the CPU, beside the checkpoints).
 
     Returns:
         One record per full window: ``len(paths) − window`` records.
@@ -204,27 +133,65 @@ def analyze_checkpoints(
         [15, 20]
         >>> tmp.cleanup()
     """
+    cfg = resolve_config(
+        config, settings if window is None else {**settings, "window": window}, caller="analyze_checkpoints"
+    )
+    if cfg.interval != 1:
+        raise ValueError(
+            f"interval does not apply to checkpoints, got interval={cfg.interval}: pass every n-th path instead"
+        )
+    if cfg.storage_device is not None and torch.device(cfg.storage_device).type != "cpu":
+        raise ValueError(
+            f"storage_device does not apply to checkpoints, got {cfg.storage_device!r}: the checkpoints are read "
+            "to the CPU and the window is kept beside them; leave storage_device out"
+        )
     if isinstance(paths, (str, os.PathLike)):
         paths, steps = _folder_checkpoints(Path(paths), steps)
     paths, steps = _in_step_order([Path(p) for p in paths], steps)
-    if len(paths) < window + 1:
+    if len(paths) < cfg.window + 1:
         raise ValueError(
-            f"a window of W={window} updates needs at least {window + 1} checkpoints, got {len(paths)}; "
+            f"a window of W={cfg.window} updates needs at least {cfg.window + 1} checkpoints, got {len(paths)}; "
             "pass more checkpoints or a smaller window"
         )
-    if "interval" in monitor_kwargs:
-        raise ValueError("interval does not apply to checkpoints: pass every n-th path instead")
+    delivered = [as_sink(sink) for sink in sinks]  # a TypeError names what a sink lacks
 
     wanted = None if names is None else list(names)
     first = _select(_hf_ties(load_state_dict(paths[0]), paths[0], wanted), wanted, paths[0])
     all_names = list(first)
-    # The monitor is built on shape-only "meta" tensors (no memory), then given the loaded checkpoint
-    # itself as its snapshot: W window rows plus one checkpoint are held, never a second copy. The meta
-    # tensors share memory as the checkpoint's do, so the monitor merges tied names as it does online.
-    monitor = SpectralMonitor(_shape_only(first), window=window, storage_device="cpu", **monitor_kwargs)
-    names = list(monitor._win.layout.names)
-    monitor._win.snapshot([first[n] for n in names], copy=False)
+    shared = count_once(list(first.items()))  # tied names (one storage) counted once, as online
+    if shared.partial:
+        warnings.warn(shared.partial_warning(), SpectrumWarning, stacklevel=2)
+    # The loaded checkpoint itself is the snapshot (copy=False): W window rows plus one checkpoint are
+    # held, never a second copy of it.
+    tracker = SpectralTracker(shared.named, config=replace(cfg, storage_device="cpu"), copy=False)
     del first
+    guard = Guard(strict=cfg.strict, note="analyze_checkpoints returns every record.")
+    store_sink = StoreSink.open(store, write_behind=not cfg.strict)
+    out = FanOut(
+        ([store_sink] if store_sink is not None else []) + delivered,
+        guard=guard,
+        kept="analyze_checkpoints returns every record whatever happens",
+        counts="the run store's backlog()",
+    )
+    document = {
+        "monitor": {
+            **tracker.describe(),
+            "excluded": {},
+            "merged": dict(shared.merged),
+            "partially_merged": dict(shared.partial),
+        },
+        "user": dict(cfg.user),
+    }
+    try:
+        out.config(document, check=True)
+    except BaseException:  # a config that cannot be stored: leave no store open (and locked) behind
+        if store_sink is not None and store_sink.owned:
+            with contextlib.suppress(Exception):
+                store_sink.close()
+        raise
+
+    def rate() -> float | None:  # read only when a record is made, as online
+        return resolve_lr(cfg.lr, warn=guard.warn_once)
 
     records = []
     try:
@@ -237,32 +204,32 @@ def analyze_checkpoints(
                     f"{path} does not hold the same tensors as {paths[0]}: missing {missing}, extra {extra}. "
                     "All checkpoints must come from the same model."
                 )
-            for name, shape in zip(names, monitor._win.layout.shapes, strict=True):
+            layout = tracker.layout
+            for name, shape in zip(layout.names, layout.shapes, strict=True):
                 if tuple(state[name].shape) != shape:
                     raise ValueError(
                         f"{path}: tensor {name!r} has shape {tuple(state[name].shape)}, {paths[0]} has {shape}. "
                         "All checkpoints must come from the same model."
                     )
             merged = count_once(list(state.items())).merged
-            if merged != monitor.merged:
+            if merged != shared.merged:
                 raise ValueError(
                     f"{path} ties tensors differently from {paths[0]}: names sharing memory (left out -> kept) "
-                    f"{merged} here, {monitor.merged} there. All checkpoints must come from the same model, "
+                    f"{merged} here, {shared.merged} there. All checkpoints must come from the same model, "
                     "saved the same way."
                 )
-            monitor.step_count = step
-            record = monitor._observe([state[n] for n in names], copy=False, metrics={})
-            if record is not None:
-                records.append(record)
+            result = tracker.observe(state, step=step, lr=rate, copy=False)
+            if result.record is not None:
+                records.append(result.record)
+                out.record(result.record)
+            out.emit(result.events)
     finally:
-        monitor.close()
+        out.close()
     return records
 
 
 def _folder_checkpoints(folder: Path, steps: Sequence[int] | None) -> tuple[list[Path], list[int]]:
     """The checkpoints of a run's folder, in step order, with their steps."""
-    from spectral_edge.tracking.checkpoint_folder import find_checkpoints
-
     if steps is not None:
         raise ValueError(
             f"steps= applies to a list of checkpoint paths, not to a folder ({folder}), whose checkpoints "
@@ -337,46 +304,6 @@ def _listing(items: list[str], limit: int = 5) -> str:
     return shown if len(items) <= limit else f"{shown}, … ({len(items)} in all)"
 
 
-def _step_in_name(name: str) -> int | None:
-    """The step a file or folder name gives (see :func:`step_from_path`), or None."""
-    worded = _STEP_WORD.findall(name)
-    if worded:
-        return int(worded[-1])
-    numbers = re.findall(r"\d+", name)
-    return int(numbers[-1]) if numbers else None
-
-
-def _checkpoint_folder(path: Path) -> Path | None:
-    """The folder that is one checkpoint (HF ``checkpoint-N/``): ``path`` itself, or the folder of a file
-    with a checkpoint folder's standard name; None for other files."""
-    if path.is_dir():
-        return path
-    if path.name in CHECKPOINT_FILES or path.name in SHARD_INDEX_FILES:
-        return path.parent
-    return None
-
-
-def _trainer_state_step(folder: Path) -> int | None:
-    """``global_step`` of ``folder/trainer_state.json`` (HF Trainer), or None if there is none to read."""
-    try:
-        state = json.loads((folder / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return None
-    step = state.get("global_step") if isinstance(state, dict) else None
-    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
-
-
-def _hf_config(path: Path) -> dict[str, Any] | None:
-    folder = _checkpoint_folder(path)
-    if folder is None:
-        return None
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return config if isinstance(config, dict) else None
-
-
 def _hf_ties(state: dict[str, torch.Tensor], path: Path, wanted: list[str] | None) -> dict[str, torch.Tensor]:
     """Tie the embeddings of an HF checkpoint folder as the model does, so that they are counted once.
 
@@ -385,7 +312,7 @@ def _hf_ties(state: dict[str, torch.Tensor], path: Path, wanted: list[str] | Non
     asks for is missing: it is read as the input embedding. A file that keeps both as separate, equal
     copies has them made one tensor. Without ``config.json`` (not an HF folder) nothing is changed.
     """
-    config = _hf_config(path)
+    config = hf_config(path)
     if config is None:
         return state
     text = config.get("text_config")
@@ -418,24 +345,6 @@ def _hf_ties(state: dict[str, torch.Tensor], path: Path, wanted: list[str] | Non
 
 def _ends_with(name: str, suffixes: tuple[str, ...]) -> bool:
     return any(name == s or name.endswith("." + s) for s in suffixes)
-
-
-def _shape_only(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Shape-only "meta" copies of ``state``'s tensors that share memory as its tensors do: one meta
-    storage per storage, each tensor at its own offset and strides in it."""
-    storages: dict[tuple[str, int], torch.UntypedStorage] = {}
-    out = {}
-    for name, t in state.items():
-        if t.numel() == 0:  # no memory to share
-            out[name] = torch.empty_like(t, device="meta")
-            continue
-        real = t.untyped_storage()
-        key = (str(t.device), real.data_ptr())
-        if key not in storages:
-            storages[key] = torch.UntypedStorage(real.nbytes(), device="meta")
-        meta = torch.empty(0, dtype=t.dtype, device="meta")
-        out[name] = meta.set_(storages[key], t.storage_offset(), t.shape, t.stride())
-    return out
 
 
 def _select(state: dict[str, torch.Tensor], names: list[str] | None, path: Path) -> dict[str, torch.Tensor]:

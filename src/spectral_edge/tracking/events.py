@@ -7,10 +7,13 @@ learned silently from its first records; only changes are events.
 
 from __future__ import annotations
 
-import statistics
+import bisect
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from spectral_edge.spectrum.stability import AdiabaticRegimes
 from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
@@ -67,6 +70,76 @@ class EventThresholds:
             raise ValueError(
                 f"need k_star_margin >= 0 and regime_margin >= 1, got {self.k_star_margin} and {self.regime_margin}"
             )
+
+
+class TrailingMedian:
+    """The median of the last ``window`` values pushed, skipping missing ones (None, NaN).
+
+    The regime detector reads η𝒜 through it (𝒜 of one step is heavy-tailed: it shoots up whenever the
+    gap g of Def 8.1 touches 0, while a regime of Prop 34.3 is a property of a stretch of training), and
+    :func:`trailing_median` runs it over a whole column, so the report's smoothed curve is the detector's.
+    A sorted copy of the window makes each push O(window) and the median O(1).
+
+    Example:
+        >>> m = TrailingMedian(3)
+        >>> [m.push(v) for v in (1.0, 3.0, None, 2.0, 10.0)]
+        [1.0, 2.0, 2.0, 2.0, 3.0]
+    """
+
+    def __init__(self, window: int) -> None:
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise ValueError(f"a median window must be an int >= 1, got {window!r}")
+        self.window = window
+        self._recent: deque[float] = deque()  # oldest first
+        self._sorted: list[float] = []
+
+    @property
+    def value(self) -> float | None:
+        """The median of the values held (the mean of the two middle ones for an even count); None if none."""
+        s, n = self._sorted, len(self._sorted)
+        if not n:
+            return None
+        return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+    def push(self, value: float | None) -> float | None:
+        """Add ``value`` (None and NaN are skipped, not counted) and return the median now."""
+        if value is not None and not math.isnan(value):
+            value = float(value)
+            self._recent.append(value)
+            bisect.insort(self._sorted, value)
+            if len(self._recent) > self.window:
+                del self._sorted[bisect.bisect_left(self._sorted, self._recent.popleft())]
+        return self.value
+
+    def values(self) -> list[float]:
+        """The values held, oldest first (what :meth:`load` takes back)."""
+        return list(self._recent)
+
+    def load(self, values: list[float]) -> None:
+        """Replace the values held by ``values`` (oldest first; only the last ``window`` are kept)."""
+        self._recent.clear()
+        self._sorted.clear()
+        for v in values:
+            self.push(v)
+
+
+def trailing_median(values: Any, window: int) -> np.ndarray:
+    """Median of the last ``window`` non-NaN values up to each position; NaN where the value is NaN.
+
+    This is the event detector's smoothing of η𝒜 applied to a whole column (records without 𝒜 are
+    skipped, not counted): one :class:`TrailingMedian` fed the values in order.
+
+    Example:
+        >>> trailing_median(np.array([1.0, 3.0, np.nan, 2.0, 10.0]), 3).tolist()
+        [1.0, 2.0, nan, 2.0, 3.0]
+    """
+    column = np.asarray(values, dtype=np.float64)
+    out = np.full(column.shape, np.nan)
+    median = TrailingMedian(window)
+    for i, v in enumerate(column.tolist()):
+        if not math.isnan(v):
+            out[i] = median.push(v)
+    return out
 
 
 class _Debounced:
@@ -126,7 +199,7 @@ class EventDetector:
         self._k_star = _Debounced(self.thresholds.k_star_persistence)
         self._regime = _Debounced(self.thresholds.persistence)
         self._k_at_gap_change: int | None = None
-        self._recent_adiabatic: deque[float] = deque(maxlen=self.thresholds.regime_smoothing)
+        self._smoothed = TrailingMedian(self.thresholds.regime_smoothing)  # η𝒜 (or 𝒜) of recent records
 
     def update(self, record: SpectralRecord) -> list[SpectralEvent]:
         """Feed the next record; return the events it completes (often none)."""
@@ -168,8 +241,8 @@ class EventDetector:
 
         adiabatic, lr = getattr(record, "adiabatic", None), getattr(record, "lr", None)
         if adiabatic is not None:
-            self._recent_adiabatic.append(adiabatic * lr if self.regimes.scale == "lr" and lr else adiabatic)
-        smoothed = statistics.median(self._recent_adiabatic) if self._recent_adiabatic else None
+            self._smoothed.push(adiabatic * lr if self.regimes.scale == "lr" and lr else adiabatic)
+        smoothed = self._smoothed.value
         regime = record.regime if adiabatic is None else self._regime_candidate(smoothed, lr)
         change = self._regime.update(regime, smoothed)
         if change is not None:
@@ -218,7 +291,7 @@ class EventDetector:
             "k_star": self._k_star.state_dict(),
             "regime": self._regime.state_dict(),
             "k_at_gap_change": self._k_at_gap_change,
-            "recent_adiabatic": list(self._recent_adiabatic),
+            "recent_adiabatic": self._smoothed.values(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -226,5 +299,4 @@ class EventDetector:
         self._k_star.load_state_dict(state["k_star"])
         self._regime.load_state_dict(state["regime"])
         self._k_at_gap_change = state["k_at_gap_change"]
-        self._recent_adiabatic.clear()
-        self._recent_adiabatic.extend(state.get("recent_adiabatic", []))
+        self._smoothed.load(list(state.get("recent_adiabatic", [])))

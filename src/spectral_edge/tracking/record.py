@@ -132,7 +132,7 @@ class SpectralRecord:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: arrays become lists, non-finite floats become strings ('inf')."""
         out = self.scalars()
-        out = {k: _json_float(v) for k, v in out.items()}
+        out = {k: json_float(v) for k, v in out.items()}
         out["singular_values"] = _json_list(self.singular_values)
         out["ratios"] = _json_list(self.ratios)
         out["alpha"] = _json_list(self.alpha)
@@ -140,12 +140,12 @@ class SpectralRecord:
         out["groups"] = {
             name: {
                 "k_star": g.k_star,
-                "gap_ratio": _json_float(g.gap_ratio),
+                "gap_ratio": json_float(g.gap_ratio),
                 "singular_values": _json_list(g.singular_values),
             }
             for name, g in self.groups.items()
         }
-        out["metrics"] = {k: _json_float(v) for k, v in self.metrics.items()}
+        out["metrics"] = {k: json_float(v) for k, v in self.metrics.items()}
         return out
 
 
@@ -166,15 +166,21 @@ class SpectralEvent:
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _json_float(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: json_float(getattr(self, f.name)) for f in fields(self)}
 
 
-def _json_float(value: Any) -> Any:
-    """Floats that JSON cannot hold (inf, nan) as strings; everything else unchanged."""
+def json_float(value: Any) -> Any:
+    """Floats that JSON cannot hold (inf, nan) as strings; everything else unchanged (records' ``to_dict``,
+    the JSONL sink).
+
+    Example:
+        >>> json_float(float("inf")), json_float(2.5)
+        ('inf', 2.5)
+    """
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
 
 
 def _json_list(array: np.ndarray) -> list[Any]:
-    return [_json_float(float(x)) for x in np.asarray(array, dtype=np.float64)]
+    return [json_float(float(x)) for x in np.asarray(array, dtype=np.float64)]
