@@ -7,6 +7,11 @@ arguments, for corrupt input, or when the user asked for ``strict=True``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # errors.py imports nothing of the library at run time (the store imports it)
+    from spectral_edge.store import StoreBacklog
+
 
 class SpectralEdgeError(Exception):
     """Base class of every exception raised by spectral-edge."""
@@ -42,10 +47,10 @@ class StoreWriteError(RunStoreError):
     """
 
     def __init__(
-        self, message: str, *, backlog: object, started: bool, first_loss: bool, closed: bool = False
+        self, message: str, *, backlog: StoreBacklog, started: bool, first_loss: bool, closed: bool = False
     ) -> None:
         super().__init__(message)
-        self.backlog = backlog  # a spectral_edge.store.StoreBacklog (errors.py imports nothing)
+        self.backlog = backlog  # errors.py imports nothing at run time: the type is for checkers only
         self.started = started
         self.first_loss = first_loss
         self.closed = closed

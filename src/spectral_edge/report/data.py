@@ -214,7 +214,8 @@ def run_data_from_arrays(
         max_points: records plotted before thinning (:func:`thin_indices`).
     """
     config = dict(config or {})
-    monitor = config.get("monitor") if isinstance(config.get("monitor"), Mapping) else {}
+    given = config.get("monitor")
+    monitor: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
     regimes = _regimes_of(monitor)
     thresholds = _thresholds_of(monitor)
     steps_all = np.asarray(arrays.get("step", np.zeros(0)), dtype=np.int64)

@@ -98,7 +98,7 @@ def plot_run(run: str | Path, *, title: str | None = None) -> Any:
             )
     ax_r.legend(loc="upper left", fontsize=8)
 
-    accuracy = [name for name in ("test_acc", "train_acc") if name in evals]
+    accuracy: list[str] = [name for name in ("test_acc", "train_acc") if name in evals]
     # The grokking demo's accuracies when they are there, else every evaluation the run logged.
     for name in accuracy or sorted(evals):
         s, v = evals[name]

@@ -8,6 +8,7 @@ start failing and when the first is lost, with the store's counts, not one per s
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -52,24 +53,24 @@ class FanOut:
             if check:
                 sink.write_config(document)
             else:
-                self._deliver(sink, lambda s=sink: s.write_config(document))
+                self._deliver(sink, functools.partial(sink.write_config, document))
 
     def record(self, record: SpectralRecord) -> None:
         self.step = record.step
         for sink in self.sinks:
-            self._deliver(sink, lambda s=sink: s.write_record(record))
+            self._deliver(sink, functools.partial(sink.write_record, record))
 
     def emit(self, events: Iterable[SpectralEvent]) -> None:
         for event in events:
             self.events.append(event)  # in memory first: a failing store must not lose it
             self.step = event.step
             for sink in self.sinks:
-                self._deliver(sink, lambda s=sink, e=event: s.write_event(e))
+                self._deliver(sink, functools.partial(sink.write_event, event))
 
     def eval(self, step: int, values: Mapping[str, float]) -> None:
         self.step = step
         for sink in self.sinks:
-            self._deliver(sink, lambda s=sink: s.write_eval(step, values))
+            self._deliver(sink, functools.partial(sink.write_eval, step, values))
 
     def close(self) -> None:
         """Close every sink, the run store last, whatever the others do; in strict mode the first
@@ -84,11 +85,14 @@ class FanOut:
             raise first
 
     def _deliver(self, sink: Sink, action: Callable[[], object]) -> None:
-        self.guard(sink.label, action, handlers={StoreWriteError: lambda exc: self._store_failed(sink, exc)})
+        self.guard(
+            sink.label, action, handlers={StoreWriteError: functools.partial(self._store_failed, sink)}
+        )
 
-    def _store_failed(self, sink: Sink, exc: StoreWriteError) -> None:
+    def _store_failed(self, sink: Sink, exc: Exception) -> None:
         """A store refused a write: an event and a warning with the store's counts when writes start
         failing and when the first is lost, not one per step (the store raises at every refused write)."""
+        assert isinstance(exc, StoreWriteError)  # the only exception type this handler is given
         backlog = exc.backlog
         if exc.closed:  # the store is closed: no event can reach it
             warnings.warn(

@@ -76,7 +76,7 @@ def _optimizer_lr(
 ) -> float | None:
     groups = optimizer.param_groups
     at = "" if step is None else f" at step {step}"
-    shares = []  # (group index, rate, weight of the group)
+    shares: list[tuple[int, float | None, int]] = []  # (group index, rate, weight of the group)
     if numel_of is not None:
         seen: set[int] = set()
         for i, group in enumerate(groups):
@@ -98,9 +98,9 @@ def _optimizer_lr(
             (i, group_rate(g.get("lr")), sum(p.numel() for p in g["params"])) for i, g in enumerate(groups)
         ]
     # A group without a rate yet (None, NaN: a scheduler that has not set it) counts as no group.
-    shares = [(i, r, n) for i, r, n in shares if n > 0 and r is not None]
-    live = [(i, r, n) for i, r, n in shares if r > 0]
-    idle = [(i, r, n) for i, r, n in shares if r <= 0]
+    rated = [(i, r, n) for i, r, n in shares if n > 0 and r is not None]
+    live = [(i, r, n) for i, r, n in rated if r > 0]
+    idle = [(i, r, n) for i, r, n in rated if r <= 0]
     if not live:
         if idle:
             warn(

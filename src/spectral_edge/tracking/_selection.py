@@ -114,12 +114,12 @@ class ParameterWatch:
 
     def read(self) -> Selection:
         """Read the source again (the full walk) and remember what the per-step check compares with."""
-        items = _items(self._module) if self._module is not None else self._items
+        items = _items(self._module) if self._module is not None else (self._items or [])
         selection = _select(items)
         if self._module is not None:
             modules = list(self._module.modules())
             self._slots = [d for m in modules for d in (m._parameters, m._modules)]
-            self._members = [p for m in modules for p in m._parameters.values()]
+            self._members: list[torch.Tensor | None] = [p for m in modules for p in m._parameters.values()]
         else:
             self._slots, self._members = [], [t for _, t in items]
         self._sizes = list(map(len, self._slots))
@@ -144,16 +144,18 @@ class ParameterWatch:
 
 
 _REQUIRES_GRAD = operator.attrgetter("requires_grad")
+# Lazy modules' parameters before their first forward pass (not in torch's type stubs).
+_UNINITIALIZED: type = getattr(torch.nn.parameter, "UninitializedTensorMixin")  # noqa: B009
 
 
 def _unread(t: torch.Tensor) -> bool:
-    return t.is_meta or isinstance(t, torch.nn.parameter.UninitializedTensorMixin)
+    return t.is_meta or isinstance(t, _UNINITIALIZED)
 
 
 def _why_left_out(t: torch.Tensor) -> tuple[str, str] | None:
     """(kind, reason) a tensor is not monitored, or None when it is."""
     # First: an uninitialised (lazy) parameter raises on nearly every other question.
-    if isinstance(t, torch.nn.parameter.UninitializedTensorMixin):
+    if isinstance(t, _UNINITIALIZED):
         return "uninitialized", "uninitialized (a lazy module before its first forward pass)"
     if not t.is_floating_point() and not t.is_complex():  # integer or bool: never trained by gradients
         return "non_floating", f"not floating point ({t.dtype})"
@@ -177,6 +179,7 @@ def _why_left_out(t: torch.Tensor) -> tuple[str, str] | None:
 def _items(source: Any) -> list[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs of a module (every name, duplicates included, so that tied names are reported
     as merged rather than silently lost), a mapping, or an iterable of tensors or pairs."""
+    items: list[tuple[str, torch.Tensor]]
     if isinstance(source, torch.nn.Module):
         items = list(source.named_parameters(remove_duplicate=False))
     elif isinstance(source, Mapping):

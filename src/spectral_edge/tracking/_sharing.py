@@ -81,9 +81,10 @@ def count_once(named: Sequence[tuple[str, torch.Tensor]]) -> CountedOnce:
             clusters.append([i])
             domain, end = s.domain, s.hi
     merged: dict[int, tuple[int, int]] = {}  # left out -> (kept, elements of it in no kept tensor)
+    placed_spans = dict(placed)
     for cluster in clusters:
         if len(cluster) > 1:
-            merged.update(_resolve(cluster, named, {i: spans[i] for i in cluster}))
+            merged.update(_resolve(cluster, named, {i: placed_spans[i] for i in cluster}))
     names = [n for n, _ in named]
     return CountedOnce(
         named=[item for i, item in enumerate(named) if i not in merged],
@@ -99,9 +100,9 @@ def _span(t: torch.Tensor) -> _Span | None:
         return None
     try:
         size = t.element_size()
-        extent = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True))  # in elements
+        extent = 1 + sum((int(n) - 1) * s for n, s in zip(t.shape, t.stride(), strict=True))  # in elements
         if t.device.type == "meta":
-            domain, lo = ("meta", t.untyped_storage()._cdata), t.storage_offset() * size
+            domain, lo = ("meta", t.untyped_storage()._cdata), int(t.storage_offset()) * size
         else:
             domain, lo = (str(t.device), 0), t.data_ptr()
     except (RuntimeError, NotImplementedError, AttributeError, TypeError):

@@ -152,7 +152,7 @@ class _Debounced:
         self.candidate: Any = None
         self.count = 0
 
-    def update(self, value: Any, ratio: float) -> tuple[Any, float | None] | None:
+    def update(self, value: Any, ratio: float | None) -> tuple[Any, float | None] | None:
         """Feed one observation; return (previous stable value, its ratio) when the stable value changes."""
         if value is None:
             return None
@@ -243,7 +243,9 @@ class EventDetector:
         if adiabatic is not None:
             self._smoothed.push(adiabatic * lr if self.regimes.scale == "lr" and lr else adiabatic)
         smoothed = self._smoothed.value
-        regime = record.regime if adiabatic is None else self._regime_candidate(smoothed, lr)
+        regime = (
+            record.regime if adiabatic is None or smoothed is None else self._regime_candidate(smoothed, lr)
+        )
         change = self._regime.update(regime, smoothed)
         if change is not None:
             events.append(
