@@ -103,6 +103,7 @@ class RunData:
 
     @property
     def has_records(self) -> bool:
+        """Whether the run wrote any record (a run may hold only evaluations or only its config)."""
         return self.n_records > 0
 
     @property
@@ -119,6 +120,7 @@ class RunData:
 
     @property
     def monitor_config(self) -> Mapping[str, Any]:
+        """The monitor's settings as the run store saved them (empty for a store written without one)."""
         monitor = self.config.get("monitor")
         return monitor if isinstance(monitor, Mapping) else {}
 
@@ -209,7 +211,10 @@ def run_data_from_arrays(
         path: the run directory.
         arrays: ``step``, ``singular_values`` (n, W), ``gap_ratio``, ``k_star``, ``alpha`` (n, W),
             optionally ``adiabatic``, ``lr``, ``group.<name>.k_star``/``.gap_ratio``, ``metric.<name>``.
-        config, meta, events, evals: as the run store returns them.
+        config: as :meth:`RunStore.config` returns it.
+        meta: as :meth:`RunStore.meta` returns it.
+        events: as :meth:`RunStore.events` returns them.
+        evals: as :meth:`RunStore.evals` returns them.
         last: the last record as :meth:`RunStore.last_record` returns it (default: built from the arrays).
         max_points: records plotted before thinning (:func:`thin_indices`).
     """

@@ -288,6 +288,7 @@ class EventDetector:
         )
 
     def state_dict(self) -> dict[str, Any]:
+        """The detector's state (the stable values, pending candidates, recent η𝒜), to resume exactly."""
         return {
             "gap": self._gap.state_dict(),
             "k_star": self._k_star.state_dict(),
@@ -297,6 +298,7 @@ class EventDetector:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved; the thresholds stay this detector's own."""
         self._gap.load_state_dict(state["gap"])
         self._k_star.load_state_dict(state["k_star"])
         self._regime.load_state_dict(state["regime"])
