@@ -548,13 +548,9 @@ def _gram_of_updates(updates: Any) -> np.ndarray:
 
 def _as_float64_matrix(values: Any) -> np.ndarray:
     """A 2-D float64 NumPy copy of an array-like (torch tensors may live on any device)."""
-    try:
-        import torch
-
-        if isinstance(values, torch.Tensor):
-            values = values.detach().to(device="cpu", dtype=torch.float64).numpy()
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        pass
+    torch = sys.modules.get("torch")  # as in _gram_of_updates: a tensor means torch is already imported
+    if torch is not None and isinstance(values, torch.Tensor):
+        values = values.detach().to(device="cpu", dtype=torch.float64).numpy()
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 2:
         raise ValueError(f"expected a 2-D (W, P) or (W, W) array, got {array.ndim} dimension(s)")
