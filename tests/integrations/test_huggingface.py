@@ -7,6 +7,7 @@ differences of those copies.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -150,7 +151,11 @@ def scalars_close(a, b, rel: float = 1e-10, skip: frozenset[str] | set[str] = fr
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
-    """One uninterrupted 12-step run: checkpoints at 6 and 12, TensorBoard reporting, a run store."""
+    """One uninterrupted 12-step run: checkpoints at 6 and 12, TensorBoard reporting, a run store.
+
+    The callback is added the way HF users write it, ``Trainer(callbacks=[...])``, which puts it behind
+    the ``report_to`` integrations; it moves itself ahead of them when the Trainer is made.
+    """
     root = tmp_path_factory.mktemp("hf_full")
     callback = SpectralEdgeCallback(window=WINDOW, storage_dtype=torch.float64, store=root / "store")
     snapshots = Snapshots()
@@ -160,8 +165,9 @@ def full_run(tmp_path_factory):
         save_steps=SAVE_STEPS,
         report_to=["tensorboard"],
     )
-    trainer = Trainer(model=tiny_gpt2(), args=args, train_dataset=TokenDataset(), callbacks=[snapshots])
-    callback.attach(trainer)
+    trainer = Trainer(
+        model=tiny_gpt2(), args=args, train_dataset=TokenDataset(), callbacks=[snapshots, callback]
+    )
     trainer.train()
     return SimpleNamespace(root=root, callback=callback, snapshots=snapshots, trainer=trainer)
 
@@ -217,11 +223,93 @@ def test_scalars_reach_tensorboard_through_report_to(full_run):
     assert "train/loss" in events.Tags()["scalars"]
 
 
+def test_the_callback_moves_ahead_of_the_reporting_integrations_when_the_trainer_is_made(full_run):
+    from transformers.integrations import TensorBoardCallback
+
+    names = [type(cb).__name__ for cb in full_run.trainer.callback_handler.callbacks]
+    assert (
+        names.index("SpectralEdgeCallback") < names.index("TensorBoardCallback") < names.index("_DropScalars")
+    )
+    assert names.count("SpectralEdgeCallback") == 1 and names.count("_DropScalars") == 1
+    assert any(isinstance(cb, TensorBoardCallback) for cb in full_run.trainer.callback_handler.callbacks)
+
+
+@pytest.mark.parametrize("how", ["attach", "add_callback"])
+def test_attach_and_add_callback_also_reach_tensorboard(tmp_path, how):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    callback = SpectralEdgeCallback(window=2)
+    args = training_args(tmp_path / "out", max_steps=3, report_to=["tensorboard"])
+    trainer = Trainer(model=tiny_gpt2(), args=args, train_dataset=TokenDataset())
+    if how == "attach":
+        callback.attach(trainer)
+    else:
+        trainer.add_callback(callback)  # after the Trainer was made: placed when training begins
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "could not place itself" warning
+        trainer.train()
+    (event_file,) = (tmp_path / "out").glob("runs/*/events.out.tfevents.*")
+    events = EventAccumulator(str(event_file.parent), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/spectral/k_star")] == [2, 3]
+    assert not any(name.startswith("spectral/") for e in trainer.state.log_history for name in e)
+
+
+def test_hf_models_get_one_group_per_block_by_default(full_run):
+    # groups="top" would put all of GPT-2 in one group ("transformer"): no per-group spectra at all.
+    record = full_run.callback.monitor.last_record
+    assert list(record.groups) == ["embeddings", "transformer.h.0", "transformer.h.1", "head"]
+    with RunStore(full_run.root / "store", mode="r") as store:
+        sizes = store.config()["monitor"]["groups"]
+    model = full_run.trainer.model
+    assert sizes["head"] == sum(p.numel() for p in model.transformer.ln_f.parameters())
+    assert sizes["transformer.h.0"] == sum(p.numel() for p in model.transformer.h[0].parameters())
+
+
+def test_block_groups_of_other_architectures():
+    from collections import Counter
+
+    import transformers
+
+    from spectral_edge.integrations._common import block_groups
+
+    small = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, vocab_size=32)
+    llama = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(num_hidden_layers=2, num_key_value_heads=2, **small)
+    )
+    bert = transformers.BertForSequenceClassification(transformers.BertConfig(num_hidden_layers=2, **small))
+    t5 = transformers.T5ForConditionalGeneration(
+        transformers.T5Config(num_layers=1, d_model=16, d_ff=32, num_heads=2, d_kv=8, vocab_size=32)
+    )
+    groups = {}
+    for name, model in (("llama", llama), ("bert", bert), ("t5", t5)):
+        group = block_groups(model)
+        groups[name] = list(Counter(group(n) for n, _ in model.named_parameters()))
+    assert groups["llama"] == ["embeddings", "model.layers.0", "model.layers.1", "head"]  # norm, lm_head
+    assert groups["bert"] == ["embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1", "head"]
+    # Between the encoder's and the decoder's blocks: the encoder's final norm, by its module.
+    assert groups["t5"] == [
+        "embeddings",
+        "encoder.block.0",
+        "encoder.final_layer_norm",
+        "decoder.block.0",
+        "head",
+    ]
+    assert block_groups(torch.nn.Linear(3, 2)) is None  # no blocks: the monitor's default stays
+
+
+def test_groups_given_by_the_user_are_kept(tmp_path):
+    model = tiny_gpt2()
+    callback = SpectralEdgeCallback(window=WINDOW, groups="all")
+    callback.on_train_begin(fake_args(tmp_path), TrainerState(), TrainerControl(), model=model)
+    assert callback.monitor.settings.groups == "all"
+
+
 def test_console_log_lines_leave_out_the_spectral_scalars(full_run, tmp_path, capsys):
-    # attach() puts a companion after the reporting integrations that removes the scalars again, so the
-    # printer (and the trainer's log_history) see only the Trainer's own logs.
+    # The callback puts a companion after the reporting integrations that removes the scalars again, so
+    # the printer (and the trainer's log_history) see only the Trainer's own logs.
     assert not any(name.startswith("spectral/") for e in full_run.trainer.state.log_history for name in e)
-    # Without attach() the callback leaves the logs alone (the printer runs after user callbacks).
+    # Without reporting integrations nothing needs the scalars, and the printer does not print them.
     callback = SpectralEdgeCallback(window=2)
     trainer = Trainer(
         model=tiny_gpt2(),
@@ -236,9 +324,10 @@ def test_console_log_lines_leave_out_the_spectral_scalars(full_run, tmp_path, ca
 
 
 @pytest.mark.parametrize("save_window", [True, False])
-def test_resumed_run_gives_the_records_of_the_uninterrupted_run(full_run, tmp_path, save_window):
+def test_resumed_run_gives_the_records_of_the_uninterrupted_run(full_run, tmp_path, save_window, caplog):
     source = full_run.root / "out" / f"checkpoint-{SAVE_STEPS}"
-    assert (source / STATE_FILE).is_file()
+    # interval=1: the snapshot θ_prev is the checkpoint's own weights, left out and restored from them.
+    assert torch.load(source / STATE_FILE, weights_only=True)["snapshot_is_model"]
     if save_window:
         # The usual case: the checkpoint sits in output_dir and train(resume_from_checkpoint=True) finds it.
         args = training_args(tmp_path / "out")
@@ -260,7 +349,10 @@ def test_resumed_run_gives_the_records_of_the_uninterrupted_run(full_run, tmp_pa
     callback = SpectralEdgeCallback(window=WINDOW, storage_dtype=torch.float64, store=tmp_path / "store")
     # Another seed: everything must come from the checkpoint.
     trainer = Trainer(model=tiny_gpt2(seed=5), args=args, train_dataset=TokenDataset(), callbacks=[callback])
+    caplog.set_level(logging.INFO, logger="spectral_edge")
     trainer.train(resume_from_checkpoint=resume)
+    # Resuming without a saved window is the user's choice: said in the log, not warned about.
+    assert ("saved without the window" in caplog.text) == (not save_window)
 
     full = {r.step: r for r in full_run.callback.monitor.records}
     resumed = list(callback.monitor.records)
@@ -339,7 +431,8 @@ def test_a_store_holding_another_run_is_a_warning_and_records_stay_in_memory(ful
     assert callback.monitor is not None and callback.monitor.store is None
 
 
-def test_report_to_without_attach_warns_once(tmp_path):
+def test_report_to_without_a_trainer_to_place_it_in_warns_once(tmp_path):
+    # Hooks called by something other than a Trainer's CallbackHandler: the callback cannot place itself.
     callback = SpectralEdgeCallback(window=WINDOW)
     args = fake_args(tmp_path, report_to=["tensorboard"])
     with pytest.warns(UserWarning, match="attach"):
@@ -376,6 +469,50 @@ def test_arguments_are_checked_by_building_the_config_not_a_throwaway_monitor(tm
     settings = callback.monitor.settings
     assert settings.window == 3 and settings.user == {"integration": "transformers", "run": "a"}
     assert callable(settings.lr)  # the optimizer's rate at each step, read through the monitor
+
+
+@pytest.mark.parametrize("save_window", [True, False])
+def test_saved_state_is_the_window_in_its_dtype_and_the_snapshot_or_a_few_kb(tmp_path, save_window):
+    # The documented size rule: W rows of P numbers in storage_dtype and W²·8 bytes per group; no float64
+    # copies, and with interval=1 no snapshot θ_prev (the checkpoint's model file holds those very
+    # parameters; the resume tests check that the records still continue exactly). Without the window:
+    # counters and event state.
+    model = torch.nn.Sequential(torch.nn.Linear(100, 50), torch.nn.Linear(50, 40))
+    n_params = sum(p.numel() for p in model.parameters())
+    callback = SpectralEdgeCallback(window=WINDOW, save_window=save_window)
+    args = fake_args(tmp_path)
+    callback.on_train_begin(args, TrainerState(), TrainerControl(), model=model)
+    for step in range(WINDOW + 2):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 1e-3)
+        callback.on_optimizer_step(args, TrainerState(global_step=step), TrainerControl(), optimizer=None)
+    assert callback.monitor.last_record is not None
+    (tmp_path / "checkpoint-6").mkdir()
+    callback.on_save(args, TrainerState(global_step=6), TrainerControl(), model=model)
+    size = (tmp_path / "checkpoint-6" / STATE_FILE).stat().st_size
+    small = 16_000
+    if save_window:
+        assert WINDOW * n_params * 4 < size <= WINDOW * n_params * 4 + small
+        assert torch.load(tmp_path / "checkpoint-6" / STATE_FILE, weights_only=True)["snapshot_is_model"]
+    else:
+        assert size <= small
+
+
+def test_a_snapshot_that_is_not_the_current_parameters_is_saved(tmp_path):
+    # interval=2, saved between two pushes: θ_prev is older than the parameters, so it must be kept.
+    model = torch.nn.Linear(10, 5)
+    callback = SpectralEdgeCallback(window=2, interval=2)
+    args = fake_args(tmp_path)
+    callback.on_train_begin(args, TrainerState(), TrainerControl(), model=model)
+    for step in range(5):
+        with torch.no_grad():
+            model.weight.add_(1e-3)
+        callback.on_optimizer_step(args, TrainerState(global_step=step), TrainerControl(), optimizer=None)
+    (tmp_path / "checkpoint-5").mkdir()
+    callback.on_save(args, TrainerState(global_step=5), TrainerControl(), model=model)
+    saved = torch.load(tmp_path / "checkpoint-5" / STATE_FILE, weights_only=True)
+    assert not saved["snapshot_is_model"] and saved["monitor"]["window"]["prev"] is not None
 
 
 def _copy_checkpoint(source: Path, target: Path) -> Path:

@@ -4,7 +4,7 @@ Examples::
 
     spectral-edge analyze out/                      # HF Trainer's out/checkpoint-500/, checkpoint-1000/, ...
     spectral-edge analyze ckpts/ --window 5         # ckpts/step_100.pt, step_200.pt, ... (any step naming)
-    spectral-edge analyze out/ --lr 1e-3 --store runs/offline   # with 𝒜 and regimes, into a run store
+    spectral-edge analyze out/ --lr 1e-3 --store runs/offline   # one η for 𝒜 and regimes, into a run store
     spectral-edge analyze out/ --json > records.json
 """
 
@@ -21,6 +21,7 @@ _EXAMPLES = __doc__.split("Examples::", 1)[1]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``analyze`` command to the ``spectral-edge`` parser's subcommands."""
     parser = subparsers.add_parser(
         "analyze",
         help="analyse a folder of checkpoints offline: records and events, as the monitor would give",
@@ -32,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "window "
             "of W consecutive updates between them (analyze_checkpoints). Prints the records (step, k*, R, "
             "σ1..σ3) and the events; --store also writes them to a run store for `summary`, `compare` and "
-            "`export`."
+            "`export`. η for 𝒜 and the regime is --lr, else, for HF checkpoint-<step>/ folders, the "
+            "learning rate the Trainer logged (trainer_state.json's log_history) at or before each "
+            "record's step, else none."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:" + _EXAMPLES,
@@ -50,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         metavar="LR",
-        help="learning rate η for 𝒜 and the regime (default: not computed)",
+        help="learning rate η for 𝒜 and the regime (default: the schedule logged in the newest "
+        "checkpoint folder's trainer_state.json, else not computed)",
     )
     parser.add_argument(
         "--store", type=Path, default=None, metavar="OUT", help="also write a run store to OUT"
@@ -62,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _analyze(args: argparse.Namespace) -> int:
     from spectral_edge.store import RunStore
-    from spectral_edge.tracking.checkpoint_folder import check_readable, find_checkpoints
+    from spectral_edge.tracking.checkpoint_folder import check_readable, find_checkpoints, trainer_state_lrs
     from spectral_edge.tracking.checkpoints import analyze_checkpoints
 
     if args.lr is not None and not args.lr > 0:
@@ -84,6 +88,19 @@ def _analyze(args: argparse.Namespace) -> int:
         check_readable(checkpoint)
     if args.store is not None and not args.overwrite:
         _refuse_to_erase(args.store)
+    lr_by_step, lr_source = None, "none (no 𝒜 or regime: pass --lr)"
+    if args.lr is not None:
+        lr_source = f"--lr {args.lr:g}"
+    else:
+        folders = [c.path for c in checkpoints if c.layout != "file" and c.path.is_dir()]
+        # The newest checkpoint's trainer_state.json holds everything logged up to it.
+        logged = trainer_state_lrs(folders[-1]) if folders else {}
+        if logged:
+            lr_by_step = _rate_at_each_step(logged, steps[window:])
+            lr_source = (
+                f"trainer_state.json of {folders[-1].name} (the learning rate logged at or before each "
+                f"record's step, {len(logged)} entries)"
+            )
 
     with tempfile.TemporaryDirectory(prefix="spectral-edge-analyze-") as scratch:
         # Without --store the run store is a scratch one: it is where the monitor files its events.
@@ -95,8 +112,14 @@ def _analyze(args: argparse.Namespace) -> int:
                 window=window,
                 steps=steps,
                 lr=args.lr,
+                lr_by_step=lr_by_step,
                 store=store,
-                config={"source": "checkpoints", "folder": str(args.folder), "steps": steps},
+                config={
+                    "source": "checkpoints",
+                    "folder": str(args.folder),
+                    "steps": steps,
+                    "lr_source": lr_source,
+                },
             )
             events = [e.to_dict() for e in store.events()]
             # Names that share one tensor (tied embeddings), counted once: the monitor saved them.
@@ -112,6 +135,7 @@ def _analyze(args: argparse.Namespace) -> int:
             "records": [r.to_dict() for r in records],
             "events": events,
             "merged": merged,
+            "lr_source": lr_source,
             "store": None if args.store is None else str(args.store),
         }
         print(json.dumps(out, indent=2, allow_nan=False))
@@ -125,7 +149,7 @@ def _analyze(args: argparse.Namespace) -> int:
     if merged:
         print("tied tensors counted once: " + ", ".join(f"{a} → {b}" for a, b in merged.items()))
     print()
-    with_regime = args.lr is not None
+    with_regime = args.lr is not None or bool(lr_by_step)
     headers = ["step", "k*", "R", "σ1", "σ2", "σ3"] + (["regime"] if with_regime else [])
     rows = []
     for r in records:
@@ -134,6 +158,7 @@ def _analyze(args: argparse.Namespace) -> int:
             [r.step, r.k_star, number(r.gap_ratio), *sigmas] + ([r.regime or "-"] if with_regime else [])
         )
     print(table(headers, rows, align="rrrrrr" + ("l" if with_regime else ""), indent="  "))
+    print(f"\nη for 𝒜 and the regime: {lr_source}")
     print()
     print(f"events  {len(events)}" + ("" if events else " (none)"))
     if events:
@@ -141,6 +166,18 @@ def _analyze(args: argparse.Namespace) -> int:
     if args.store is not None:
         print(f"\nrun store  {args.store} (spectral-edge summary {args.store})")
     return 0
+
+
+def _rate_at_each_step(logged: dict[int, float], steps: list[int]) -> dict[int, float]:
+    """η of each record step: the rate logged at that step, else the last one logged before it (the
+    Trainer logs every ``logging_steps``, which need not divide the checkpoint steps)."""
+    out = {}
+    logged_steps = sorted(logged)
+    for step in steps:
+        before = [s for s in logged_steps if s <= step]
+        if before:
+            out[step] = logged[before[-1]]
+    return out
 
 
 def _refuse_to_erase(out: Path) -> None:

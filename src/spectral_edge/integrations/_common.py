@@ -8,7 +8,7 @@ monitor's own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -47,10 +47,11 @@ def monitor_settings(kwargs: Mapping[str, Any], *, caller: str) -> tuple[Monitor
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The user's module inside DDP / DataParallel / ``torch.compile`` wrappers (the same parameters)."""
     while True:
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's wrapper
         if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
             model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):  # torch.compile
-            model = model._orig_mod
+        elif isinstance(inner, torch.nn.Module):
+            model = inner
         else:
             return model
 
@@ -96,3 +97,53 @@ def numeric_items(metrics: Mapping[str, Any], *, skip_prefix: str) -> dict[str, 
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[name] = float(value)
     return out
+
+
+def block_groups(model: torch.nn.Module) -> Callable[[str], str] | None:
+    """``groups=`` for a transformer: one group per block, one for what comes before the blocks, one for
+    what comes after; None for a model without a list of blocks.
+
+    The blocks are the children of the outermost ``nn.ModuleList`` s (``transformer.h``,
+    ``model.layers``, ``bert.encoder.layer``, both stacks of an encoder-decoder): ``transformer.h.0``,
+    ``transformer.h.1``, ... Parameters registered before the first block are ``"embeddings"`` (token and
+    position embeddings, an embedding norm), those after the last block ``"head"`` (the final norm, an
+    untied output head, a pooler or classifier), and any between two stacks (an encoder's final norm)
+    are grouped by their parent module. The default ``groups="top"`` would put all of a Hugging Face
+    model in one group (its parameters share one top-level module, ``transformer`` or ``model``).
+
+    Example:
+        >>> blocks = torch.nn.ModuleList([torch.nn.Linear(2, 2) for _ in range(2)])
+        >>> model = torch.nn.ModuleDict({"embed": torch.nn.Embedding(4, 2), "h": blocks, "norm": torch.nn.LayerNorm(2)})
+        >>> group = block_groups(model)
+        >>> [group(name) for name, _ in model.named_parameters()]
+        ['embeddings', 'h.0', 'h.0', 'h.1', 'h.1', 'head', 'head']
+    """
+    lists = [name for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
+    stacks = [n for n in lists if not any(n.startswith(o + ".") for o in lists if o != n)]
+    if not stacks:
+        return None
+    # A stack's blocks are named "<stack>.<i>"; as many leading name components as that.
+    depth = {stack: stack.count(".") + 2 if stack else 1 for stack in stacks}
+
+    def block_of(name: str) -> str | None:
+        for stack in stacks:
+            if not stack or name.startswith(stack + "."):
+                return ".".join(name.split(".")[: depth[stack]])
+        return None
+
+    names = [name for name, _ in model.named_parameters()]
+    in_block = [i for i, name in enumerate(names) if block_of(name) is not None]
+    if not in_block:
+        return None
+    first, last = in_block[0], in_block[-1]
+    fixed = {name: "embeddings" for name in names[:first]} | {name: "head" for name in names[last + 1 :]}
+
+    def group(name: str) -> str:
+        block = block_of(name)
+        if block is not None:
+            return block
+        if name in fixed:
+            return fixed[name]
+        return name.rsplit(".", 1)[0]  # between two stacks: its module (an encoder's final norm)
+
+    return group

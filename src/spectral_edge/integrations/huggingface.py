@@ -6,25 +6,28 @@ Example:
         from spectral_edge.integrations import SpectralEdgeCallback
 
         callback = SpectralEdgeCallback(window=10, store="runs/gpt2")
-        trainer = Trainer(model=model, args=args, train_dataset=train_set)
-        callback.attach(trainer)   # ahead of the report_to integrations
+        trainer = Trainer(model=model, args=args, train_dataset=train_set, callbacks=[callback])
         trainer.train()            # or trainer.train(resume_from_checkpoint=True)
         callback.monitor.records   # the SpectralRecords; callback.monitor.events the events
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import MutableMapping
 from dataclasses import replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
 
 from spectral_edge._imports import require
 from spectral_edge.integrations._common import (
+    block_groups,
     monitor_settings,
     numeric_items,
     sharding_message,
@@ -37,9 +40,16 @@ from spectral_edge.tracking.monitor import SpectralMonitor
 
 transformers = require("transformers", "SpectralEdgeCallback (the Hugging Face Trainer integration)")
 from transformers.integrations import get_reporting_integration_callbacks  # noqa: E402
+from transformers.trainer_callback import CallbackHandler  # noqa: E402
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: E402
 
 __all__ = ["STATE_FILE", "SpectralEdgeCallback"]
+
+logger = logging.getLogger("spectral_edge")
+_REFILL_NOTE = (
+    "spectral-edge: %s was saved without the window (save_window=False): training resumes at step %d and "
+    "the spectral window refills over the next %d steps before the first record"
+)
 
 #: File the monitor's state is saved to inside each ``checkpoint-N/`` folder.
 STATE_FILE = "spectral_edge_monitor.pt"
@@ -48,8 +58,11 @@ STATE_FILE = "spectral_edge_monitor.pt"
 _NOT_METRICS = ("total_flos",)
 _NOT_METRIC_SUFFIXES = ("_runtime", "_per_second", "_model_preparation_time")
 
+# The base class, typed Any: transformers is imported at run time through require(), so mypy cannot see it.
+_TrainerCallback: Any = transformers.TrainerCallback
 
-class SpectralEdgeCallback(transformers.TrainerCallback):
+
+class SpectralEdgeCallback(_TrainerCallback):
     """Runs a :class:`~spectral_edge.SpectralMonitor` inside ``transformers.Trainer``.
 
     * **When.** One update per optimizer step, in ``on_optimizer_step``: right after ``optimizer.step()``,
@@ -63,10 +76,18 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
       agree); pass ``lr=`` to override.
     * **Logging.** Every record goes to the run store (``store=``). At each Trainer log
       (``logging_steps``) the newest record's :meth:`~spectral_edge.SpectralRecord.log_scalars` are added
-      to the logs if they were not logged before, so TensorBoard / W&B / MLflow receive them through ``report_to``; for that the callback
-      must run before the reporting callbacks, which :meth:`attach` arranges (``Trainer(callbacks=[cb])``
-      puts it after them, and the scalars then reach the store only). The Trainer's own numeric logs
-      (loss, learning rate, grad norm, ``eval_*`` metrics) are written to the store's evals table.
+      to the logs if they were not logged before, so TensorBoard / W&B / MLflow receive them through
+      ``report_to``. For that the callback must run before the reporting callbacks, and the Trainer puts
+      ``Trainer(callbacks=[cb])`` after them: so when the Trainer is made (``on_init_end``; or at train
+      begin, for ``trainer.add_callback(cb)``) the callback moves itself ahead of them, as
+      :meth:`attach` does. The console printer and ``state.log_history`` do not get the scalars. The
+      Trainer's own numeric logs (loss, learning rate, grad norm, ``eval_*`` metrics) are written to
+      the store's evals table.
+    * **Groups.** Unless ``groups=`` (or ``config=``) is given, a model with a list of blocks gets one
+      group per block (``transformer.h.0``, ``model.layers.0``, ...), ``"embeddings"`` for what comes
+      before the blocks and ``"head"`` for what comes after (final norm, untied output head); each group
+      gets its own k* and R. The monitor's default, one group per top-level module, would put all of a
+      Hugging Face model in one group.
     * **Processes.** Only the world main process (``state.is_world_process_zero``) builds a monitor and
       writes; with DDP every process holds the same parameters after the step, so one is enough. Sharded
       parameters (FSDP, DeepSpeed ZeRO-3, tensor parallel) are not supported yet: the callback warns and
@@ -76,9 +97,16 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
       ``args.resume_from_checkpoint`` and in ``output_dir/checkpoint-<step>`` (a callback is not told the
       folder ``train()`` was given; set ``args.resume_from_checkpoint`` when resuming from elsewhere) and
       loads it if it was saved with the parameters the model now holds, so the resumed run gives the same
-      records as an uninterrupted one. ``save_window=False`` saves only counters and event state (the
-      window holds W + 1 copies of the parameters); the resumed monitor then refills W updates first.
-      A ``store=`` path is reopened in append mode on resume.
+      records as an uninterrupted one. A ``store=`` path is reopened in append mode on resume.
+    * **Checkpoint size.** Exact resume needs the window, W rows of P numbers in the ``storage_dtype``
+      (float32 by default), and the snapshot θ_prev the next update is taken from. With ``interval=1``
+      the snapshot is the parameters the checkpoint's model file already holds, so it is not saved
+      twice (a resumed callback takes it from the restored model); with ``interval > 1`` it is saved
+      too, P numbers in the parameters' dtype. So ``spectral_edge_monitor.pt`` is about W·P·s bytes
+      (s the storage item size; + P·p with ``interval > 1``), W times a float32 model's weights at the
+      defaults (10 × at W = 10), plus W²·8 bytes per group and a few kB of counters and event state.
+      ``save_window=False`` saves only the counters and event state (a few kB); the resumed monitor
+      then refills W updates before its next record (and logs so).
     * **Failures.** A monitoring problem is one :class:`~spectral_edge.SpectrumWarning`; training goes on.
       ``strict=True`` raises instead.
 
@@ -86,7 +114,8 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
         store: a run directory (created; with ``mode="w"`` semantics on a fresh run) or an open
             :class:`~spectral_edge.RunStore`; None keeps records in memory only.
         prefix: name prefix of the logged scalars (TensorBoard shows them as ``train/<prefix>...``).
-        save_window: save the W × P window with each checkpoint (exact resume) or not (smaller files).
+        save_window: save the window with each checkpoint, W·P numbers (exact resume; see Checkpoint
+            size), or only a few kB of counters (the resumed monitor refills its window first).
         **monitor_kwargs: any :class:`~spectral_edge.SpectralMonitor` keyword (``window``, ``interval``,
             ``groups``, ``storage_dtype``, ``strict``, ``config``, ``sinks``, ...), checked here at once (the
             settings as a :class:`~spectral_edge.tracking.config.MonitorConfig`).
@@ -95,6 +124,8 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
         monitor: the :class:`~spectral_edge.SpectralMonitor` once training has begun (None before, and on
             processes other than the main one).
     """
+
+    monitor: SpectralMonitor | None
 
     def __init__(
         self,
@@ -115,7 +146,8 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
         self._store: StoreSink | None = None  # the run store, once training has opened it
         self._optimizer: Any = None
         self._last_logged_step: int | None = None
-        self._attached = False
+        self._attached = False  # placed in a Trainer's callbacks (attach, or found when called)
+        self._ahead_of_reporting = False  # and ahead of report_to integrations: scalars go into the logs
         self._opened = False
 
     def __repr__(self) -> str:
@@ -127,26 +159,65 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
     def attach(self, trainer: Any) -> SpectralEdgeCallback:
         """Add the callback to ``trainer`` ahead of its ``report_to`` integrations; returns ``self``.
 
+        ``Trainer(callbacks=[cb])`` and ``trainer.add_callback(cb)`` need no ``attach``: the callback
+        places itself when the Trainer is made or training begins. ``attach`` does it at once (adding the
+        callback if it is not there yet), for a Trainer whose callbacks are called some other way.
+
         The Trainer hands one ``logs`` dict to its callbacks in order and the reporting integrations come
-        first, so a callback added with ``Trainer(callbacks=[...])`` or ``add_callback`` adds its scalars
-        after they have been written. ``attach`` moves the callback in front of them (adding it if it is
-        not there yet), and puts a small companion right after them that takes the spectral scalars out of
+        first, so a callback behind them would add its scalars after they have been written. The callback
+        goes in front of them, and a small companion right after them takes the spectral scalars out of
         the logs again, so the console printer does not print them.
         """
-        handler = trainer.callback_handler
+        self._place(trainer.callback_handler, trainer.args.report_to, in_place=True)
+        return self
+
+    def _place(self, handler: Any, report_to: Any, *, in_place: bool) -> None:
+        """Put the callback ahead of the reporting integrations in ``handler.callbacks``.
+
+        ``in_place=False`` gives the handler a new list instead of rewriting its own: the handler may be
+        iterating over the old one right now (an event is being dispatched), and goes on with it.
+        """
         callbacks = [cb for cb in handler.callbacks if cb is not self and not isinstance(cb, _DropScalars)]
-        reporting = tuple(get_reporting_integration_callbacks(trainer.args.report_to))
+        reporting = tuple(get_reporting_integration_callbacks(report_to))
         positions = [i for i, cb in enumerate(callbacks) if reporting and isinstance(cb, reporting)]
         if positions:
             callbacks.insert(positions[-1] + 1, _DropScalars(self.prefix))
             callbacks.insert(positions[0], self)
+        elif any(cb is self for cb in handler.callbacks):  # nothing to get ahead of: stay where it is
+            callbacks = [cb for cb in handler.callbacks if not isinstance(cb, _DropScalars)]
         else:
             callbacks.append(self)
-        handler.callbacks[:] = callbacks
+        if in_place:
+            handler.callbacks[:] = callbacks
+        else:
+            handler.callbacks = callbacks
         self._attached = True
-        return self
+        self._ahead_of_reporting = bool(positions)
+
+    def _place_in_calling_trainer(self, args: Any) -> None:
+        """Place the callback in the handler of the Trainer that is calling it, if it can be found.
+
+        A callback event is not given the Trainer: the handler is the ``CallbackHandler`` whose
+        ``call_event`` is dispatching this event, a few frames up the stack.
+        """
+        frame: FrameType | None = sys._getframe(1)
+        for _ in range(8):
+            if frame is None:
+                return
+            handler = frame.f_locals.get("self")
+            if isinstance(handler, CallbackHandler) and any(cb is self for cb in handler.callbacks):
+                self._place(handler, args.report_to, in_place=False)
+                return
+            frame = frame.f_back
+
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Move the callback ahead of the ``report_to`` integrations (see Logging above)."""
+        # Trainer(callbacks=[cb]) has put the callback behind the report_to integrations: move it ahead.
+        if not self._attached:
+            self._place_in_calling_trainer(args)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        """Build the monitor (main process only), open the run store, load the saved state on resume."""
         if not state.is_world_process_zero:
             self.monitor = None
             return
@@ -157,11 +228,14 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
             self._guard.warn_once("sharded", sharding_message(problem) + " The callback is off for this run.")
             self.monitor = None
             return
+        if not self._attached:  # added with trainer.add_callback() after the Trainer was made
+            self._place_in_calling_trainer(args)
         if args.report_to and not self._attached:
             self._guard.warn_once(
                 "not_attached",
-                f"SpectralEdgeCallback was added after the report_to integrations {list(args.report_to)}, so "
-                "its scalars reach the run store but not them; add it with callback.attach(trainer) instead.",
+                f"SpectralEdgeCallback could not find the Trainer calling it to place itself ahead of the "
+                f"report_to integrations {list(args.report_to)}, so its scalars reach the run store but not "
+                "them; add it with callback.attach(trainer) instead.",
                 UserWarning,
             )
         resuming = state.global_step > 0
@@ -189,17 +263,23 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
             # Read when a record is made, inside on_optimizer_step: before the scheduler moves the rate.
             config = replace(config, lr=self._step_lr)
         config = replace(config, user={"integration": "transformers", **config.user})
+        if "groups" not in self.monitor_kwargs and "config" not in self.monitor_kwargs:
+            # One group per block, not the monitor's one group per top-level module (all of the model).
+            groups = block_groups(unwrap_model(model))
+            if groups is not None:
+                config = replace(config, groups=groups)
         store = self._store.store if self._store is not None else None  # the callback closes it
-        self.monitor = SpectralMonitor(unwrap_model(model), config=config, store=store, sinks=self._sinks)
+        monitor = SpectralMonitor(unwrap_model(model), config=config, store=store, sinks=self._sinks)
+        self.monitor = monitor
         self._last_logged_step = None
         if resuming:
-            self._resume(args, state, unwrap_model(model))
+            self._resume(args, state, unwrap_model(model), monitor)
 
     def _step_lr(self) -> float | None:
         """η of the step just taken, from the optimizer's groups (None when unknown: 𝒜 is left out)."""
         return self.monitor.resolve_lr(self._optimizer) if self.monitor is not None else None
 
-    def _resume(self, args: Any, state: Any, model: Any) -> None:
+    def _resume(self, args: Any, state: Any, model: Any, monitor: SpectralMonitor) -> None:
         step = state.global_step
         candidates = []
         if isinstance(args.resume_from_checkpoint, (str, Path)):
@@ -216,14 +296,19 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
             if saved.get("step") == step and math.isclose(
                 saved.get("fingerprint"), fingerprint, rel_tol=1e-9
             ):
-                self.monitor.load_state_dict(saved["monitor"])
+                monitor.load_state_dict(saved["monitor"])
+                if saved["monitor"].get("window") is None:
+                    logger.info(_REFILL_NOTE, path, step, monitor.window * monitor.interval)
+                elif saved.get("snapshot_is_model"):
+                    # θ_prev was left out of the file: it is the parameters the checkpoint restored.
+                    monitor.tracker.snapshot([t for _, t in monitor.monitored_parameters()])
                 return
         self._guard.warn_once(
             "no_state",
             f"training resumes at step {step} but no {STATE_FILE} saved with these parameters was found in "
             f"{' or '.join(map(str, candidates))} (resuming from a folder outside output_dir? set "
             "args.resume_from_checkpoint to it); the spectral window refills over the next "
-            f"{self.monitor.window * self.monitor.interval} steps before the first record.",
+            f"{monitor.window * monitor.interval} steps before the first record.",
         )
 
     # ------------------------------------------------------------------ training
@@ -231,6 +316,7 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
     def on_optimizer_step(
         self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any
     ) -> None:
+        """Push the update of the step just taken (skipped when the grad scaler skipped the step)."""
         if self.monitor is None:
             return
         if getattr(optimizer, "step_was_skipped", False):  # fp16 grad scaler: the parameters did not move
@@ -240,21 +326,23 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
         self.monitor.step(step=state.global_step + 1)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-        if self.monitor is None or logs is None:
+        """Write the Trainer's numeric logs to the store; add the newest record's scalars to the logs."""
+        monitor = self.monitor
+        if monitor is None or logs is None:
             return
-        self._guard("logging", lambda: self._log(state, logs))
+        self._guard("logging", lambda: self._log(monitor, state, logs))
 
-    def _log(self, state: Any, logs: dict[str, Any]) -> None:
+    def _log(self, monitor: SpectralMonitor, state: Any, logs: dict[str, Any]) -> None:
         metrics = {
             name: value
             for name, value in numeric_items(logs, skip_prefix=self.prefix).items()
             if name not in _NOT_METRICS and not name.endswith(_NOT_METRIC_SUFFIXES)
         }
         if metrics:
-            self.monitor.log_eval(state.global_step, **metrics)
-        if not self._attached:
-            return  # behind the reporting integrations: the scalars would only reach the console printer
-        record = self.monitor.last_record
+            monitor.log_eval(state.global_step, **metrics)
+        if not self._ahead_of_reporting:
+            return  # behind the reporting integrations, or none: the scalars would reach the printer only
+        record = monitor.last_record
         # Each record once, at the first log at or after its step (logs also come at evaluation and at the
         # end of training; with interval > 1 records and logging steps need not coincide).
         if record is not None and record.step != self._last_logged_step:
@@ -262,11 +350,13 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
             self._last_logged_step = record.step
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.monitor is None:
+        """Write the monitor's state into the checkpoint folder (see Checkpoint size above)."""
+        monitor = self.monitor
+        if monitor is None:
             return
-        self._guard("saving the monitor state", lambda: self._save(args, state, kwargs.get("model")))
+        self._guard("saving the monitor state", lambda: self._save(monitor, args, state, kwargs.get("model")))
 
-    def _save(self, args: Any, state: Any, model: Any) -> None:
+    def _save(self, monitor: SpectralMonitor, args: Any, state: Any, model: Any) -> None:
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if not folder.is_dir():
             raise FileNotFoundError(
@@ -274,15 +364,18 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
                 "monitor state was not saved; a resumed run refills its window first"
             )
         tmp = folder / (STATE_FILE + ".tmp")
+        monitor_state = monitor.state_dict(include_window=self.save_window)
         saved = {
             "step": state.global_step,
             "fingerprint": _fingerprint(unwrap_model(model)),
-            "monitor": self.monitor.state_dict(include_window=self.save_window),
+            "monitor": monitor_state,
+            "snapshot_is_model": _drop_snapshot_held_by_model(monitor, monitor_state),
         }
         torch.save(saved, tmp)
         os.replace(tmp, folder / STATE_FILE)  # a killed save never leaves a half-written state file
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Close the run store the callback opened."""
         if self._store is not None and self._store.owned:
             self._guard("closing the run store", self._store.close)
             if self.monitor is not None:
@@ -290,7 +383,7 @@ class SpectralEdgeCallback(transformers.TrainerCallback):
             self._store = None
 
 
-class _DropScalars(transformers.TrainerCallback):
+class _DropScalars(_TrainerCallback):
     """Placed after the reporting integrations by :meth:`SpectralEdgeCallback.attach`: removes the
     spectral scalars from the logs before the console printer sees them."""
 
@@ -298,9 +391,31 @@ class _DropScalars(transformers.TrainerCallback):
         self.prefix = prefix
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-        if isinstance(logs, Mapping):
+        """Remove the spectral scalars from ``logs`` (the reporting integrations have written them)."""
+        if isinstance(logs, MutableMapping):
             for name in [n for n in logs if n.startswith(self.prefix)]:
                 del logs[name]
+
+
+def _drop_snapshot_held_by_model(monitor: SpectralMonitor, state: dict[str, Any]) -> bool:
+    """Leave the window's snapshot θ_prev out of ``state`` when it equals the monitored parameters.
+
+    With ``interval=1`` the snapshot is taken at every step, so at a save it holds the very parameters
+    the checkpoint's model file holds: P numbers saved twice. A resumed callback takes them from the
+    restored model instead (bit for bit the same). Returns whether the snapshot was left out.
+    """
+    window = state.get("window")
+    if not isinstance(window, dict) or window.get("prev") is None or state.get("calls_since_push") != 0:
+        return False
+    current = [t for _, t in monitor.monitored_parameters()]
+    prev = window["prev"]
+    if len(prev) != len(current) or not all(
+        p.dtype == t.dtype and torch.equal(p, t.detach().reshape(-1).to(p.device))
+        for p, t in zip(prev, current, strict=True)
+    ):
+        return False
+    state["window"] = {**window, "prev": None}
+    return True
 
 
 def _fingerprint(model: torch.nn.Module) -> float:

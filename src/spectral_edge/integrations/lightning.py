@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -32,8 +33,13 @@ pl = require("lightning.pytorch", "SpectralEdgeLightningCallback (the Lightning 
 
 __all__ = ["SpectralEdgeLightningCallback"]
 
+logger = logging.getLogger("spectral_edge")
 
-class SpectralEdgeLightningCallback(pl.Callback):
+# The base class, typed Any: lightning is imported at run time through require(), so mypy cannot see it.
+_Callback: Any = pl.Callback
+
+
+class SpectralEdgeLightningCallback(_Callback):
     """Runs a :class:`~spectral_edge.SpectralMonitor` inside ``lightning.pytorch.Trainer``.
 
     * **When.** One update per real optimizer step: in ``on_train_batch_end`` whenever
@@ -55,8 +61,13 @@ class SpectralEdgeLightningCallback(pl.Callback):
       with ``strict=True``).
     * **Resume.** The monitor's state travels in the Lightning checkpoint through the callback's
       ``state_dict``/``load_state_dict``, so ``trainer.fit(..., ckpt_path=...)`` continues with the same
-      records as an uninterrupted run. ``save_window=False`` leaves the W × P window out of checkpoints
-      (the resumed monitor then refills W updates first). A ``store=`` path is reopened in append mode.
+      records as an uninterrupted run. A ``store=`` path is reopened in append mode.
+    * **Checkpoint size.** The callback's entry in each checkpoint holds the window, W rows of P numbers
+      in the ``storage_dtype`` (float32 by default), and the snapshot θ_prev, P numbers in the
+      parameters' dtype: about W·P·s + P·p bytes (s, p the two item sizes), (W + 1) times a float32
+      model's weights at the defaults (11 × at W = 10), plus W²·8 bytes per group and a few kB of
+      counters and event state. ``save_window=False`` saves only the counters and event state (a few
+      kB); the resumed monitor then refills W updates before its next record (and logs so).
     * **Failures.** A monitoring problem is one :class:`~spectral_edge.SpectrumWarning`; training goes on.
       ``strict=True`` raises instead.
 
@@ -64,7 +75,8 @@ class SpectralEdgeLightningCallback(pl.Callback):
         store: a run directory (created) or an open :class:`~spectral_edge.RunStore`; None keeps records
             in memory only.
         prefix: name prefix of the logged scalars.
-        save_window: save the W × P window in checkpoints (exact resume) or not (smaller checkpoints).
+        save_window: save the window in checkpoints, (W + 1)·P numbers (exact resume; see Checkpoint
+            size), or only a few kB of counters (the resumed monitor refills its window first).
         **monitor_kwargs: any :class:`~spectral_edge.SpectralMonitor` keyword (``window``, ``interval``,
             ``groups``, ``storage_dtype``, ``strict``, ``config``, ``sinks``, ...), checked here at once (the
             settings as a :class:`~spectral_edge.tracking.config.MonitorConfig`).
@@ -106,6 +118,7 @@ class SpectralEdgeLightningCallback(pl.Callback):
     # ------------------------------------------------------------------ set-up
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        """Build the monitor (rank zero only), open the run store, load the restored state on resume."""
         # Here the model weights and this callback's state are restored from a checkpoint, if any.
         self._last_global_step = trainer.global_step
         if not trainer.is_global_zero:
@@ -150,6 +163,14 @@ class SpectralEdgeLightningCallback(pl.Callback):
             return
         if saved is not None and saved.get("step_count") == trainer.global_step:
             self.monitor.load_state_dict(saved)
+            if saved.get("window") is None:
+                logger.info(
+                    "spectral-edge: the checkpoint was saved without the window (save_window=False): "
+                    "training resumes at step %d and the spectral window refills over the next %d steps "
+                    "before the first record",
+                    trainer.global_step,
+                    self.monitor.window * self.monitor.interval,
+                )
             return
         found = "no spectral-edge state" if saved is None else f"the state of step {saved.get('step_count')}"
         self._guard.warn_once(
@@ -162,14 +183,15 @@ class SpectralEdgeLightningCallback(pl.Callback):
     # ------------------------------------------------------------------ training
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        if self.monitor is not None:
-            self._step_lr = self._guard(
-                "reading the learning rate", lambda: self.monitor.resolve_lr(optimizer)
-            )
+        """Read η, the rate the coming optimizer step uses."""
+        monitor = self.monitor
+        if monitor is not None:
+            self._step_lr = self._guard("reading the learning rate", lambda: monitor.resolve_lr(optimizer))
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        """Push the update when an optimizer step was taken; log the record's scalars."""
         step = trainer.global_step
         if step == self._last_global_step:  # an accumulation micro-batch: no optimizer step yet
             return
@@ -186,6 +208,7 @@ class SpectralEdgeLightningCallback(pl.Callback):
             )
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        """Write the module's scalar ``callback_metrics`` to the store's evals."""
         if self.monitor is None or trainer.sanity_checking:
             return
         metrics = self._guard(
@@ -196,6 +219,7 @@ class SpectralEdgeLightningCallback(pl.Callback):
             self.monitor.log_eval(trainer.global_step, **metrics)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        """Close the run store the callback opened."""
         if self._store is not None and self._store.owned:
             self._guard("closing the run store", self._store.close)
             if self.monitor is not None:
@@ -205,14 +229,17 @@ class SpectralEdgeLightningCallback(pl.Callback):
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        if self.monitor is None:
+        """The monitor's state for the Lightning checkpoint (``save_window`` decides about the window)."""
+        monitor = self.monitor
+        if monitor is None:
             return {}
         state = self._guard(
-            "saving the monitor state", lambda: self.monitor.state_dict(include_window=self.save_window)
+            "saving the monitor state", lambda: monitor.state_dict(include_window=self.save_window)
         )
         return state or {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep the restored state for ``on_train_start``, which builds the monitor."""
         # Called while the checkpoint is restored, before on_train_start builds the monitor.
         self._loaded_state = dict(state_dict) if state_dict else None
 

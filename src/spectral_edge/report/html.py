@@ -771,7 +771,15 @@ class _Page:
         ]
         if not names:
             if self.with_records:
-                notes.append(_warn("These runs have no per-group spectra (the monitor was given no groups)."))
+                # A record has per-group spectra only when the monitor split the parameters into two or
+                # more groups; one group is the whole model, already shown above.
+                notes.append(
+                    _warn(
+                        "These runs have no per-group spectra: the monitor put all parameters in one "
+                        "group, whose spectrum is the whole model's (shown above). Pass groups= (say "
+                        "groups=2, or a mapping of name prefixes) to split them."
+                    )
+                )
             return self._section("groups", "".join(notes))
         sizes = {}
         for run in self.with_records:

@@ -45,6 +45,7 @@ __all__ = [
     "load_state_dict",
     "read_sharded_state_dict",
     "step_from_path",
+    "trainer_state_lrs",
 ]
 
 #: Keys under which training scripts commonly nest the model's state dict inside a checkpoint.
@@ -354,6 +355,39 @@ def trainer_state_step(folder: Path) -> int | None:
         return None
     step = state.get("global_step") if isinstance(state, dict) else None
     return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+
+
+def trainer_state_lrs(folder: Path) -> dict[int, float]:
+    """The learning-rate schedule an HF Trainer logged: ``step -> learning_rate`` from the ``log_history``
+    of ``folder/trainer_state.json``; empty if there is none to read.
+
+    The Trainer logs, at step s, the rate that step s used (the scheduler moves after the log). The
+    ``trainer_state.json`` of a run's last checkpoint holds every entry logged up to it.
+
+    Example:
+        >>> import json, tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> history = [{"step": 10, "learning_rate": 1e-3, "loss": 2.5}, {"step": 10, "eval_loss": 2.6},
+        ...            {"step": 20, "learning_rate": 5e-4}]
+        >>> _ = (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+        >>> trainer_state_lrs(folder)
+        {10: 0.001, 20: 0.0005}
+        >>> import shutil; shutil.rmtree(folder)
+    """
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    history = state.get("log_history") if isinstance(state, dict) else None
+    out: dict[int, float] = {}
+    for entry in history if isinstance(history, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        step, lr = entry.get("step"), entry.get("learning_rate")
+        if isinstance(step, int) and not isinstance(step, bool) and isinstance(lr, (int, float)):
+            if not isinstance(lr, bool) and lr > 0 and lr == lr and lr != float("inf"):
+                out[step] = float(lr)
+    return dict(sorted(out.items()))
 
 
 def hf_config(path: Path) -> dict[str, Any] | None:

@@ -78,6 +78,7 @@ def analyze_checkpoints(
     config: MonitorConfig | Mapping[str, Any] | None = None,
     store: Any = None,
     sinks: Sequence[Any] = (),
+    lr_by_step: Mapping[int, float] | None = None,
     **settings: Any,
 ) -> list[SpectralRecord]:
     """Records from a sequence of checkpoints, as the online monitor would have produced them.
@@ -112,9 +113,17 @@ def analyze_checkpoints(
         names: the tensors to analyse (e.g. ``[n for n, p in model.named_parameters() if p.requires_grad]``
             to match an online monitor exactly); default every floating-point tensor but BatchNorm
             statistics.
-        config, store, sinks, **settings: as for :class:`~spectral_edge.tracking.monitor.SpectralMonitor`
-            (``lr``, ``groups``, ``storage_dtype``, ``store``, …); ``interval`` and ``storage_device`` do
-            not apply (pass every n-th path; the window is kept on the CPU, beside the checkpoints).
+        lr_by_step: η of each record, by the record's step (the newest checkpoint of its window), in
+            place of one ``lr``: a learning-rate schedule, say an HF Trainer's logged one
+            (:func:`~spectral_edge.tracking.checkpoint_folder.trainer_state_lrs`). A record whose step
+            is not in it has no 𝒜.
+        config: a :class:`~spectral_edge.tracking.config.MonitorConfig`, or a mapping of extra settings
+            to save in the run store, as for :class:`~spectral_edge.tracking.monitor.SpectralMonitor`.
+        store: a run directory or an open :class:`~spectral_edge.RunStore` to write to; None writes none.
+        sinks: more sinks that get every record and event.
+        **settings: :class:`~spectral_edge.tracking.config.MonitorConfig` fields (``lr``, ``groups``,
+            ``storage_dtype``, …); ``interval`` and ``storage_device`` do not apply (pass every n-th
+            path; the window is kept on the CPU, beside the checkpoints).
 
     Returns:
         One record per full window: ``len(paths) − window`` records.
@@ -140,6 +149,19 @@ def analyze_checkpoints(
         raise ValueError(
             f"interval does not apply to checkpoints, got interval={cfg.interval}: pass every n-th path instead"
         )
+    if lr_by_step is not None:
+        if cfg.lr is not None:
+            raise ValueError(
+                f"pass one learning rate: lr={cfg.lr!r} or lr_by_step=, not both (lr_by_step gives each "
+                "record's η)"
+            )
+        bad = {k: v for k, v in lr_by_step.items() if not (isinstance(v, (int, float)) and 0 < v < np.inf)}
+        if bad:
+            raise ValueError(
+                f"lr_by_step must map steps to rates > 0, got {dict(list(bad.items())[:3])}: leave out the "
+                "steps without a rate"
+            )
+        schedule = {int(k): float(v) for k, v in lr_by_step.items()}
     if cfg.storage_device is not None and torch.device(cfg.storage_device).type != "cpu":
         raise ValueError(
             f"storage_device does not apply to checkpoints, got {cfg.storage_device!r}: the checkpoints are read "
@@ -191,6 +213,8 @@ def analyze_checkpoints(
         raise
 
     def rate() -> float | None:  # read only when a record is made, as online
+        if lr_by_step is not None:
+            return schedule.get(step)  # the step of the record being made (the loop's)
         return resolve_lr(cfg.lr, warn=guard.warn_once)
 
     records = []
