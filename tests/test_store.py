@@ -886,3 +886,33 @@ def test_a_store_dropped_without_close_does_not_keep_its_path_locked(tmp_path):
     gc.collect()
     with RunStore(tmp_path / "run", mode="a") as again:
         assert len(again) == 0
+
+
+def test_tail_reads_the_last_records_oldest_first(tmp_path: Path) -> None:
+    records = [make_record(step) for step in range(6)]
+    with RunStore(tmp_path / "run", mode="w") as store:
+        for record in records:
+            store.add_record(record)
+        assert store.tail(0) == []
+        tail = store.tail(3)
+        assert [row["step"] for row in tail] == [3, 4, 5]
+        for row, record in zip(tail, records[3:], strict=True):
+            assert_record(row, record)
+        assert [row["step"] for row in store.tail(100)] == list(range(6))
+        with pytest.raises(ValueError, match="n must be an int >= 0"):
+            store.tail(-1)
+        with pytest.raises(TypeError, match="n must be an int"):
+            store.tail(2.5)  # type: ignore[arg-type]
+
+
+def test_mark_finished_is_kept_until_the_run_is_written_again(tmp_path: Path) -> None:
+    with RunStore(tmp_path / "run", mode="w", write_behind=True) as store:
+        store.add_record(make_record(1))
+        assert not store.closed
+        store.mark_finished()
+        assert store.meta()["finished_at"].endswith("+00:00")
+    assert store.closed
+    with RunStore(tmp_path / "run") as reader:
+        assert "finished_at" in reader.meta() and len(reader) == 1
+    with RunStore(tmp_path / "run", mode="a") as store:
+        assert "finished_at" not in store.meta()

@@ -17,6 +17,7 @@ from spectral_edge.errors import (
     SpectrumWarning,
     StoreWriteError,
 )
+from spectral_edge.frames import RunFrames, records_to_dataframe
 from spectral_edge.spectrum import (
     AdiabaticRegimes,
     KrylovCheck,
@@ -107,6 +108,8 @@ __all__ = [
     "RunStore",
     "StoreBacklog",
     "export_run",
+    "RunFrames",
+    "records_to_dataframe",
     # errors
     "SpectralEdgeError",
     "SpectrumWarning",

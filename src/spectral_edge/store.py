@@ -24,7 +24,8 @@ were lost (written neither then nor later, because the buffer was full or close 
 Tables:
 
 * ``meta(key, value)``: ``format``, ``schema_version``, ``created`` (ISO 8601, UTC), and the versions of
-  ``python``, ``torch``, ``numpy``, ``spectral_edge`` ("unknown" when not installed), ``platform``.
+  ``python``, ``torch``, ``numpy``, ``spectral_edge`` ("unknown" when not installed), ``platform``; and
+  ``finished_at`` (ISO 8601, UTC) once the run is over (:meth:`RunStore.mark_finished`).
 * ``config(id, json, wall_time)``: one JSON document, replaced by each :meth:`RunStore.write_config`.
 * ``records``: one row per :class:`~spectral_edge.tracking.record.SpectralRecord`: ``id``, ``step``,
   ``wall_time`` (Unix seconds when stored), ``nan_fields``, one column per scalar field (``REAL``,
@@ -82,7 +83,16 @@ try:
 except ImportError:  # pragma: no cover - Windows: no flock, so one writer per path is not enforced
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["DB_NAME", "LOCK_SUFFIX", "MAX_HELD", "SCHEMA_VERSION", "RunStore", "StoreBacklog", "export_run"]
+__all__ = [
+    "DB_NAME",
+    "LOCK_SUFFIX",
+    "MAX_HELD",
+    "SCHEMA_VERSION",
+    "RunStore",
+    "StoreBacklog",
+    "export_paths",
+    "export_run",
+]
 
 _T = TypeVar("_T")
 
@@ -268,9 +278,12 @@ class RunStore:
         if not tables:  # a new file, or one killed before its schema was committed: nothing to lose
             with self._transaction():
                 _create_schema(conn)
-        elif "arrays" not in tables:
+        else:
             with self._transaction():
-                _create_arrays_table(conn)
+                if "arrays" not in tables:
+                    _create_arrays_table(conn)
+                # Written to again: no longer finished (mark_finished sets it anew at the end).
+                conn.execute("DELETE FROM meta WHERE key = 'finished_at'")
         for table in ("records", "events"):
             self._column_types[table] = _table_columns(conn, table)
 
@@ -359,6 +372,11 @@ class RunStore:
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.path)!r}, mode={self.mode!r})"
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run: reads and writes then raise RunStoreError."""
+        return self._conn is None
 
     def __len__(self) -> int:
         """The number of records."""
@@ -512,6 +530,32 @@ class RunStore:
 
         return self._write_now(delete)
 
+    def mark_finished(self, when: datetime | None = None) -> None:
+        """Record that the run is over: ``meta()["finished_at"]``, an ISO 8601 UTC time (now by default).
+
+        :meth:`SpectralMonitor.close <spectral_edge.tracking.monitor.SpectralMonitor.close>` calls it
+        through its store sink, and ``spectral-edge watch`` shows the run as finished. Opening the store
+        to write again (``mode="a"``) removes the mark.
+
+        Example:
+            >>> import tempfile
+            >>> tmp = tempfile.TemporaryDirectory()
+            >>> with RunStore(f"{tmp.name}/run", mode="w") as store:
+            ...     store.mark_finished(datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+            >>> RunStore(f"{tmp.name}/run").meta()["finished_at"]
+            '2026-01-02T03:04:05+00:00'
+            >>> RunStore(f"{tmp.name}/run", mode="a").meta().get("finished_at") is None
+            True
+            >>> tmp.cleanup()
+        """
+        stamp = (when or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat(timespec="seconds")
+
+        def mark() -> None:
+            with self._transaction() as conn:
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('finished_at', ?)", (stamp,))
+
+        self._write_now(mark)
+
     def _write(self, write: Callable[[], None], kind: str) -> None:
         """Run ``write`` now, or with ``write_behind`` hand it to the writer thread once the previous
         write has finished; an error of that previous write is raised after this one is handed over.
@@ -644,7 +688,7 @@ class RunStore:
         self._require_writable()
         values: dict[str, Any] = {"wall_time": float(wall_time)}
         new_columns: dict[str, str] = {}
-        nan_fields = []
+        nan_fields: list[str] = []
         rows = _row_of(obj)  # JSON encoding outside the lock
         # The column cache is read and extended under the lock: two writer threads must not both add a column.
         with self._lock:
@@ -713,6 +757,74 @@ class RunStore:
         """The most recently stored record as in :meth:`records`, or ``None`` when there is none."""
         rows = self._read("records", "SELECT * FROM records ORDER BY id DESC LIMIT 1")
         return rows[0] if rows else None
+
+    def tail(self, n: int) -> list[dict[str, Any]]:
+        """The last ``n`` records, oldest first, as in :meth:`records`; reads only those rows (a LIMIT
+        query), so a watcher polling a long run does not read it all.
+
+        Example:
+            >>> import tempfile
+            >>> tmp = tempfile.TemporaryDirectory()
+            >>> with RunStore(f"{tmp.name}/run", mode="w") as store:
+            ...     print(store.tail(3))
+            []
+            >>> tmp.cleanup()
+        """
+        n = _as_int(n, "n")
+        if n < 0:
+            raise ValueError(f"n must be an int >= 0 (records to read), got {n}")
+        rows = self._read("records", f"SELECT * FROM records ORDER BY id DESC LIMIT {n}")
+        return rows[::-1]
+
+    def to_pandas(self) -> Any:
+        """The run as three pandas DataFrames (needs the ``pandas`` extra): a :class:`~spectral_edge.frames.RunFrames`.
+
+        * ``records``: one row per record, the columns of :func:`export_run`: ``step``, ``wall_time``,
+          every scalar column (int64 where a column has no gap, float64 with NaN for ``None``, text as
+          strings), ``sigma_1 … sigma_W``, ``ratio_…``, ``alpha_…``, ``alpha_half_…`` (NaN where a
+          record's window is shorter), ``group.<name>.k_star``, ``group.<name>.gap_ratio`` and
+          ``metric.<name>`` (NaN where a record lacks it). Values equal :meth:`record_arrays`.
+        * ``events``: one row per event, a column per field, plus ``wall_time``.
+        * ``evals``: long format, one row per logged value: ``step``, ``name``, ``value`` (NaN kept),
+          ``wall_time``; ``evals.pivot_table(index="step", columns="name", values="value")`` makes it wide.
+
+        Example:
+            >>> import tempfile
+            >>> tmp = tempfile.TemporaryDirectory()
+            >>> with RunStore(f"{tmp.name}/run", mode="w") as store:
+            ...     store.add_eval(10, {"loss": 0.5})
+            ...     frames = store.to_pandas()
+            >>> frames.evals[["step", "name", "value"]].values.tolist(), len(frames.records)
+            ([[10, 'loss', 0.5]], 0)
+            >>> tmp.cleanup()
+        """
+        from spectral_edge.frames import RunFrames, _frame
+
+        records, evals, events = self._flat_tables()
+        return RunFrames(records=_frame(records), events=_frame(events), evals=_frame(evals))
+
+    def _flat_tables(self) -> tuple[_Columns, _Columns, _Columns]:
+        """The records, evals and events as flat columns (name, kind, values): what export_run writes."""
+        rows = self.records()
+        records = _record_columns(rows, self._column_types["records"])
+        with self._reading() as conn:
+            eval_rows = conn.execute(
+                "SELECT step, name, value, wall_time FROM evals ORDER BY step, id"
+            ).fetchall()
+        evals: _Columns = [
+            ("step", "int", [r[0] for r in eval_rows]),
+            ("name", "str", [r[1] for r in eval_rows]),
+            ("value", "float", [math.nan if r[2] is None else r[2] for r in eval_rows]),
+            ("wall_time", "float", [r[3] for r in eval_rows]),
+        ]
+        event_rows = self._read("events", "SELECT * FROM events ORDER BY id")
+        event_types = self._column_types["events"]
+        events: _Columns = [
+            (n, _kind_of([r.get(n) for r in event_rows], event_types[n]), [r.get(n) for r in event_rows])
+            for n in event_types
+            if n not in ("id", "nan_fields")
+        ]
+        return records, evals, events
 
     def record_arrays(self) -> dict[str, np.ndarray]:
         """The records as columns of NumPy arrays, for plotting.
@@ -867,11 +979,13 @@ def export_run(
     Args:
         run_path: the run directory or its ``run.db``.
         fmt: ``"csv"`` (standard library) or ``"parquet"`` (needs ``pyarrow``: the ``parquet`` extra).
-        out: path of the records file; a directory puts ``records.<ext>`` in it. Defaults to
+        out: path of the records file (one with a suffix, ``flat.csv``), or a directory to put
+            ``records.<ext>`` and the other two in: an existing directory, a path that ends with a
+            separator (``out/``) or one without a suffix (``out``), created if missing. Defaults to
             ``records.<ext>`` in the run directory.
 
     Returns:
-        The path of the records file.
+        The path of the records file; :func:`export_paths` gives all three.
 
     Example:
         >>> import tempfile
@@ -890,43 +1004,36 @@ def export_run(
         require("pyarrow.parquet", "Parquet export")  # fail before writing anything
     with RunStore(run_path, mode="r") as store:
         target = store.path.parent / f"records.{fmt}" if out is None else Path(out)
-        if target.is_dir():
+        if out is not None and _names_a_directory(out):
             target = target / f"records.{fmt}"
-        elif not target.suffix:
-            target = target.with_suffix(f".{fmt}")
-        rows = store.records()
-        columns = []
-        for name, kind, values in _flatten(rows, store._column_types["records"]):
-            if kind == "array":
-                width = max((len(v) for v in values if v is not None), default=0)
-                prefix = _ARRAY_PREFIX.get(name, name)
-                for j in range(width):
-                    cells = [float(v[j]) if v is not None and j < len(v) else None for v in values]
-                    columns.append((f"{prefix}_{j + 1}", "float", cells))
-            else:
-                columns.append((name, kind, values))
-        with store._reading() as conn:
-            eval_rows = conn.execute(
-                "SELECT step, name, value, wall_time FROM evals ORDER BY step, id"
-            ).fetchall()
-        evals = [
-            ("step", "int", [r[0] for r in eval_rows]),
-            ("name", "str", [r[1] for r in eval_rows]),
-            ("value", "float", [math.nan if r[2] is None else r[2] for r in eval_rows]),
-            ("wall_time", "float", [r[3] for r in eval_rows]),
-        ]
-        event_rows = store._read("events", "SELECT * FROM events ORDER BY id")
-        event_types = store._column_types["events"]
-    event_names = [n for n in event_types if n not in ("id", "nan_fields")]
-    events = [
-        (n, _kind_of([r.get(n) for r in event_rows], event_types[n]), [r.get(n) for r in event_rows])
-        for n in event_names
-    ]
+        columns, evals, events = store._flat_tables()
     target.parent.mkdir(parents=True, exist_ok=True)
-    writer(target, columns)
-    writer(target.with_name(f"{target.stem}_evals{target.suffix}"), evals)
-    writer(target.with_name(f"{target.stem}_events{target.suffix}"), events)
+    for path, table in zip(export_paths(target), (columns, evals, events), strict=True):
+        writer(path, table)
     return target
+
+
+def export_paths(records_file: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
+    """The three files :func:`export_run` writes for the records file ``records_file``: it, then
+    ``<stem>_evals<ext>`` and ``<stem>_events<ext>`` beside it.
+
+    Example:
+        >>> [p.name for p in export_paths("out/records.csv")]
+        ['records.csv', 'records_evals.csv', 'records_events.csv']
+    """
+    target = Path(records_file)
+    return (
+        target,
+        target.with_name(f"{target.stem}_evals{target.suffix}"),
+        target.with_name(f"{target.stem}_events{target.suffix}"),
+    )
+
+
+def _names_a_directory(out: str | os.PathLike[str]) -> bool:
+    """Whether ``out`` of :func:`export_run` is a folder: it is one, ends with a separator, or has no suffix."""
+    text = os.fspath(out)
+    seps = (os.sep, os.altsep) if os.altsep else (os.sep,)
+    return Path(text).is_dir() or text.endswith(seps) or not Path(text).suffix
 
 
 # -- paths and connections ----------------------------------------------------------------------------
@@ -1320,7 +1427,7 @@ _STRICT_JSON = json.JSONEncoder(allow_nan=False)
 
 def _row_of(obj: Any) -> list[tuple[str, str, Any]]:
     """(column, SQL type, value to bind) per field of a dataclass instance; NaN stays a float here."""
-    annotated = dict(_annotated_columns(type(obj)))
+    annotated = dict(_annotated_columns(obj.__class__))
     out = []
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
@@ -1438,6 +1545,29 @@ def _flatten(rows: Sequence[Mapping[str, Any]], types: Mapping[str, str]) -> lis
                 out.append((label, _kind_of(cells, ""), cells))
         # Any other JSON shape (lists of strings, ...) has no flat form; it stays in records().
     return out
+
+
+_Columns = list[tuple[str, str, list[Any]]]  # (name, kind, values): kind is int/float/str/object
+
+
+def _record_columns(
+    rows: Sequence[Mapping[str, Any]], types: Mapping[str, str], *, wall_time: bool = True
+) -> _Columns:
+    """:func:`_flatten` with each array column spread over ``<prefix>_1 … <prefix>_W`` (shorter records
+    get ``None``): the flat records table of :func:`export_run` and :meth:`RunStore.to_pandas`."""
+    columns: _Columns = []
+    for name, kind, values in _flatten(rows, types):
+        if name == "wall_time" and not wall_time:
+            continue
+        if kind == "array":
+            width = max((len(v) for v in values if v is not None), default=0)
+            prefix = _ARRAY_PREFIX.get(name, name)
+            for j in range(width):
+                cells = [float(v[j]) if v is not None and j < len(v) else None for v in values]
+                columns.append((f"{prefix}_{j + 1}", "float", cells))
+        else:
+            columns.append((name, kind, values))
+    return columns
 
 
 def _is_scalar(value: Any) -> bool:

@@ -35,7 +35,7 @@ def small_run(tmp_path):
 
 def test_export_csv_through_the_cli(small_run, capsys):
     assert main(["export", str(small_run), "--format", "csv"]) == 0
-    out = capsys.readouterr().out.strip()
+    out = capsys.readouterr().out.splitlines()[0]  # the records file, then the evals and events files
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 20 - 4 + 1
@@ -49,7 +49,7 @@ def test_export_csv_through_the_cli(small_run, capsys):
 def test_export_parquet_through_the_cli(small_run, tmp_path, capsys):
     pq = pytest.importorskip("pyarrow.parquet")
     assert main(["export", str(small_run), "--format", "parquet", "--out", str(tmp_path / "x.parquet")]) == 0
-    table = pq.read_table(capsys.readouterr().out.strip())
+    table = pq.read_table(capsys.readouterr().out.splitlines()[0])
     assert table.num_rows == 17 and "gap_ratio" in table.column_names
 
 

@@ -96,6 +96,18 @@ def history_rows(run_dir):
     return rows
 
 
+def run_config(run_dir):
+    """The run's config as its config records leave it (later updates replace earlier keys)."""
+    config = {}
+    for record in finished_records(run_dir):
+        if record.WhichOneof("record_type") != "config":
+            continue
+        for item in record.config.update:
+            key = item.key or "/".join(item.nested_key)
+            config[key] = json.loads(item.value_json)
+    return config
+
+
 def metric_definitions(run_dir):
     return [
         (r.metric.name, r.metric.glob_name, r.metric.step_metric)
@@ -120,7 +132,15 @@ def test_the_offline_history_equals_the_records_events_and_evals(tmp_path, train
     events = [row for row in rows if "spectral/event" in row]
     evals = [row for row in rows if "spectral/eval/acc" in row]
     assert len(records) + len(events) + len(evals) == len(rows)
-    assert records == [{**r.log_scalars(), "spectral/step": r.step} for r in run.records]  # inf included
+    assert records == [  # inf included; the user's metrics under their own names
+        {
+            **r.log_scalars(metric_prefix=""),
+            **({"spectral/regime_label": r.regime} if r.regime is not None else {}),
+            "spectral/step": r.step,
+        }
+        for r in run.records
+    ]
+    assert "loss" in records[0] and "spectral/loss" not in records[0]
     assert events == [
         {"spectral/event": f"{e.kind} at step {e.step}: {e.message}", "spectral/step": e.step}
         for e in run.events
@@ -130,6 +150,12 @@ def test_the_offline_history_equals_the_records_events_and_evals(tmp_path, train
     ]
     # charts use spectral/step as their x-axis, not W&B's own _step
     assert ("", "spectral/*", "spectral/step") in metric_definitions(run_dir)
+    assert ("loss", "", "spectral/step") in metric_definitions(run_dir)  # the sink's own run
+    # the config, nested under "spectral" (W&B shows spectral.monitor.window)
+    config = run_config(run_dir)
+    assert config["spectral"]["monitor"]["window"] == 4
+    assert config["spectral"]["monitor"]["events"]["persistence"] == 1
+    assert config["spectral"]["user"] == {}
     # history_rows waited for the exit record, which only run.finish() writes: the sink finished its run
 
 

@@ -1080,3 +1080,73 @@ def test_a_second_monitor_on_the_same_store_is_refused_and_the_first_loses_nothi
     assert first.close().n_lost == 0
     with RunStore(tmp_path / "run") as store:
         assert [row["step"] for row in store.records()] == list(range(2, 38))
+
+
+def _run_steps(mon: SpectralMonitor, p: torch.nn.Parameter, n: int) -> None:
+    for _ in range(n):
+        with torch.no_grad():
+            p.add_(torch.randn(p.shape))
+        mon.step()
+
+
+def test_store_path_with_records_names_resume_and_overwrite_and_each_works(tmp_path):
+    """Issue 17: SpectralMonitor(store=path) on an existing run pointed to mode='a' / overwrite=True,
+    which only RunStore takes; the monitor now takes resume= and overwrite= and its error names them."""
+    from spectral_edge import RunStore
+    from spectral_edge.errors import RunStoreError
+
+    p = torch.nn.Parameter(torch.zeros(4))
+    mon = SpectralMonitor([p], window=2, store=tmp_path / "run", kernel="torch")
+    _run_steps(mon, p, 5)
+    mon.close()
+
+    with pytest.raises(RunStoreError, match=r"4 records.*resume=True to append.*overwrite=True to replace"):
+        SpectralMonitor([p], window=2, store=tmp_path / "run", kernel="torch")
+    with RunStore(tmp_path / "run") as store:
+        assert len(store) == 4  # the refusal touched nothing
+
+    mon = SpectralMonitor([p], window=2, store=tmp_path / "run", resume=True, kernel="torch")
+    _run_steps(mon, p, 3)
+    mon.close()
+    with RunStore(tmp_path / "run") as store:
+        assert [row["step"] for row in store.records()] == [2, 3, 4, 5, 2, 3]  # appended
+
+    mon = SpectralMonitor([p], window=2, store=tmp_path / "run", overwrite=True, kernel="torch")
+    _run_steps(mon, p, 3)
+    mon.close()
+    with RunStore(tmp_path / "run") as store:
+        assert [row["step"] for row in store.records()] == [2, 3]  # replaced
+
+
+def test_resume_and_overwrite_are_checked(tmp_path):
+    from spectral_edge import RunStore
+
+    p = torch.nn.Parameter(torch.zeros(4))
+    with pytest.raises(ValueError, match="resume=True .* or overwrite=True .*, not both"):
+        SpectralMonitor([p], window=2, store=tmp_path / "run", resume=True, overwrite=True)
+    with (
+        RunStore(tmp_path / "other", mode="w") as store,
+        pytest.raises(ValueError, match=r"resume=True applies to a store given as a path.*mode='a'"),
+    ):
+        SpectralMonitor([p], window=2, store=store, resume=True)
+    with pytest.raises(ValueError, match="overwrite must be True or False, got 'yes'"):
+        SpectralMonitor([p], window=2, store=tmp_path / "run", overwrite="yes")
+    assert not (tmp_path / "run").exists()
+
+
+def test_close_marks_the_run_finished_and_resuming_unmarks_it(tmp_path):
+    from spectral_edge import RunStore
+
+    p = torch.nn.Parameter(torch.zeros(4))
+    mon = SpectralMonitor([p], window=2, store=tmp_path / "run", kernel="torch")
+    _run_steps(mon, p, 3)
+    with RunStore(tmp_path / "run") as store:
+        assert "finished_at" not in store.meta()  # still training
+    mon.close()
+    with RunStore(tmp_path / "run") as store:
+        finished = store.meta()["finished_at"]
+    assert finished.endswith("+00:00")
+    mon = SpectralMonitor([p], window=2, store=tmp_path / "run", resume=True, kernel="torch")
+    with RunStore(tmp_path / "run") as store:
+        assert "finished_at" not in store.meta()
+    mon.close()

@@ -83,12 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser(
         "export",
         help="export a run's records, evaluations and events to CSV or Parquet",
-        description="Flatten a run store into records/evals/events tables.",
+        description="Flatten a run store into three tables: records (one row per record: the scalars, "
+        "sigma_1..sigma_W, ratio_*, alpha_*, group.<name>.k_star and group.<name>.gap_ratio per "
+        "group, metric.<name>), evals (long: step, name, value) and events. Prints each file written.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  spectral-edge export runs/exp1                  # runs/exp1/records.csv, records_evals.csv, ...\n"
+        "  spectral-edge export runs/exp1 -o tables/       # into the folder tables/ (created)\n"
+        "  spectral-edge export runs/exp1 -o flat.parquet --format parquet   # flat.parquet, flat_evals...",
     )
     export.add_argument("run", type=Path, help="run directory (or its run.db)")
     export.add_argument("--format", choices=("csv", "parquet"), default="csv", help="default: %(default)s")
     export.add_argument(
-        "-o", "--out", type=Path, default=None, help="output file or directory (default: the run directory)"
+        "-o",
+        "--out",
+        default=None,
+        help="a folder (existing, ending in /, or without a suffix; created) to write records.<ext> and "
+        "the others into, or the records file itself (default: the run directory)",
     )
     export.set_defaults(handler=_export)
 
@@ -174,10 +185,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from spectral_edge.store import export_run
+    from spectral_edge.store import export_paths, export_run
 
     path = export_run(args.run, args.format, args.out)
-    print(path)
+    for written in export_paths(path):
+        print(written)
     return 0
 
 

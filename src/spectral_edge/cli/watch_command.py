@@ -6,6 +6,7 @@ Examples::
     spectral-edge watch runs/exp1 --interval 5     # poll every 5 seconds
     spectral-edge watch runs/exp1 --once           # print the current state once and exit (scripts)
     spectral-edge watch runs/exp1 --timeout 3600 > watch.log   # plain appended lines when not a terminal
+    spectral-edge watch runs/exp1 --until-finished > watch.log # ... and exit 0 once the monitor closes
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +28,8 @@ from spectral_edge.cli._format import events_table, monitor_line, number, paragr
 _EXAMPLES = __doc__.split("Examples::", 1)[1]
 _HOME, _CLEAR_LINE, _CLEAR_BELOW, _CLEAR_SCREEN = "\033[H", "\033[K", "\033[J", "\033[2J"
 _N_SIGMAS = 5  # leading singular values shown
+TREND = 40  # records in the sparklines (read with RunStore.tail: a poll never reads the whole run)
+_BLOCKS = "▁▂▃▄▅▆▇█"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,9 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="follow a run while it trains: the latest record, evaluations and events",
         description=paragraph(
             "Follow a run while it trains, reading its run store read-only: the latest record "
-            "(step, k*, R, gap, adiabatic regime, leading singular values, per-group k*), the latest "
-            "evaluation and the latest events. On a terminal the view is redrawn in place; otherwise one "
-            "line "
+            "(step, k*, R, gap, adiabatic regime, leading singular values, per-group k*), sparklines of R "
+            "and k* over the last 40 records, steps per second, the latest "
+            "evaluation and the latest events, and whether the run is finished (its monitor closed). On a "
+            "terminal the view is redrawn in place; otherwise one line "
             "per new record (and per new event or evaluation) is appended. Waits for the run store and for "
             "its first record to appear."
         ),
@@ -66,13 +70,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--events", type=int, default=5, metavar="N", help="latest events shown (default: %(default)s)"
     )
+    parser.add_argument(
+        "--until-finished",
+        action="store_true",
+        help="exit (status 0) once the run is finished, i.e. its monitor closed it; without it watch keeps "
+        "following, since a finished run may be resumed",
+    )
     parser.set_defaults(handler=_watch)
 
 
 def _watch(args: argparse.Namespace) -> int:
     if args.events < 0:
         raise ValueError(f"--events must be >= 0, got {args.events}")
-    return watch(args.run, interval=args.interval, once=args.once, timeout=args.timeout, n_events=args.events)
+    return watch(
+        args.run,
+        interval=args.interval,
+        once=args.once,
+        timeout=args.timeout,
+        n_events=args.events,
+        until_finished=args.until_finished,
+    )
 
 
 def watch(
@@ -82,6 +99,7 @@ def watch(
     once: bool = False,
     timeout: float | None = None,
     n_events: int = 5,
+    until_finished: bool = False,
     stream: TextIO | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
@@ -90,7 +108,9 @@ def watch(
     ``once`` checks the whole store (:meth:`~spectral_edge.store.RunStore.check`), shows the current
     state and returns (a missing, foreign or damaged run is then an error, a run without records is
     shown as such). Otherwise it waits for the run store and its records, and stops on
-    Ctrl-C (status 0) or after ``timeout`` seconds (an error if no record was seen by then).
+    Ctrl-C (status 0), after ``timeout`` seconds (an error if no record was seen by then), or, with
+    ``until_finished``, once the run is finished (``meta()["finished_at"]``, written when its monitor
+    closes; status 0).
     """
     from spectral_edge.errors import RunStoreError
     from spectral_edge.summary import open_run
@@ -123,6 +143,8 @@ def watch(
             else:
                 plain.update(state)
             stream.flush()
+            if until_finished and state.finished_at is not None:
+                return 0
             if deadline is not None and time.monotonic() >= deadline:
                 break
             sleep(interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic())))
@@ -157,6 +179,8 @@ class _State:
     eval_step: int | None = None
     evals: dict[str, float] = field(default_factory=dict)  # the values logged at eval_step
     replaced: bool = False  # the run store was deleted and written anew since the last poll
+    recent: Sequence[Mapping[str, Any]] = field(default_factory=list)  # the last TREND records, oldest first
+    finished_at: str | None = None  # meta's finished_at: the monitor closed the run
 
 
 class _Follower:
@@ -206,6 +230,7 @@ class _Follower:
             replaced = self.identity is not None and identity != self.identity
             self.identity = identity
             n = len(store)
+            recent = store.tail(TREND) if n else []
             evals = store.evals()
             eval_step = max((int(steps[-1]) for steps, _ in evals.values()), default=None)
             latest = {
@@ -218,11 +243,13 @@ class _Follower:
                 self.db,
                 config=store.config(),
                 n_records=n,
-                last=store.last_record() if n else None,
+                last=recent[-1] if recent else None,
                 events=[e.to_dict() for e in store.events()],
                 eval_step=eval_step,
                 evals=latest,
                 replaced=replaced,
+                recent=recent,
+                finished_at=meta.get("finished_at"),
             )
 
     def close(self) -> None:
@@ -264,6 +291,8 @@ def render(run: Path, state: _State, *, n_events: int = 5, interval: float | Non
         return "\n".join([*lines, f"waiting for the run store {state.db} to appear"])
     if state.status == "creating":
         return "\n".join([*lines, f"waiting: the run store {state.db} is being created"])
+    if state.finished_at is not None:
+        lines.append(f"run       finished at {_when(state.finished_at)} (its monitor closed it)")
     monitor = state.config.get("monitor")
     if isinstance(monitor, Mapping):
         lines.append(f"monitor   {monitor_line(monitor)}")
@@ -273,8 +302,11 @@ def render(run: Path, state: _State, *, n_events: int = 5, interval: float | Non
         lines.append(f"records   0: waiting for the first record (one full window of W={window} updates)")
         return "\n".join(lines)
     ago = time.time() - last["wall_time"] if last.get("wall_time") is not None else math.nan
+    rate = steps_per_second(state.recent)
     lines += [
-        f"records   {state.n_records} · latest at step {last['step']}, written {_ago(ago)}",
+        f"records   {state.n_records} · latest at step {last['step']}, written {_ago(ago)}"
+        + (f" · {number(rate, 3)} steps/s" if rate is not None else ""),
+        *_trend_lines(state.recent),
         "",
         f"step {last['step']}   k* {last['k_star']}   R {number(last.get('gap_ratio'))}   "
         f"gap {number(last.get('gap'))}   {_regime(last)}",
@@ -312,6 +344,7 @@ class _PlainLog:
         self.n_records = 0
         self.n_events = 0
         self.eval_step: int | None = None
+        self.finished_at: str | None = None
 
     def update(self, state: _State) -> None:
         out = []
@@ -320,6 +353,7 @@ class _PlainLog:
             self.n_records = self.n_events = 0
             self.eval_step = None
             self.told_empty = False
+            self.finished_at = None
         if state.status != self.status:
             if state.status == "missing":
                 out.append(f"waiting for the run store {state.db} to appear (Ctrl-C to stop)")
@@ -347,6 +381,14 @@ class _PlainLog:
                     f"  event step {event['step']} {event['kind']}: {event.get('message') or ''}".rstrip()
                 )
             self.n_events = len(state.events)
+            if state.finished_at is not None and state.finished_at != self.finished_at:
+                rate = steps_per_second(state.recent)
+                speed = f", {number(rate, 3)} steps/s at the end" if rate is not None else ""
+                out.append(
+                    f"finished at {_when(state.finished_at)}: {state.n_records} records{speed}; the monitor "
+                    "closed the run"
+                )
+            self.finished_at = state.finished_at
         if out:
             self.stream.write("\n".join(out) + "\n")
 
@@ -367,6 +409,85 @@ def _record_line(last: Mapping[str, Any]) -> str:
             + "; ".join(f"{g}: k* {v['k_star']} R {number(v['gap_ratio'])}" for g, v in groups.items())
         )
     return " · ".join(p for p in parts if p)
+
+
+def sparkline(values: Sequence[Any], *, log: bool = False) -> str:
+    """One block character per value, ``▁`` at the smallest and ``█`` at the largest finite one.
+
+    ``log`` spaces the levels by the logarithm (for R = σ_k*/σ_k*+1 ≥ 1, whose spikes would flatten the
+    rest). +inf is ``█``, -inf ``▁``; NaN and None are a space. All equal: every value is ``▁``.
+
+    Example:
+        >>> sparkline([1, 2, 3, 4, 5, 6, 7, 8]), sparkline([1.0, float("inf"), None, 1.0])
+        ('▁▂▃▄▅▆▇█', '▁█ ▁')
+        >>> sparkline([1.0, 10.0, 100.0], log=True)
+        '▁▅█'
+    """
+    numbers: list[float | None] = []
+    for v in values:
+        x = math.nan if v is None else float(v)
+        if log and math.isfinite(x):
+            x = math.log(x) if x > 0 else -math.inf
+        numbers.append(x)
+    finite = [x for x in numbers if x is not None and math.isfinite(x)]
+    low, high = (min(finite), max(finite)) if finite else (0.0, 0.0)
+    top = len(_BLOCKS) - 1
+    out = []
+    for y in numbers:
+        if y is None or math.isnan(y):
+            out.append(" ")
+        elif math.isinf(y):
+            out.append(_BLOCKS[top] if y > 0 else _BLOCKS[0])
+        else:
+            level = 0 if high == low else round((y - low) / (high - low) * top)
+            out.append(_BLOCKS[level])
+    return "".join(out)
+
+
+def steps_per_second(recent: Sequence[Mapping[str, Any]]) -> float | None:
+    """Training speed over ``recent`` records: steps between the first and the last per second of wall
+    time between their writes; None with fewer than two records or no time between them.
+
+    Example:
+        >>> steps_per_second([{"step": 10, "wall_time": 100.0}, {"step": 50, "wall_time": 104.0}])
+        10.0
+    """
+    if len(recent) < 2:
+        return None
+    first, last = recent[0], recent[-1]
+    try:
+        seconds = float(last["wall_time"]) - float(first["wall_time"])
+        steps = int(last["step"]) - int(first["step"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return steps / seconds if seconds > 0 else None
+
+
+def _trend_lines(recent: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Sparklines of R (log-spaced) and k* over the recent records, with their ranges."""
+    if len(recent) < 2:
+        return []
+    ratios = [r.get("gap_ratio") for r in recent]
+    ks = [r.get("k_star") for r in recent]
+    finite = [float(x) for x in ratios if x is not None and math.isfinite(float(x))]
+    r_range = f"{number(min(finite))} … {number(max(finite))}" if finite else "-"
+    k_values = [int(k) for k in ks if k is not None]
+    k_range = f"{min(k_values)} … {max(k_values)}" if k_values else "-"
+    return [
+        f"R trend   {sparkline(ratios, log=True)}  {r_range} (last {len(recent)} records, log scale)",
+        f"k* trend  {sparkline(ks)}  {k_range}",
+    ]
+
+
+def _when(stamp: str) -> str:
+    """An ISO 8601 time of the store as local time with how long ago: ``16:05:01 (2 min ago)``."""
+    try:
+        moment = datetime.fromisoformat(stamp)
+    except ValueError:
+        return stamp
+    if moment.tzinfo is None:
+        return stamp
+    return f"{moment.astimezone().strftime('%Y-%m-%d %H:%M:%S')} ({_ago(time.time() - moment.timestamp())})"
 
 
 def _regime(last: Mapping[str, Any]) -> str:

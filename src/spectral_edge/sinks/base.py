@@ -13,12 +13,13 @@ The monitor calls the methods through its one fan-out and failure guard, the run
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
 
-__all__ = ["SINK_METHODS", "Sink", "as_sink"]
+__all__ = ["SINK_METHODS", "Sink", "as_sink", "flat_config"]
 
 #: The methods the monitor calls; an object with all four can be a sink without subclassing :class:`Sink`.
 SINK_METHODS = ("write_record", "write_event", "write_eval", "close")
@@ -76,6 +77,35 @@ class Sink(abc.ABC):
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def flat_config(config: Mapping[str, Any], *, sep: str = ".") -> dict[str, bool | int | float | str]:
+    """A nested config as one level of dotted keys and scalar values: the form of MLflow params and
+    TensorBoard hparams.
+
+    Nested mappings are joined with ``sep`` (an empty one is left out), ``None`` becomes ``"None"`` and
+    any other non-scalar (a list, say) its JSON text.
+
+    Example:
+        >>> flat_config({"monitor": {"window": 10, "regimes": {"low": 0.1}, "excluded": {}},
+        ...              "user": {"tags": ["a", "b"], "seed": None}})
+        {'monitor.window': 10, 'monitor.regimes.low': 0.1, 'user.tags': '["a", "b"]', 'user.seed': 'None'}
+    """
+    out: dict[str, bool | int | float | str] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, Mapping):
+            for name, item in value.items():
+                walk(item, f"{key}{sep}{name}" if key else str(name))
+        elif isinstance(value, (bool, int, float, str)):
+            out[key] = value
+        elif value is None:
+            out[key] = "None"
+        else:
+            out[key] = json.dumps(value, default=str)
+
+    walk(config, "")
+    return out
 
 
 def as_sink(obj: Any) -> Sink:

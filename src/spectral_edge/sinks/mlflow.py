@@ -4,10 +4,20 @@ What it logs to the run (``prefix`` defaults to ``"spectral/"``):
 
 * a record: every entry of :meth:`SpectralRecord.log_scalars
   <spectral_edge.tracking.record.SpectralRecord.log_scalars>` as a metric at the record's step, in one
-  ``log_batch`` call (or more, if it holds over MLflow's 1000 metrics per batch);
+  ``log_batch`` call (or more, if it holds over MLflow's 1000 metrics per batch). The regime is the
+  metric ``{prefix}regime``, its index in :data:`~spectral_edge.tracking.record.REGIMES` (0 plateau,
+  1 transition, 2 forgetting), and the tag ``{prefix}regime_label``, its name, set when it changes (a
+  tag holds the latest value). The metrics passed to ``step()`` keep their own names (``loss``;
+  ``metric_prefix`` prepends to them);
 * an evaluation: metrics ``{prefix}eval/{name}`` at its step;
 * events: the artifact ``spectral_events.json``, ``{"events": [SpectralEvent.to_dict(), ...]}``,
-  rewritten with every new event (events are rare).
+  rewritten with every new event (events are rare);
+* the configuration (``{"monitor": ..., "user": ...}``): run params with dotted keys
+  (``spectral.monitor.window``, from :func:`~spectral_edge.sinks.base.flat_config`), values as strings
+  cut to MLflow's 6000 characters and keys to its 250 (characters MLflow refuses in a key become ``_``).
+  MLflow never changes a param once logged, so a config that changes mid-run (a layer unfrozen) adds its
+  new keys as params and keeps the first value of the others; the artifact ``spectral_config.json``
+  always holds the latest config in full.
 
 Where it logs, without a server: a local directory, MLflow's file store. MLflow 3.x can also keep runs in
 SQLite (``sqlite:///mlflow.db``, its default), but that store needs SQLAlchemy and Alembic, which the full
@@ -28,6 +38,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -36,14 +47,20 @@ from typing import Any
 
 from spectral_edge._imports import require
 from spectral_edge.errors import MissingExtraError
-from spectral_edge.sinks.base import Sink
+from spectral_edge.sinks.base import Sink, flat_config
 from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
 
 __all__ = ["MLflowSink"]
 
 #: The artifact that holds the run's events.
 EVENTS_ARTIFACT = "spectral_events.json"
+#: The artifact that holds the latest configuration in full.
+CONFIG_ARTIFACT = "spectral_config.json"
 _MAX_METRICS_PER_BATCH = 1000  # mlflow.utils.validation.MAX_METRICS_PER_BATCH
+_MAX_PARAMS_PER_BATCH = 100  # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
+_MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+_MAX_KEY = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
+_NOT_IN_KEYS = re.compile(r"[^\w./\- :]")  # MLflow's keys: alphanumerics, _ - . space / and :
 _NOT_FILE_STORES = ("databricks", "databricks-uc", "uc")  # URIs without "://" that are not paths
 _DATABASE_SCHEMES = ("postgresql", "mysql", "sqlite", "mssql")  # "sqlite", "postgresql+psycopg2", ...
 
@@ -59,7 +76,9 @@ class MLflowSink(Sink):
         run_id: an existing run to log into (e.g. ``mlflow.active_run().info.run_id``); the sink leaves
             it open on ``close()``. Without it the sink creates a run and ends it (FINISHED) on ``close()``.
         run_name: the name of the run the sink creates.
-        prefix: prepended to every metric key.
+        prefix: prepended to every metric key of the monitor's own (params take it as ``spectral.``).
+        metric_prefix: prepended to the metrics passed to ``step()`` (default none: ``loss`` stays
+            ``loss``).
 
     Raises:
         MissingExtraError: mlflow is not installed, or the URI is a database (``sqlite:``, MLflow's default)
@@ -82,9 +101,10 @@ class MLflowSink(Sink):
         run_id: str | None = None,
         run_name: str | None = None,
         prefix: str = "spectral/",
+        metric_prefix: str = "",
     ) -> None:
         mlflow = require("mlflow", "MLflowSink")
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, Param
         from mlflow.tracking import MlflowClient
 
         if isinstance(tracking_uri, os.PathLike):
@@ -102,8 +122,12 @@ class MLflowSink(Sink):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.tracking_uri = uri
         self.prefix = prefix
+        self.metric_prefix = metric_prefix
         self._metric = Metric
+        self._param = Param
+        self._regime: str | None = None  # the regime tag last set
         self.client = MlflowClient(tracking_uri=uri)
+        self._params: dict[str, str] = {}  # params the run holds: MLflow refuses to change them
         if run_id is None:
             found = self.client.get_experiment_by_name(experiment)
             experiment_id = (
@@ -112,7 +136,9 @@ class MLflowSink(Sink):
             run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
             self._owns_run = True
         else:
-            self.client.get_run(run_id)  # fails now, not at the first record, if the run does not exist
+            # Fails now, not at the first record, if the run does not exist. Its params are kept as they
+            # are: a resumed run's second monitor must not try to change one (MLflow raises).
+            self._params.update(self.client.get_run(run_id).data.params)
             self._owns_run = False
         self.run_id = run_id
         self.experiment = experiment
@@ -122,8 +148,25 @@ class MLflowSink(Sink):
     def __repr__(self) -> str:
         return f"MLflowSink({self.tracking_uri!r}, run_id={self.run_id!r}, prefix={self.prefix!r})"
 
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        namespace = self.prefix.strip("/") or "spectral"
+        new = []
+        for key, value in flat_config({namespace: config}).items():
+            key = _NOT_IN_KEYS.sub("_", key)[:_MAX_KEY]
+            text = str(value)
+            text = text if len(text) <= _MAX_PARAM_VALUE else text[: _MAX_PARAM_VALUE - 1] + "…"
+            if key not in self._params:
+                self._params[key] = text
+                new.append(self._param(key, text))
+        for start in range(0, len(new), _MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=new[start : start + _MAX_PARAMS_PER_BATCH])
+        self.client.log_dict(self.run_id, dict(config), CONFIG_ARTIFACT)
+
     def write_record(self, record: SpectralRecord) -> None:
-        self._log(record.step, record.log_scalars(self.prefix))
+        self._log(record.step, record.log_scalars(self.prefix, metric_prefix=self.metric_prefix))
+        if record.regime is not None and record.regime != self._regime:
+            self.client.set_tag(self.run_id, self.prefix + "regime_label", record.regime)
+            self._regime = record.regime
 
     def write_eval(self, step: int, metrics: Mapping[str, float]) -> None:
         self._log(int(step), {f"{self.prefix}eval/{name}": float(value) for name, value in metrics.items()})

@@ -3,11 +3,19 @@
 What it writes, at the record's step (``prefix`` defaults to ``"spectral/"``):
 
 * scalars: every entry of :meth:`SpectralRecord.log_scalars
-  <spectral_edge.tracking.record.SpectralRecord.log_scalars>` (k*, R, g, K95, 𝒜, the regime as its index,
-  ``sigma/j``, ``alpha/j``, each group's k* and R, the metrics passed to ``step()``);
+  <spectral_edge.tracking.record.SpectralRecord.log_scalars>` (k*, R, g, K95, 𝒜, the regime as its index
+  in :data:`~spectral_edge.tracking.record.REGIMES`: 0 plateau, 1 transition, 2 forgetting; ``sigma/j``,
+  ``alpha/j``, each group's k* and R), and the metrics passed to ``step()`` under their own names
+  (``loss``; ``metric_prefix`` prepends to them);
+* the regime as text too, under ``{prefix}regime_label`` (the Text tab), at each record where it changes;
 * a histogram of σ_1 … σ_W under ``{prefix}sigma``;
 * events as Markdown text under ``{prefix}events`` (the Text tab), at the event's step;
-* evaluations as scalars ``{prefix}eval/{name}``.
+* evaluations as scalars ``{prefix}eval/{name}``;
+* the configuration (``{"monitor": ..., "user": ...}``) as hyperparameters of the HParams tab, in the
+  same event files (no sub-run): dotted keys (``spectral.monitor.window``) of
+  :func:`~spectral_edge.sinks.base.flat_config`, with ``{prefix}k_star`` and ``{prefix}gap_ratio`` as
+  the dashboard's metrics. Written when the monitor starts and again whenever its config changes; the
+  dashboard shows the latest.
 
 Non-finite values (R = inf at a rank edge) are written as they are: TensorBoard's event files store
 ±inf and NaN, and read them back unchanged.
@@ -20,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from spectral_edge._imports import require
-from spectral_edge.sinks.base import Sink
+from spectral_edge.sinks.base import Sink, flat_config
 from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
 
 __all__ = ["TensorBoardSink"]
@@ -34,8 +42,11 @@ class TensorBoardSink(Sink):
             --logdir`` at it or at its parent.
         writer: instead of ``log_dir``, an existing ``SummaryWriter`` to log into (for example the one a
             framework's TensorBoard logger holds); ``close()`` then only flushes it: its owner closes it.
-        prefix: prepended to every tag.
+        prefix: prepended to every tag of the monitor's own (the hparams' keys take it as
+            ``spectral.``).
         histogram: also write σ as a histogram.
+        metric_prefix: prepended to the metrics passed to ``step()`` (default none: ``loss`` stays
+            ``loss``).
 
     Raises:
         MissingExtraError: tensorboard is not installed.
@@ -55,6 +66,7 @@ class TensorBoardSink(Sink):
         writer: Any = None,
         prefix: str = "spectral/",
         histogram: bool = True,
+        metric_prefix: str = "",
     ) -> None:
         if (log_dir is None) == (writer is None):
             raise ValueError(
@@ -64,22 +76,44 @@ class TensorBoardSink(Sink):
         self.log_dir = log_dir
         self.prefix = prefix
         self.histogram = histogram
+        self.metric_prefix = metric_prefix
         self._owns_writer = writer is None
-        if writer is None:
+        if log_dir is not None:
             require("tensorboard", "TensorBoardSink")
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(log_dir=os.fspath(log_dir))
         self.writer = writer
+        self._regime: str | None = None  # the regime last written as text
         self._closed = False
 
     def __repr__(self) -> str:
         where = f"{os.fspath(self.log_dir)!r}" if self.log_dir is not None else f"writer={self.writer!r}"
         return f"TensorBoardSink({where}, prefix={self.prefix!r})"
 
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        namespace = self.prefix.strip("/") or "spectral"
+        values = flat_config({namespace: config})
+        metrics = {self.prefix + "k_star": 0.0, self.prefix + "gap_ratio": 0.0}  # names only: none written
+        # SummaryWriter.add_hparams would write into a new sub-run (a directory named by the time); the
+        # three summaries go into this writer's own event file instead, as the HParams tab reads them.
+        get_file_writer = getattr(self.writer, "_get_file_writer", None)
+        if get_file_writer is None:  # a writer other than torch's or tensorboardX's: text in the Text tab
+            text = "\n".join(f"    {key} = {value}" for key, value in values.items())
+            self.writer.add_text(self.prefix + "config", text)
+            return
+        file_writer = get_file_writer()
+        for summary in hparams(values, metrics):
+            file_writer.add_summary(summary)
+
     def write_record(self, record: SpectralRecord) -> None:
-        for tag, value in record.log_scalars(self.prefix).items():
+        for tag, value in record.log_scalars(self.prefix, metric_prefix=self.metric_prefix).items():
             self.writer.add_scalar(tag, value, global_step=record.step)
+        if record.regime is not None and record.regime != self._regime:
+            self.writer.add_text(self.prefix + "regime_label", record.regime, global_step=record.step)
+            self._regime = record.regime
         if self.histogram:
             self.writer.add_histogram(self.prefix + "sigma", record.singular_values, global_step=record.step)
 

@@ -104,8 +104,8 @@ def _reissue(w: warnings.WarningMessage, registry: dict[Any, Any]) -> None:
 class _Setting:
     """A read-only attribute of the monitor that reads the field of its :class:`MonitorConfig`."""
 
-    def __init__(self, field: str | None = None) -> None:
-        self.field = field
+    def __init__(self, field: str = "") -> None:
+        self.field = field  # "" until __set_name__: the attribute's own name
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.field = self.field or name
@@ -141,7 +141,8 @@ class SpectralMonitor:
         config: a :class:`~spectral_edge.tracking.config.MonitorConfig` holding the settings below (keywords
             given as well override its fields), or, as before, a mapping of extra JSON-able settings saved
             in the run store beside the monitor's own (:attr:`MonitorConfig.user`). Every keyword but
-            ``config``, ``store`` and ``sinks`` is a field of :class:`MonitorConfig`, checked at once.
+            ``config``, ``store``, ``resume``, ``overwrite`` and ``sinks`` is a field of
+            :class:`MonitorConfig`, checked at once.
         window: W ≥ 2, updates per window (the paper uses 10).
         interval: take updates between snapshots this many steps apart (the paper's windows over
             checkpoints 200 steps apart use interval=200); records come every ``interval`` steps.
@@ -157,13 +158,19 @@ class SpectralMonitor:
             parameters do not move), with one warning; with every group at 0, 𝒜 is None (one warning).
         groups: how to split the parameters into groups with their own Gram (see :func:`group_function`);
             group Grams come from the same pass and sum to the total.
-        store: a run directory (str/Path, created; an error if it already holds records) or a
-            :class:`~spectral_edge.store.RunStore` (open it with ``mode="a"`` to resume a run). A store
+        store: a run directory (str/Path, created; an error if it already holds records, unless
+            ``resume`` or ``overwrite``) or a :class:`~spectral_edge.store.RunStore` (open it with
+            ``mode="a"`` to append). :meth:`close` marks the run finished (``meta()["finished_at"]``,
+            what ``spectral-edge watch`` shows). A store
             the monitor opens from a path commits on a writer thread (``write_behind``, one record in
             flight at most) unless ``strict``, so that training does not wait for SQLite. A path that
             another writer holds is an error (one writer per store). Writes the disk refuses are held
             and retried by the store; an event and a warning give the counts, and :meth:`close` returns
             what was lost.
+        resume: with a ``store`` path, append to the run already there (created if missing), e.g. when
+            training resumes from a checkpoint: ``RunStore(path, mode="a")``.
+        overwrite: with a ``store`` path, replace the run already there, records and all:
+            ``RunStore(path, mode="w", overwrite=True)``. Not with ``resume``.
         storage_dtype: torch.float32 (default), torch.bfloat16 (half the memory) or torch.float64.
         storage_device: where the W × P window lives; default the parameters' device.
         k95_threshold: cumulative-variance threshold of K_95 (Def 7.1).
@@ -221,6 +228,8 @@ class SpectralMonitor:
         *,
         config: MonitorConfig | Mapping[str, Any] | None = None,
         store: str | Path | RunStore | StoreSink | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
         sinks: Sequence[Sink] = (),
         **settings: Any,
     ) -> None:
@@ -267,7 +276,12 @@ class SpectralMonitor:
         )
         self.unwritten: StoreBacklog | None = None  # set by close(): what the run store could not write
         # A store given as a path is opened here, and owned: close() closes it.
-        self._store_sink = StoreSink.open(store, write_behind=not self.settings.strict)
+        for name, flag in (("resume", resume), ("overwrite", overwrite)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
+        self._store_sink = StoreSink.open(
+            store, resume=resume, overwrite=overwrite, write_behind=not self.settings.strict
+        )
         self._out = FanOut(
             ([self._store_sink] if self._store_sink is not None else []) + delivered,
             guard=self._guard,
@@ -491,7 +505,8 @@ class SpectralMonitor:
 
     @_contains_warnings
     def close(self) -> StoreBacklog | None:
-        """Detach, close the sinks, and close the run store if the monitor opened it from a path.
+        """Detach, close the sinks, mark the run finished in its store (``meta()["finished_at"]``, what
+        ``spectral-edge watch`` shows), and close the run store if the monitor opened it from a path.
 
         Returns:
             What the run store could not write, also kept as :attr:`unwritten`: a

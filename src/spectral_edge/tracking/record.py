@@ -38,6 +38,10 @@ class GroupSpectrum:
     gap_ratio: float
     singular_values: np.ndarray  # (W,) descending
 
+    def __repr__(self) -> str:
+        """Short: the gap, not the arrays (``GroupSpectrum(k_star=2, gap_ratio=3.41, W=10)``)."""
+        return f"GroupSpectrum(k_star={self.k_star}, gap_ratio={_short(self.gap_ratio)}, W={len(self.singular_values)})"
+
 
 @dataclass(frozen=True)
 class SpectralRecord:
@@ -75,6 +79,29 @@ class SpectralRecord:
     groups: Mapping[str, GroupSpectrum] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """One line with the reading that matters, not the arrays; every field is still an attribute.
+
+        Example:
+            >>> rec = SpectralRecord(step=120, window=2, singular_values=np.array([2.0, 1.0]),
+            ...     ratios=np.array([2.0]), k_star=1, gap_ratio=2.0, gap=1.0, gap_lambda=3.0, k95=2,
+            ...     k_star_weighted=1, gap_ratio_weighted=2.0, g23=None, rank=2, effective_rank=1.6,
+            ...     alpha=np.array([0.5, 0.0]), alpha_half=None, delta_c_fro=0.1, davis_kahan=0.03,
+            ...     adiabatic=0.2, regime="transition", lr=0.1, update_norm=1.0, noise_level=0.1,
+            ...     bbp_ratio=5.0, groups={"a": GroupSpectrum(1, 2.0, np.array([2.0, 1.0]))})
+            >>> rec
+            SpectralRecord(step=120, k_star=1, gap_ratio=2, gap=1, regime='transition', W=2, 1 group)
+            >>> rec.groups["a"]
+            GroupSpectrum(k_star=1, gap_ratio=2, W=2)
+        """
+        n = len(self.groups)
+        groups = f", {n} group{'' if n == 1 else 's'}" if n else ""
+        metrics = "".join(f", {k}={_short(v)}" for k, v in list(self.metrics.items())[:3])
+        return (
+            f"SpectralRecord(step={self.step}, k_star={self.k_star}, gap_ratio={_short(self.gap_ratio)}, "
+            f"gap={_short(self.gap)}, regime={self.regime!r}, W={self.window}{groups}{metrics})"
+        )
+
     @property
     def eigenvalues(self) -> np.ndarray:
         """λ_j = σ_j², descending, shape (W,)."""
@@ -89,14 +116,17 @@ class SpectralRecord:
                 out[f.name] = value
         return out
 
-    def log_scalars(self, prefix: str = "spectral/") -> dict[str, float]:
+    def log_scalars(self, prefix: str = "spectral/", *, metric_prefix: str | None = None) -> dict[str, float]:
         """The record as flat ``name -> float`` pairs, the form metric loggers take.
 
         One place decides what every sink and framework callback logs: the numeric scalar fields
-        (``None`` left out, the regime as its index in :data:`REGIMES`), σ_j and α_j per index
-        (``sigma/1`` … ``sigma/W``, 1-based like the paper), each group's k* and R, and the metrics
-        the record carries. Non-finite values (R = inf at a rank edge) are kept as float('inf'):
-        drop them in the sink if its backend rejects them.
+        (``None`` left out, the regime as its index in :data:`REGIMES`: 0 plateau, 1 transition,
+        2 forgetting), σ_j and α_j per index (``sigma/1`` … ``sigma/W``, 1-based like the paper), each
+        group's k* and R, and the metrics the record carries (passed to ``step(loss=...)``), named
+        ``metric_prefix + name``: ``prefix`` when ``metric_prefix`` is None, so ``spectral/loss``; the
+        sinks pass ``metric_prefix=""`` so that the user's ``loss`` is logged as ``loss``. Non-finite
+        values (R = inf at a rank edge) are kept as float('inf'): drop them in the sink if its backend
+        rejects them.
 
         Example:
             >>> rec = SpectralRecord(step=3, window=2, singular_values=np.array([2.0, 1.0]), ratios=np.array([2.0]),
@@ -109,6 +139,8 @@ class SpectralRecord:
             (1.0, 1.0, 0.5, 0.7)
             >>> "spectral/step" in s, "spectral/g23" in s
             (False, False)
+            >>> rec.log_scalars(metric_prefix="")["loss"]
+            0.7
         """
         out: dict[str, float] = {}
         for name, value in self.scalars().items():
@@ -125,8 +157,9 @@ class SpectralRecord:
         for group, spectrum in self.groups.items():
             out[f"{prefix}group/{group}/k_star"] = float(spectrum.k_star)
             out[f"{prefix}group/{group}/gap_ratio"] = float(spectrum.gap_ratio)
+        own = prefix if metric_prefix is None else metric_prefix
         for name, value in self.metrics.items():
-            out[prefix + name] = float(value)
+            out[own + name] = float(value)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,6 +213,11 @@ def json_float(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def _short(value: float | None) -> str:
+    """A number in 4 significant digits for a repr (``3.412``, ``inf``, ``None``)."""
+    return "None" if value is None else f"{value:.4g}"
 
 
 def _json_list(array: np.ndarray) -> list[Any]:
