@@ -16,7 +16,7 @@ import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -282,10 +282,11 @@ def resolve_config(
         )
     if config is not None and "user" in settings:
         raise TypeError("pass the extra settings once: as config={...} or as user={...}, not both")
-    return MonitorConfig(**settings, **({"user": config} if config is not None else {}))
+    user: dict[str, Any] = {"user": config} if config is not None else {}
+    return MonitorConfig(**settings, **user)
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
