@@ -229,6 +229,7 @@ class MLP(nn.Module):
         self.down = nn.Linear(d_mlp, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """GELU MLP: (batch, seq, d_model) -> the same shape."""
         return self.down(F.gelu(self.up(x)))
 
 
@@ -241,6 +242,7 @@ class Block(nn.Module):
         self.norm2, self.mlp = nn.LayerNorm(d_model), MLP(d_model, d_mlp)
 
     def forward(self, x: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
+        """Pre-norm attention then MLP, each residual; ``last_only`` keeps only the last position."""
         x = (x[:, -1:] if last_only else x) + self.attn(self.norm1(x), last_only=last_only)
         return x + self.mlp(self.norm2(x))
 
@@ -445,6 +447,7 @@ class ProgressBar:
         self._start, self._last_draw, self._next_log = time.perf_counter(), -1.0, 0.0
 
     def __call__(self, step: int, total: int, text: str = "") -> None:
+        """Show ``step`` of ``total`` with ``text`` (redrawn in place on a terminal, else a line now and then)."""
         now, fraction, done = time.perf_counter(), min(max(step / max(total, 1), 0.0), 1.0), step >= total
         elapsed = now - self._start
         eta = "?" if fraction == 0 else _clock(elapsed / fraction - elapsed)
@@ -475,10 +478,12 @@ class DemoResult:
 
     @property
     def grok_step(self) -> int | None:
+        """The first evaluation step with test accuracy >= GROK_ACC, or None."""
         return self.train.grok_step
 
     @property
     def memorize_step(self) -> int | None:
+        """The first evaluation step with train accuracy >= MEMORIZE_ACC, or None."""
         return self.train.memorize_step
 
 

@@ -147,13 +147,16 @@ class StoreBacklog:
 
     @property
     def n_held(self) -> int:
+        """Writes held in memory for retry, all kinds together."""
         return sum(self.held.values())
 
     @property
     def n_lost(self) -> int:
+        """Writes given up for good, all kinds together."""
         return sum(self.lost.values())
 
     def describe(self) -> str:
+        """One line for a warning: ``held for retry: 3 records; lost: none``."""
         return f"held for retry: {_count_words(self.held)}; lost: {_count_words(self.lost)}"
 
 
@@ -436,6 +439,7 @@ class RunStore:
             step: optimizer step the values belong to.
             metrics: name -> value, e.g. ``{"val_loss": 0.31, "val_acc": 0.92}``; NaN is stored as NULL
                 and read back as NaN.
+            wall_time: seconds since the epoch to store with the rows; default now.
         """
         step = _as_int(step, "step")
         if not isinstance(metrics, Mapping):
@@ -484,7 +488,7 @@ class RunStore:
         self._write(insert, "array")
 
     def arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """name -> (steps int64 (n,), values float64 (n, width)), padded with NaN where widths differ."""
+        """Each array's name -> (steps int64 (n,), values float64 (n, width)), padded with NaN where widths differ."""
         with self._reading():
             conn = self._require_open()
             if "arrays" not in _table_names(conn):  # a run written before arrays existed
@@ -800,6 +804,7 @@ class RunStore:
         """
         from spectral_edge.frames import RunFrames, _frame
 
+        require("pandas", "RunStore.to_pandas")  # before reading a long run, not after
         records, evals, events = self._flat_tables()
         return RunFrames(records=_frame(records), events=_frame(events), evals=_frame(evals))
 
@@ -861,7 +866,7 @@ class RunStore:
         ]
 
     def evals(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """name -> (steps int64 (n,), values float64 (n,)), ordered by step then insertion."""
+        """Each metric's name -> (steps int64 (n,), values float64 (n,)), ordered by step then insertion."""
         with self._reading() as conn:
             rows = conn.execute("SELECT name, step, value FROM evals ORDER BY step, id").fetchall()
         grouped: dict[str, tuple[list[int], list[float]]] = {}

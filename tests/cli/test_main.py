@@ -146,6 +146,22 @@ def test_a_command_that_fails_to_load_leaves_the_others_working(monkeypatch, cap
     assert "installed (fake_package:reproduce) but does not load" in err and "No module named" in err
 
 
+def test_a_command_whose_register_fails_leaves_the_others_working(monkeypatch, capsys, small_run):
+    import spectral_edge.cli.main as cli
+
+    def register(sub):
+        sub.add_parser("reproduce")  # added, then the distribution fails half-way
+        raise RuntimeError("bad add-on")
+
+    monkeypatch.setattr(
+        cli, "entry_points", lambda *, group: [_FakeEntryPoint("reproduce", lambda: register)]
+    )
+    assert main(["export", str(small_run)]) == 0
+    capsys.readouterr()
+    assert main(["reproduce", "lm"]) == 2
+    assert "does not load: RuntimeError('bad add-on')" in capsys.readouterr().err
+
+
 def test_every_out_option_has_the_short_form():
     # Users type `-o` as with every other tool; a command that took only `--out` refused it.
     from spectral_edge.cli.main import build_parser

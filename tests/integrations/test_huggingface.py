@@ -365,6 +365,30 @@ def test_resumed_run_gives_the_records_of_the_uninterrupted_run(full_run, tmp_pa
         assert [row["step"] for row in store.records()] == kept + [r.step for r in resumed]
 
 
+def test_a_resumed_run_writes_to_a_store_the_user_opened(full_run, tmp_path):
+    # resume= applies to paths: passed with an open RunStore it made opening fail, and the resumed run's
+    # records reached no store at all (one warning). The store is used as it is, truncated at the step.
+    source = full_run.root / "out" / f"checkpoint-{SAVE_STEPS}"
+    _copy_checkpoint(source, tmp_path / "out" / source.name)
+    with RunStore(tmp_path / "store", mode="w") as store:
+        for record in full_run.callback.monitor.records:
+            store.add_record(record)
+    with RunStore(tmp_path / "store", mode="a") as store:
+        callback = SpectralEdgeCallback(window=WINDOW, storage_dtype=torch.float64, store=store)
+        trainer = Trainer(
+            model=tiny_gpt2(seed=5),
+            args=training_args(tmp_path / "out"),
+            train_dataset=TokenDataset(),
+            callbacks=[callback],
+        )
+        trainer.train(resume_from_checkpoint=True)
+        assert not store.closed  # the user's store: the user closes it
+    with RunStore(tmp_path / "store", mode="r") as store:
+        kept = [r.step for r in full_run.callback.monitor.records if r.step <= SAVE_STEPS]
+        assert [row["step"] for row in store.records()] == kept + [r.step for r in callback.monitor.records]
+    assert callback.monitor.records[-1].step == MAX_STEPS
+
+
 def test_resume_without_saved_state_warns_and_refills(full_run, tmp_path):
     checkpoint = _copy_checkpoint(full_run.root / "out" / f"checkpoint-{SAVE_STEPS}", tmp_path / "ckpt")
     (checkpoint / STATE_FILE).unlink()

@@ -132,3 +132,20 @@ def test_detach_store_stops_writing_without_closing_it(tmp_path):
     assert mon.close() is None  # no store left to report on
     store.add_eval(1, {"loss": 0.5})  # still open: its owner closes it
     store.close()
+
+
+def test_a_sink_that_refuses_the_config_does_not_stop_the_monitor_being_built(tmp_path):
+    # A tracking server that does not answer when the monitor starts: one warning, and the run goes on
+    # with the store and the other sinks. Only the store's refusal is raised at construction.
+    class NoConfig(BrokenSink):
+        def write_config(self, config):
+            raise ConnectionError("tracking server unreachable")
+
+    p, step = moving(6)
+    with pytest.warns(SpectrumWarning, match="unreachable"):
+        mon = SpectralMonitor([p], window=3, store=tmp_path / "run", sinks=[NoConfig()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpectrumWarning)  # the broken sink's record writes
+        step(mon)
+        mon.close()
+    assert len(RunStore(tmp_path / "run").records()) == 6 - 3 + 1

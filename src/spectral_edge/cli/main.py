@@ -44,6 +44,7 @@ OPTIONAL_COMMANDS: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``spectral-edge`` parser: the library's commands and those other distributions add."""
     parser = argparse.ArgumentParser(
         prog="spectral-edge",
         description="Watch the spectrum of a network's recent updates and detect phase transitions.",
@@ -116,12 +117,11 @@ def _add_installed_commands(sub: argparse._SubParsersAction) -> None:
     for entry in entry_points(group=COMMAND_GROUP):
         if entry.name in sub.choices:
             continue  # a name taken already (by the library, or by the same distribution found twice)
-        try:
-            register = entry.load()
-        except Exception as exc:  # a broken distribution must not take the library's own commands down
+        try:  # a broken distribution must not take the library's own commands down
+            entry.load()(sub)
+        except Exception as exc:
+            sub.choices.pop(entry.name, None)  # a parser it added before failing is replaced by the stand-in
             unavailable[entry.name] = f"it is installed ({entry.value}) but does not load: {exc!r}"
-            continue
-        register(sub)
     for name, install in OPTIONAL_COMMANDS.items():
         if name not in sub.choices and name not in unavailable:
             unavailable[name] = f"it is not installed; {install}"
@@ -138,6 +138,7 @@ def _unavailable(command: str, why: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status (2, with one line on stderr, for a user's error)."""
     args = build_parser().parse_args(argv)
     _show_library_messages()
     try:

@@ -8,12 +8,14 @@ monitor's own.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from spectral_edge.sinks.base import Sink, as_sink
+from spectral_edge.sinks.store import StoreSink
 from spectral_edge.tracking.config import MonitorConfig, resolve_config
 
 #: SpectralMonitor arguments the callbacks set themselves (``store=`` is the callbacks' own argument).
@@ -42,6 +44,25 @@ def monitor_settings(kwargs: Mapping[str, Any], *, caller: str) -> tuple[Monitor
     for sink in sinks:
         as_sink(sink)
     return resolve_config(config, settings, caller=caller), sinks
+
+
+def open_trainer_store(
+    store: Any, *, resuming: bool, reopened: bool, step: int, strict: bool
+) -> StoreSink | None:
+    """The run store of a trainer callback, opened when training starts.
+
+    A path is opened to append when training resumes from a checkpoint or a second ``train()``/``fit()``
+    call comes (``reopened``), else for a new run. A store the user opened is used as it is (``resume=``
+    applies to paths only; it once made an open store fail here and its records go nowhere). Either way,
+    on a resume the rows the interrupted run wrote after ``step`` are deleted.
+    """
+    is_path = isinstance(store, (str, os.PathLike))
+    return StoreSink.open(
+        store,
+        resume=is_path and (resuming or reopened),
+        resume_step=step if resuming else None,
+        write_behind=not strict,
+    )
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:

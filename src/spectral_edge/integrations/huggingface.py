@@ -30,12 +30,14 @@ from spectral_edge.integrations._common import (
     block_groups,
     monitor_settings,
     numeric_items,
+    open_trainer_store,
     sharding_message,
     sharding_problem,
     unwrap_model,
 )
 from spectral_edge.sinks.store import StoreSink
 from spectral_edge.tracking._guard import Guard
+from spectral_edge.tracking.config import MonitorConfig
 from spectral_edge.tracking.monitor import SpectralMonitor
 
 transformers = require("transformers", "SpectralEdgeCallback (the Hugging Face Trainer integration)")
@@ -244,11 +246,12 @@ class SpectralEdgeCallback(_TrainerCallback):
             # opened (say it already holds another run), the monitor still runs, keeping records in memory.
             self._store = self._guard(
                 "opening the run store",
-                lambda: StoreSink.open(
+                lambda: open_trainer_store(
                     self.store,
-                    resume=resuming or self._opened,
-                    resume_step=state.global_step if resuming else None,
-                    write_behind=not self._config.strict,
+                    resuming=resuming,
+                    reopened=self._opened,
+                    step=state.global_step,
+                    strict=self._config.strict,
                 ),
             )
             self._opened = True
@@ -263,7 +266,10 @@ class SpectralEdgeCallback(_TrainerCallback):
             # Read when a record is made, inside on_optimizer_step: before the scheduler moves the rate.
             config = replace(config, lr=self._step_lr)
         config = replace(config, user={"integration": "transformers", **config.user})
-        if "groups" not in self.monitor_kwargs and "config" not in self.monitor_kwargs:
+        # A MonitorConfig carries its own groups; config={...}, the user's extra settings, does not.
+        if "groups" not in self.monitor_kwargs and not isinstance(
+            self.monitor_kwargs.get("config"), MonitorConfig
+        ):
             # One group per block, not the monitor's one group per top-level module (all of the model).
             groups = block_groups(unwrap_model(model))
             if groups is not None:

@@ -21,6 +21,7 @@ from spectral_edge._imports import require
 from spectral_edge.integrations._common import (
     monitor_settings,
     numeric_items,
+    open_trainer_store,
     sharding_message,
     sharding_problem,
     unwrap_model,
@@ -137,11 +138,12 @@ class SpectralEdgeLightningCallback(_Callback):
             # opened (say it already holds another run), the monitor still runs, keeping records in memory.
             self._store = self._guard(
                 "opening the run store",
-                lambda: StoreSink.open(
+                lambda: open_trainer_store(
                     self.store,
-                    resume=resuming or self._opened,
-                    resume_step=trainer.global_step if resuming else None,
-                    write_behind=not self._config.strict,
+                    resuming=resuming,
+                    reopened=self._opened,
+                    step=trainer.global_step,
+                    strict=self._config.strict,
                 ),
             )
             self._opened = True

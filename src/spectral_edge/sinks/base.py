@@ -55,6 +55,10 @@ class Sink(abc.ABC):
         """How the monitor's warnings name this sink: ``"the sink <class name>"``."""
         return f"the sink {type(self).__name__}"
 
+    #: Whether a config this sink refuses when the monitor is built is the caller's error (raised then)
+    #: rather than a failure to warn about: True for the run store only.
+    checks_config: bool = False
+
     @abc.abstractmethod
     def write_record(self, record: SpectralRecord) -> None:
         """Log one record (called after the monitor has written it to its run store)."""

@@ -156,10 +156,11 @@ class MLflowSink(Sink):
             text = str(value)
             text = text if len(text) <= _MAX_PARAM_VALUE else text[: _MAX_PARAM_VALUE - 1] + "…"
             if key not in self._params:
-                self._params[key] = text
-                new.append(self._param(key, text))
+                new.append((key, text))
         for start in range(0, len(new), _MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=new[start : start + _MAX_PARAMS_PER_BATCH])
+            batch = new[start : start + _MAX_PARAMS_PER_BATCH]
+            self.client.log_batch(self.run_id, params=[self._param(key, text) for key, text in batch])
+            self._params.update(batch)  # only once logged: a batch that failed is tried again next time
         self.client.log_dict(self.run_id, dict(config), CONFIG_ARTIFACT)
 
     def write_record(self, record: SpectralRecord) -> None:

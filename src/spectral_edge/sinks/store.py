@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from spectral_edge.errors import RunStoreError
 from spectral_edge.sinks.base import Sink
 from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
 
@@ -120,6 +121,8 @@ class StoreSink(Sink):
                 )
         return sink
 
+    checks_config = True  # a config the store cannot save is the caller's error, said at construction
+
     @property
     def label(self) -> str:
         return self._label
@@ -147,7 +150,8 @@ class StoreSink(Sink):
         try:
             if self.store.mode != "r" and not self.store.closed:
                 # A disk that refuses this too has been reported by the writes before it.
-                with contextlib.suppress(sqlite3.Error):
+                # RunStoreError: an earlier write-behind failure, re-raised by this write, already reported.
+                with contextlib.suppress(sqlite3.Error, RunStoreError):
                     self.store.mark_finished()
         finally:
             if self.owned:
@@ -165,7 +169,6 @@ def _refuse_existing(path: str | Path) -> None:
     the keywords of SpectralMonitor and the framework callbacks. A foreign or damaged file is left to
     RunStore, whose error says what it is.
     """
-    from spectral_edge.errors import RunStoreError
     from spectral_edge.store import RunStore, _db_path
 
     if not _db_path(path).is_file():

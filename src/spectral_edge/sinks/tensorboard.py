@@ -92,8 +92,6 @@ class TensorBoardSink(Sink):
         return f"TensorBoardSink({where}, prefix={self.prefix!r})"
 
     def write_config(self, config: Mapping[str, Any]) -> None:
-        from torch.utils.tensorboard.summary import hparams
-
         namespace = self.prefix.strip("/") or "spectral"
         values = flat_config({namespace: config})
         metrics = {self.prefix + "k_star": 0.0, self.prefix + "gap_ratio": 0.0}  # names only: none written
@@ -104,6 +102,9 @@ class TensorBoardSink(Sink):
             text = "\n".join(f"    {key} = {value}" for key, value in values.items())
             self.writer.add_text(self.prefix + "config", text)
             return
+        # Imported here: a writer of another library (above) must not need torch's tensorboard support.
+        from torch.utils.tensorboard.summary import hparams
+
         file_writer = get_file_writer()
         for summary in hparams(values, metrics):
             file_writer.add_summary(summary)

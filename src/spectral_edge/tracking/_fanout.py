@@ -47,10 +47,14 @@ class FanOut:
         self.sinks = [s for s in self.sinks if s is not sink]
 
     def config(self, document: Mapping[str, Any], *, check: bool = False) -> None:
-        """Hand the run's config to every sink; ``check`` raises a failure instead (at construction, a
-        config that cannot be stored is the caller's error)."""
+        """Hand the run's config to every sink.
+
+        With ``check`` (at construction) the run store's failure is raised: a config that cannot be
+        stored is the caller's error, said before training starts. Every other sink goes through the
+        guard as always: a tracking server that does not answer must not stop the monitor being built.
+        """
         for sink in self.sinks:
-            if check:
+            if check and sink.checks_config:
                 sink.write_config(document)
             else:
                 self._deliver(sink, functools.partial(sink.write_config, document))

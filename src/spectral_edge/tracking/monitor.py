@@ -340,6 +340,7 @@ class SpectralMonitor:
 
     @property
     def last_record(self) -> SpectralRecord | None:
+        """The newest record kept in memory, or None before the window first fills."""
         return self.records[-1] if self.records else None
 
     def monitored_parameters(self) -> list[tuple[str, torch.Tensor]]:
@@ -458,6 +459,7 @@ class SpectralMonitor:
         return self._hook_handle
 
     def detach(self) -> None:
+        """Undo :meth:`attach`: the optimizer's step no longer calls :meth:`step`."""
         if self._hook_handle is not None:
             self._hook_handle.remove()
             self._hook_handle = None

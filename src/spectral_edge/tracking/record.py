@@ -199,6 +199,7 @@ class SpectralEvent:
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        """The event as JSON-ready fields (non-finite floats as strings, as the JSON sinks write them)."""
         return {f.name: json_float(getattr(self, f.name)) for f in fields(self)}
 
 
