@@ -22,7 +22,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml studies/pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "spectral-edge needs Python >= 3.10"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) "$(TORCH)"
+	$(PIP) -c $(CONSTRAINTS) "$(TORCH)"
 	$(PIP) -c $(CONSTRAINTS) -e ".[test]" -e "./studies[test]"
 	touch $(STAMP)
 

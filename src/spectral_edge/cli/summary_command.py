@@ -186,15 +186,15 @@ def _flatten(config: Mapping[str, Any]) -> list[str]:
     return [f"{key}={value}" for key, value in _config_pairs(config)]
 
 
-def _config_pairs(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    """(dotted key, value as text) for every leaf of a nested configuration."""
-    out = []
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            out += _config_pairs(value, f"{prefix}{key}.")
-        else:
-            out.append((f"{prefix}{key}", value if isinstance(value, str) else json.dumps(value)))
-    return out
+def _config_pairs(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(dotted key, value as text) for every leaf of a nested configuration, flattened as the sinks
+    flatten it for MLflow params and TensorBoard hparams."""
+    from spectral_edge.sinks.base import flat_config
+
+    return [
+        (key, value if isinstance(value, str) else json.dumps(value))
+        for key, value in flat_config(config).items()
+    ]
 
 
 def _wrapped(label: str, items: Sequence[str]) -> list[str]:
