@@ -2,8 +2,9 @@
 
 The compiled ``window_spectra`` (Householder + implicit QR, ``tracking/_spectra.py``) must give what the
 NumPy reference ``window_spectra_numpy`` gives for the same slot-indexed Grams, on planted, rank-deficient,
-repeated, zero and graded spectra; and a monitor's record must equal what spectrum/'s public functions
-compute from the window's time-ordered Gram.
+repeated, zero and graded spectra, and both must give the squared singular values of a dense float64 SVD
+of the window; a monitor's record must equal what spectrum/'s public functions compute from the
+window's time-ordered Gram.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from spectral_edge.spectrum.stability import half_window_alignment
 from spectral_edge.spectrum.window import analyze_gram_with_parts
 from spectral_edge.tracking._native import native_kernel
 from spectral_edge.tracking._spectra import window_spectra, window_spectra_numpy
+from spectral_edge.tracking.window import UpdateWindow
 
 from ..spectrum.synthetic import planted_window
 
@@ -24,9 +26,8 @@ kernel = native_kernel()
 needs_kernel = pytest.mark.skipif(kernel is None, reason="the compiled extension did not build here")
 
 
-def slot_grams(n_groups: int, w: int, kind: str, seed: int) -> tuple[np.ndarray, list[int]]:
-    """Slot-indexed group Grams (n_groups, w, w) of a window of ``kind``, and a rotated slot order
-    (as after wrap-around), so that the gather into time order is exercised."""
+def window_rows(w: int, kind: str, seed: int) -> np.ndarray:
+    """A float64 window X (w, P) of ``kind``, rows in time order."""
     rng = np.random.default_rng(seed)
     p = 300
     if kind == "planted":
@@ -45,6 +46,14 @@ def slot_grams(n_groups: int, w: int, kind: str, seed: int) -> tuple[np.ndarray,
         x = np.zeros((w, p))
     else:
         raise AssertionError(kind)
+    return x
+
+
+def slot_grams(n_groups: int, w: int, kind: str, seed: int) -> tuple[np.ndarray, list[int]]:
+    """Slot-indexed group Grams (n_groups, w, w) of a window of ``kind`` (:func:`window_rows`, its columns
+    split into ``n_groups`` groups), and a rotated slot order (as after wrap-around), so that the gather
+    into time order is exercised."""
+    x = window_rows(w, kind, seed)
     columns = np.array_split(np.arange(x.shape[1]), n_groups)
     in_time = np.stack([x[:, c] @ x[:, c].T for c in columns])
     shift = seed % w
@@ -98,6 +107,46 @@ def _simple(lam: list[float]) -> np.ndarray:
     v = np.asarray(lam)
     gaps = np.minimum(np.abs(np.diff(v, prepend=np.inf)), np.abs(np.diff(v, append=-np.inf)))
     return gaps > 1e-6 * max(abs(v[0]), 1e-300)
+
+
+@pytest.mark.parametrize("compiled", [pytest.param(True, marks=needs_kernel), False])
+@pytest.mark.parametrize("w", [4, 10, 17])
+@pytest.mark.parametrize("kind", KINDS)
+def test_eigen_stage_matches_a_dense_svd_of_the_window(compiled, w, kind):
+    """Both eigen stages against the slowest, plainest reference: the eigenvalues of G = X Xᵀ and of each
+    group's Gram are the squared singular values of X and of its column blocks (dense float64 SVDs)."""
+    seed = w
+    x = window_rows(w, kind, seed)
+    grams, order = slot_grams(2, w, kind, seed)
+    got = window_spectra(grams, order, groups=True, half=False, kernel=kernel if compiled else None)
+
+    def squared_singular_values(block: np.ndarray) -> np.ndarray:
+        s = np.linalg.svd(block, compute_uv=False)
+        return np.concatenate([s**2, np.zeros(w - s.size)])
+
+    scale = max(float(np.linalg.norm(x, 2)) ** 2, 1e-300)
+    np.testing.assert_allclose(got.total, squared_singular_values(x), rtol=0, atol=1e-13 * scale)
+    columns = np.array_split(np.arange(x.shape[1]), 2)
+    for lam, cols in zip(got.groups, columns, strict=True):
+        np.testing.assert_allclose(lam, squared_singular_values(x[:, cols]), rtol=0, atol=1e-13 * scale)
+
+
+def test_numpy_eigen_stage_can_be_forced(monkeypatch):
+    """SPECTRAL_EDGE_EIGEN=numpy gives the LAPACK eigen stage beside the fused push, read at every record so
+    that the benchmark compares both on one window; a value other than 'auto' or 'numpy' is refused when
+    a window is made."""
+    win = UpdateWindow(20, window=3)
+    assert win.kernel == ("fused" if kernel is not None else "torch")
+    assert win.eigen == ("compiled" if kernel is not None else "numpy")
+    monkeypatch.setenv("SPECTRAL_EDGE_EIGEN", "numpy")
+    assert win.eigen == "numpy"
+    assert UpdateWindow(20, window=3).eigen == "numpy"
+    monkeypatch.setenv("SPECTRAL_EDGE_EIGEN", "auto")
+    assert win.eigen == ("compiled" if kernel is not None else "numpy")
+    assert UpdateWindow(20, window=3, kernel="torch").eigen == "numpy"
+    monkeypatch.setenv("SPECTRAL_EDGE_EIGEN", "lapack")
+    with pytest.raises(ValueError, match="SPECTRAL_EDGE_EIGEN must be 'auto' or 'numpy', got 'lapack'"):
+        UpdateWindow(20, window=3)
 
 
 @needs_kernel

@@ -20,7 +20,8 @@ Why not ``torch.utils.cpp_extension.load`` on every start: it takes a lock *file
   and then, like any failure to build, warns and uses the torch path, which gives the same Gram up to
   float64 rounding.
 
-``SPECTRAL_EDGE_KERNEL=torch`` switches the extension off.
+``SPECTRAL_EDGE_KERNEL=torch`` switches the extension off; ``SPECTRAL_EDGE_EIGEN=numpy`` keeps the fused
+push but gives the record's eigen stage to NumPy (``tracking/_spectra.py``).
 """
 
 from __future__ import annotations
@@ -202,8 +203,10 @@ class _build_lock:
 
 
 def _put_ninja_on_path() -> None:
-    """torch runs ``ninja`` from PATH; the pip package's binary sits beside the venv's Python, which is
-    not on PATH when the venv is used without activating it (``.venv/bin/python train.py``)."""
+    """Put the pip package's ``ninja`` on PATH, where torch's builder looks for it.
+
+    The binary sits beside the venv's Python, which is not on PATH when the venv is used without
+    activating it (``.venv/bin/python train.py``)."""
     if shutil.which("ninja") is not None:
         return
     try:

@@ -5,15 +5,21 @@ each group's Gram, and, for the half-window alignment (§28), the eigen-decompos
 Grams and the diagonal of u₁ᵀ G₁₂ u₂. :func:`window_spectra` returns all of them as plain floats for the
 float stage in :mod:`spectral_edge.spectrum` (clipping, the gap, α), which both paths share.
 
-Why a compiled path (``csrc/window_spectra.cpp``): at W = 10 each NumPy call of this stage costs 10–20 µs right after a training step
-(its code and data are out of cache), and the stage made about fifteen of them: gathering the Grams in
-time order, summing, checking, symmetrising, two LAPACK calls, flipping. In the demo loop that was about
-0.3 ms per step, a fifth of the monitor. The compiled path does the stage in one call: Householder
-reduction to tridiagonal form and implicit symmetric QR steps with a Wilkinson shift (Golub & Van Loan,
-Algs 8.3.1 and 8.3.3), which for these small matrices touches a few kilobytes of code and data.
+Why a compiled path (``csrc/window_spectra.cpp``): right after a training step each NumPy call of this
+stage costs 10–20 µs (its code and data are out of cache), and the stage makes several of them around its
+two LAPACK calls (gathering the Grams in time order, summing, checking, the halves). The compiled path
+does the stage in one call: Householder reduction to tridiagonal form and implicit symmetric QR steps
+with a Wilkinson shift (Golub & Van Loan, Algs 8.3.1 and 8.3.3), which for these small matrices touches
+a few kilobytes of code and data. Measured at W = 10 (benchmarks/monitor_step.py, part (e);
+docs/benchmarks.md): 0.06–0.10 ms a record against 0.31–0.40 ms with NumPy, which is 0.8–1.0 points of
+overhead on the demo's training step and 0.6–1.6% of the monitor's whole step at P = 10⁷, a difference
+the benchmark resolves there. Issue 16 keeps it on that second count; the saving is the same ~0.3 ms at
+every P, so its share keeps falling as P grows. ``SPECTRAL_EDGE_EIGEN=numpy`` selects the NumPy stage
+(read when a window is made), for that comparison.
 
 It is built into the same extension as the fused push (``tracking/_native.py``). The NumPy path
-(:func:`window_spectra_numpy`) is the reference it is tested against, and what runs where the extension
+(:func:`window_spectra_numpy`) is the reference it is tested against (both also against a dense
+float64 SVD of the window), and what runs where the extension
 does not build or the window does not use it, for W > 64, for a non-finite entry (NumPy then raises its
 clear error), or where the compiled solver reports that it did not converge. Grams with large exact null
 spaces (a few distinct updates) once made it give up; the tests now hold it to converging on them, and

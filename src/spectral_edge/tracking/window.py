@@ -32,8 +32,9 @@ the way, the window then loses its oldest row and has W − 1 updates until the 
 from __future__ import annotations
 
 import functools
-import itertools
 import math
+import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,6 @@ from spectral_edge.spectrum.perturbation import delta_c_frobenius
 from spectral_edge.spectrum.window import storage_rank_rtol
 from spectral_edge.tracking._native import native_kernel
 from spectral_edge.tracking._spectra import WindowEigen, window_spectra
-from spectral_edge.tracking._workers import run_in_workers
 
 #: Elements per chunk on a CPU storage device: 2^18 float32 values (1 MiB) keep θ, θ_prev and the
 #: scratch chunk in a 2 MiB L2 while the W window rows stream past, and make few enough torch calls that
@@ -55,6 +55,8 @@ CPU_CHUNK = 1 << 18
 ACCELERATOR_CHUNK = 1 << 24
 
 STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
+#: The environment variable that gives the record's eigen stage to NumPy: "numpy" (or "auto", the default).
+EIGEN_ENV = "SPECTRAL_EDGE_EIGEN"
 #: The rank cut where the sums can only be float32 (Apple's MPS has no float64): entries then carry
 #: errors near 1e-7·‖x‖‖a‖, so eigenvalues below 1e-6·λ_1 are not resolved.
 FLOAT32_SUMS_RANK_RTOL = 1e-6
@@ -104,6 +106,7 @@ class ParameterLayout:
 
     @functools.cached_property  # read at every push and record; the layout is frozen
     def numels(self) -> tuple[int, ...]:
+        """Number of scalars of each tensor, in storage order."""
         return tuple(math.prod(s) for s in self.shapes)
 
     @functools.cached_property
@@ -154,12 +157,12 @@ class UpdateWindow:
         chunk_size: elements per chunk of the push loop; default 2^18 on CPU, 2^24 on accelerators.
         kernel: how a push runs: "fused" (one C++ call over all tensors, see ``csrc/fused_push.cpp``; float32
             storage and parameters on the CPU), "torch" (torch calls per piece; any dtype and device), or
-            "auto" (default: "fused" where it applies and builds, else "torch").
-        threads: host threads that share the pieces of a torch-path push when the window is on the CPU
-            (each streams its share of the window; see ``tracking/_workers.py``). Default 1: the pass
-            runs in the caller. More threads shorten a push of 10^7 parameters by about a quarter, but
-            in a measured demo run they also slowed the training step around them, so they are opt-in.
-            Ignored on accelerators and by the fused kernel, which uses torch's own threads.
+            "auto" (default: "fused" where it applies and builds, else "torch"). With "fused" the record's
+            eigen stage is compiled too (``csrc/window_spectra.cpp``) unless the environment variable
+            environment variable ``SPECTRAL_EDGE_EIGEN`` is ``numpy`` at the record (see :attr:`eigen`).
+        threads: deprecated and ignored (a FutureWarning when given). It shared a torch-path push among
+            host threads, which on the CPU was 2.6–4.7 times slower than the fused kernel, the default
+            there (docs/benchmarks.md), so it was removed.
 
     Example:
         >>> win = UpdateWindow(4, window=2, storage_dtype=torch.float64)
@@ -194,8 +197,13 @@ class UpdateWindow:
             chunk_size = CPU_CHUNK if device.type == "cpu" else ACCELERATOR_CHUNK
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        if threads is not None:
+            warnings.warn(
+                f"UpdateWindow(threads={threads!r}) is ignored: the threaded torch push was removed (the fused "
+                "kernel, the CPU default, was 2.6-4.7 times faster); drop the argument",
+                FutureWarning,
+                stacklevel=2,
+            )
         if kernel not in ("auto", "fused", "torch"):
             raise ValueError(f"kernel must be 'auto', 'fused' or 'torch', got {kernel!r}")
         fused_applies = device.type == "cpu" and storage_dtype == torch.float32
@@ -232,8 +240,8 @@ class UpdateWindow:
         self._spare: list[torch.Tensor | None] = []
         self._flat_key: list[tuple[int, int]] | None = None  # (id, data_ptr) of the tensors last flattened
         self._flat_cache: list[torch.Tensor] = []
-        self._scratch: dict[tuple[int, torch.device], torch.Tensor] = {}
-        self._wide: dict[int, torch.Tensor] = {}  # per worker: (W + 1, block) float64, see _wide_dots
+        self._scratch: dict[torch.device, torch.Tensor] = {}  # one piece of δ, per parameters' device
+        self._wide: torch.Tensor | None = None  # (W + 1, block) in the compute dtype, see _wide_dots
         self.pushes = 0  # updates pushed since construction
 
         # The plan: pieces of the flat parameter vector, each (tensor indices, start, stop, first column
@@ -274,9 +282,7 @@ class UpdateWindow:
         self._max_piece = max(hi - lo for _, _, lo, hi, _ in plan)
         self._chunk_group = np.asarray(chunk_group, dtype=np.intp)
         self._partials = torch.zeros(len(plan), window + 1, dtype=self.compute_dtype, device=device)
-        n_workers = 1 if device.type != "cpu" else min(threads or 1, len(plan))
-        self._worker_shares = _balanced_shares([hi - lo for _, _, lo, hi, _ in plan], n_workers)
-        self._kernel = None
+        self._kernel: Any = None  # the compiled extension (tracking/_native.py), where it applies
         if kernel != "torch" and fused_applies:
             self._kernel = native_kernel()
             if self._kernel is None and kernel == "fused":
@@ -285,6 +291,12 @@ class UpdateWindow:
                     "warning logged by spectral_edge); install a C++ compiler and ninja, or use kernel='auto'"
                 )
         self.kernel = "fused" if self._kernel is not None else "torch"
+        eigen = os.environ.get(EIGEN_ENV, "auto")
+        if eigen not in ("auto", "numpy"):
+            raise ValueError(
+                f"{EIGEN_ENV} must be 'auto' or 'numpy', got {eigen!r}: unset it to use the compiled "
+                "eigen stage where the fused kernel is built"
+            )
         self._fused_key: tuple[int, ...] | None = None
         self._fused_args: tuple[list[torch.Tensor], list[torch.Tensor], list[int], list[int]] | None = None
 
@@ -297,10 +309,12 @@ class UpdateWindow:
 
     @property
     def full(self) -> bool:
+        """True once the window holds W updates (a record needs a full window)."""
         return len(self._order) == self.window
 
     @property
     def has_snapshot(self) -> bool:
+        """True once :meth:`snapshot` has taken θ_prev (until :meth:`reset`)."""
         return self._prev is not None
 
     @property
@@ -331,17 +345,28 @@ class UpdateWindow:
         idx = np.asarray(self._order, dtype=np.intp)
         return self._gram[:, idx[:, None], idx[None, :]]
 
+    @property
+    def eigen(self) -> str:
+        """How a record's eigen stage runs now: "compiled" (windows with the fused push, unless
+        ``SPECTRAL_EDGE_EIGEN=numpy``) or "numpy" (LAPACK, ``tracking/_spectra.py``)."""
+        return "compiled" if self._eigen_kernel() is not None else "numpy"
+
+    def _eigen_kernel(self) -> Any:
+        # Read at every record (a dict lookup, well under 1 µs against the stage's ~60 µs) so that the
+        # benchmark can compare both stages on one window, whose buffers then stay the same.
+        return self._kernel if os.environ.get(EIGEN_ENV) != "numpy" else None
+
     def spectra(self, *, half: bool) -> WindowEigen:
         """The eigen stage of a record for the full window: the eigenvalues and eigenvectors of the total
         Gram in time order, each group's eigenvalues (when there are several groups) and, with ``half``,
         the halves' eigen-decompositions for the half-window alignment (see ``tracking/_spectra.py``).
-        Compiled where the fused kernel is built, else with NumPy."""
+        Compiled where the fused kernel is built, else with NumPy (:attr:`eigen` says which)."""
         return window_spectra(
             self._gram,
             self._order,
             groups=len(self.layout.group_names) > 1,
             half=half,
-            kernel=self._kernel,
+            kernel=self._eigen_kernel(),
             grams_tensor=self._gram_tensor,
         )
 
@@ -509,32 +534,22 @@ class UpdateWindow:
         x = self._x
         row = x[target]
 
-        def run(pieces: range, worker: int) -> None:
-            for i in pieces:
-                kind, idx, lo, hi, col = self._plan[i]
-                scratch = self._worker_scratch(worker, current[idx[0]].device)
-                if kind == "pack":
-                    a = self._delta_of_pack(current, i, idx, hi, from_snapshot, scratch)
-                else:
-                    a = self._delta_of_slice(
-                        current, i, idx[0], lo, hi, from_snapshot, keep_references, scratch
-                    )
-                if a.device != self.storage_device:
-                    a = a.to(self.storage_device)
-                cols = slice(col, col + hi - lo)
-                stored = a if a.dtype == self.storage_dtype else a.to(self.storage_dtype)  # what X will hold
-                if stored.dtype == torch.float64:
-                    torch.mv(x[:, cols], stored, out=partials[i, :w])
-                    torch.dot(stored, stored, out=partials[i, w])
-                else:
-                    self._wide_dots(col, stored, partials[i], worker)
-                row[cols].copy_(stored)  # after the dots: the target row held b until now
-
-        shares = self._worker_shares
-        if len(shares) == 1:
-            run(shares[0], 0)
-        else:
-            run_in_workers([functools.partial(run, share, k) for k, share in enumerate(shares)])
+        for i, (kind, idx, lo, hi, col) in enumerate(self._plan):
+            scratch = self._delta_scratch(current[idx[0]].device)
+            if kind == "pack":
+                a = self._delta_of_pack(current, i, idx, hi, from_snapshot, scratch)
+            else:
+                a = self._delta_of_slice(current, i, idx[0], lo, hi, from_snapshot, keep_references, scratch)
+            if a.device != self.storage_device:
+                a = a.to(self.storage_device)
+            cols = slice(col, col + hi - lo)
+            stored = a if a.dtype == self.storage_dtype else a.to(self.storage_dtype)  # what X will hold
+            if stored.dtype == torch.float64:
+                torch.mv(x[:, cols], stored, out=partials[i, :w])
+                torch.dot(stored, stored, out=partials[i, w])
+            else:
+                self._wide_dots(col, stored, partials[i])
+            row[cols].copy_(stored)  # after the dots: the target row held b until now
         chunk_rows = partials.to(device="cpu", dtype=torch.float64).numpy()  # (n_chunks, W + 1)
         group_rows = np.zeros((len(self.layout.group_names), w + 1))
         np.add.at(group_rows, self._chunk_group, chunk_rows)
@@ -545,22 +560,22 @@ class UpdateWindow:
         gram[:, :, target] = gram[:, target, :]
         return group_rows.sum(axis=0).tolist(), dropped_sq
 
-    def _wide_dots(self, col: int, stored: torch.Tensor, out: torch.Tensor, worker: int) -> None:
+    def _wide_dots(self, col: int, stored: torch.Tensor, out: torch.Tensor) -> None:
         """``out`` = (⟨x_0, a⟩, …, ⟨x_{W−1}, a⟩, ‖a‖²) in float64 for the stored values ``a`` of one piece,
         whose columns in X start at ``col``.
 
         The window's columns and ``a`` are widened to float64 a block at a time into a scratch of about
         1 MiB on the CPU, which stays in cache, so X is still read once from memory (on an accelerator
-        the scratch is up to 2^24 values, 128 MiB, per worker: launches, not cache, set the cost there); one ``addmv`` per block gives the
-        W dots and ‖a‖² together (``a`` is the scratch's last row).
+        the scratch is up to 2^24 values, 128 MiB: launches, not cache, set the cost there); one ``addmv``
+        per block gives the W dots and ‖a‖² together (``a`` is the scratch's last row).
         """
         w = self.window
-        wide = self._wide.get(worker)
+        wide = self._wide
         if wide is None or wide.device != stored.device:
             budget = (1 << 17) if stored.device.type == "cpu" else (1 << 24)  # float64 values
             block = max(1024, min(self._max_piece, budget // (w + 1)))
             wide = torch.empty(w + 1, block, dtype=self.compute_dtype, device=stored.device)
-            self._wide[worker] = wide
+            self._wide = wide
         out.zero_()
         n, block = stored.numel(), wide.shape[1]
         for lo in range(0, n, block):
@@ -782,29 +797,13 @@ class UpdateWindow:
         used = set(self._order)
         return next(s for s in range(self.window) if s not in used)
 
-    def _worker_scratch(self, worker: int, device: torch.device) -> torch.Tensor:
-        buf = self._scratch.get((worker, device))
+    def _delta_scratch(self, device: torch.device) -> torch.Tensor:
+        """A buffer for δ of the largest piece, on the parameters' device."""
+        buf = self._scratch.get(device)
         if buf is None:
             buf = torch.empty(self._max_piece, dtype=self.delta_dtype, device=device)
-            self._scratch[(worker, device)] = buf
+            self._scratch[device] = buf
         return buf
-
-
-def _balanced_shares(sizes: list[int], n_workers: int) -> list[range]:
-    """Split pieces 0..len(sizes)-1 into ``n_workers`` contiguous runs of about equal total size.
-
-    Example:
-        >>> _balanced_shares([4, 4, 4, 4, 1], 2)
-        [range(0, 2), range(2, 5)]
-    """
-    total = sum(sizes)
-    bounds, done = [0], 0
-    for i, size in enumerate(sizes):
-        if len(bounds) < n_workers and done + size / 2 > total * len(bounds) / n_workers:
-            bounds.append(i)
-        done += size
-    bounds.append(len(sizes))
-    return [range(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def state_numels(state: dict[str, Any], layout: ParameterLayout) -> list[int]:
@@ -824,7 +823,7 @@ def _column_ranges(numels: list[int]) -> list[tuple[int, int]]:
 
 
 def _subtract(theta: torch.Tensor, old: torch.Tensor, *, out: torch.Tensor) -> None:
-    """out = θ − θ_prev in the wider of the parameters' dtype and ``out``'s, rounding only the difference.
+    """Write θ − θ_prev into ``out``, in the wider of the two dtypes, rounding only the difference.
 
     bfloat16 parameters are widened first (their difference is exact in float32, not in bfloat16);
     float64 parameters are subtracted in float64 and only δ is rounded to float32.
