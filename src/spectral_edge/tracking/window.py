@@ -37,7 +37,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -135,7 +135,7 @@ class PushResult:
         window_dots: (W,) float64 ⟨x_i, a⟩ with the rows x_i of the window *before* the push, in time order.
     """
 
-    status: str
+    status: Literal["pushed", "nonfinite", "zero"]
     update_norm: float
     dropped: bool
     delta_c_fro: float | None = None
@@ -494,7 +494,7 @@ class UpdateWindow:
         added_sq = total[w]
 
         if not math.isfinite(added_sq) or added_sq == 0.0:
-            status = "zero" if added_sq == 0.0 else "nonfinite"
+            status: Literal["zero", "nonfinite"] = "zero" if added_sq == 0.0 else "nonfinite"
             # The target slot now holds the rejected update (and b is gone if it was the oldest): clear it.
             x[target].zero_()
             self._gram[:, target, :] = 0.0
