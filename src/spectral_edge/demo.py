@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spectral_edge.errors import MissingExtraError, SpectrumWarning
+from spectral_edge.progress import ProgressBar
 from spectral_edge.store import RunStore
 from spectral_edge.tracking.monitor import SpectralMonitor
 from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
@@ -438,32 +439,6 @@ def train(
 # ---- the monitored run, its summary and its progress line ----
 
 
-class ProgressBar:
-    """``bar(step, total, text)``: one line of bar, step/total, elapsed, ETA and ``text``, redrawn in place
-    at most every 0.1 s on a terminal; elsewhere (a CI log, a pipe) a new line every tenth of the run."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream, self.interactive = stream, bool(getattr(stream, "isatty", lambda: False)())
-        self._start, self._last_draw, self._next_log = time.perf_counter(), -1.0, 0.0
-
-    def __call__(self, step: int, total: int, text: str = "") -> None:
-        """Show ``step`` of ``total`` with ``text`` (redrawn in place on a terminal, else a line now and then)."""
-        now, fraction, done = time.perf_counter(), min(max(step / max(total, 1), 0.0), 1.0), step >= total
-        elapsed = now - self._start
-        eta = "?" if fraction == 0 else _clock(elapsed / fraction - elapsed)
-        line = f"{step}/{total} [{_clock(elapsed)}<{eta}] {text}"
-        if self.interactive and (done or now - self._last_draw >= 0.1):
-            self._last_draw, filled = now, int(round(fraction * 28))
-            bar = "█" * filled + "·" * (28 - filled)
-            self.stream.write(f"\r{bar} {line}\033[K" + ("\n" if done else ""))
-        elif not self.interactive and (done or fraction >= self._next_log):
-            self._next_log = fraction + 0.1
-            self.stream.write(line + "\n")
-        else:
-            return
-        self.stream.flush()
-
-
 @dataclass(frozen=True)
 class DemoResult:
     """What the demo measured and where it put it."""
@@ -643,8 +618,3 @@ def _title(config: GrokConfig) -> str:
 
 def _step_or_never(step: int | None) -> str:
     return f"at step {step}" if step is not None else "never (within the step budget)"
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes:02d}:{secs:02d}"

@@ -121,6 +121,34 @@ def test_records_match_analyze_window_of_checkpoint_deltas(tmp_path, fmt):
     assert [r.step for r in records] == [EVERY * i for i in range(window, n)]
 
 
+def test_progress_is_reported_per_checkpoint_and_at_the_end(tmp_path):
+    snapshots = train(6)
+    paths = [save("pt", tmp_path, step, state, opt) for step, state, opt in snapshots]
+    calls = []
+    records = analyze_checkpoints(paths, window=3, lr=LR, progress=lambda *a: calls.append(a))
+    steps = [s for s, _, _ in snapshots]
+    assert calls == [(i, 5, f"step {steps[i + 1]}") for i in range(5)] + [(5, 5, f"{len(records)} records")]
+
+
+def test_the_progress_bar_draws_in_place_on_a_terminal_and_sparsely_in_a_log():
+    import io
+
+    from spectral_edge.progress import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty, log = Terminal(), io.StringIO()
+    for stream in (tty, log):
+        bar = ProgressBar(stream)
+        for done in range(101):
+            bar(done, 100, "step")
+    assert tty.getvalue().startswith("\r") and tty.getvalue().endswith("100/100 [00:00<00:00] step\x1b[K\n")
+    lines = log.getvalue().splitlines()
+    assert 10 <= len(lines) <= 12 and lines[-1].startswith("100/100") and "\r" not in log.getvalue()
+
+
 def test_float64_storage_and_mixed_formats(tmp_path):
     window, n = 3, 9
     snapshots = train(n, seed=4)

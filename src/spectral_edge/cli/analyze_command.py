@@ -14,6 +14,7 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from spectral_edge.cli._format import events_table, number, paragraph, table
 
@@ -61,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in OUT")
     parser.add_argument("--json", action="store_true", help="print checkpoints, records and events as JSON")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)"
+    )
     parser.set_defaults(handler=_analyze)
 
 
@@ -113,6 +117,7 @@ def _analyze(args: argparse.Namespace) -> int:
                 steps=steps,
                 lr=args.lr,
                 lr_by_step=lr_by_step,
+                progress=_progress_bar(args),
                 store=store,
                 config={
                     "source": "checkpoints",
@@ -199,3 +204,14 @@ def _steps(steps: list[int]) -> str:
     if not steps:
         return "none"
     return str(steps[0]) if len(steps) == 1 else f"{steps[0]} … {steps[-1]}"
+
+
+def _progress_bar(args: argparse.Namespace) -> Any:
+    """A bar on stderr while the checkpoints load, on a terminal only: a pipe or a log gets just the table."""
+    import sys
+
+    from spectral_edge.progress import ProgressBar
+
+    if args.no_progress or not sys.stderr.isatty():
+        return None
+    return ProgressBar(sys.stderr)

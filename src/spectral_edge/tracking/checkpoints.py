@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,7 @@ def analyze_checkpoints(
     store: Any = None,
     sinks: Sequence[Any] = (),
     lr_by_step: Mapping[int, float] | None = None,
+    progress: Callable[[int, int, str], object] | None = None,
     **settings: Any,
 ) -> list[SpectralRecord]:
     """Records from a sequence of checkpoints, as the online monitor would have produced them.
@@ -113,6 +114,8 @@ def analyze_checkpoints(
         names: the tensors to analyse (e.g. ``[n for n, p in model.named_parameters() if p.requires_grad]``
             to match an online monitor exactly); default every floating-point tensor but BatchNorm
             statistics.
+        progress: called as ``progress(done, total, text)`` before each checkpoint after the first and
+            once at the end (a :class:`~spectral_edge.progress.ProgressBar` draws a bar).
         lr_by_step: η of each record, by the record's step (the newest checkpoint of its window), in
             place of one ``lr``: a learning-rate schedule, say an HF Trainer's logged one
             (:func:`~spectral_edge.tracking.checkpoint_folder.trainer_state_lrs`). A record whose step
@@ -219,7 +222,9 @@ def analyze_checkpoints(
 
     records = []
     try:
-        for path, step in zip(paths[1:], steps[1:], strict=True):
+        for done, (path, step) in enumerate(zip(paths[1:], steps[1:], strict=True), start=1):
+            if progress is not None:
+                progress(done - 1, len(paths) - 1, f"step {step}")
             state = _select(_hf_ties(load_state_dict(path), path, wanted), wanted, path)
             if set(state) != set(all_names):
                 missing = sorted(set(all_names) - set(state))[:5]
@@ -247,6 +252,8 @@ def analyze_checkpoints(
                 records.append(result.record)
                 out.record(result.record)
             out.emit(result.events)
+        if progress is not None:
+            progress(len(paths) - 1, len(paths) - 1, f"{len(records)} records")
     finally:
         out.close()
     return records

@@ -1,4 +1,4 @@
-"""Wall times for the studies' summaries. (The demo's progress bar is ``spectral_edge.demo.ProgressBar``.)"""
+"""Wall times for the studies' summaries. (The progress bar is ``spectral_edge.progress.ProgressBar``.)"""
 
 from __future__ import annotations
 
