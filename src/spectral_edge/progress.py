@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
-__all__ = ["ProgressBar"]
+__all__ = ["ProgressBar", "bar_on_terminal"]
 
 
 class ProgressBar:
@@ -42,3 +42,17 @@ class ProgressBar:
 def _clock(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes:02d}:{secs:02d}"
+
+
+def bar_on_terminal(stream: TextIO | None = None, *, enabled: bool = True) -> ProgressBar | None:
+    """A bar on ``stream`` (default stderr) when it is a terminal and ``enabled``, else None.
+
+    For commands whose output may go to a pipe or a log (``analyze``, ``export``): there the table or
+    the paths are the output, and a bar's lines would only be noise.
+    """
+    import sys
+
+    stream = stream if stream is not None else sys.stderr
+    if not enabled or not bool(getattr(stream, "isatty", lambda: False)()):
+        return None
+    return ProgressBar(stream)

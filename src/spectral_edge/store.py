@@ -970,6 +970,8 @@ def export_run(
     run_path: str | os.PathLike[str],
     fmt: Literal["csv", "parquet"] = "csv",
     out: str | os.PathLike[str] | None = None,
+    *,
+    progress: Callable[[int, int, str], object] | None = None,
 ) -> Path:
     """Export a run's records as one flat table, with its evals and events beside it.
 
@@ -988,6 +990,8 @@ def export_run(
             ``records.<ext>`` and the other two in: an existing directory, a path that ends with a
             separator (``out/``) or one without a suffix (``out``), created if missing. Defaults to
             ``records.<ext>`` in the run directory.
+        progress: called as ``progress(done, total, text)`` after reading the run and after each file
+            (a :class:`~spectral_edge.progress.ProgressBar` draws a bar).
 
     Returns:
         The path of the records file; :func:`export_paths` gives all three.
@@ -1013,8 +1017,13 @@ def export_run(
             target = target / f"records.{fmt}"
         columns, evals, events = store._flat_tables()
     target.parent.mkdir(parents=True, exist_ok=True)
-    for path, table in zip(export_paths(target), (columns, evals, events), strict=True):
+    files = export_paths(target)
+    if progress is not None:
+        progress(1, 1 + len(files), "read the run")
+    for done, (path, table) in enumerate(zip(files, (columns, evals, events), strict=True), start=2):
         writer(path, table)
+        if progress is not None:
+            progress(done, 1 + len(files), f"wrote {path.name}")
     return target
 
 

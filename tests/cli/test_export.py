@@ -72,3 +72,29 @@ def test_a_file_name_is_still_the_records_file(grouped_run, tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == [
         str(tmp_path / name) for name in ("flat.csv", "flat_evals.csv", "flat_events.csv")
     ]
+
+
+def test_export_reports_progress_and_the_command_draws_it_only_on_a_terminal(grouped_run, tmp_path, capsys):
+    import io
+
+    from spectral_edge.progress import ProgressBar, bar_on_terminal
+    from spectral_edge.store import export_run
+
+    calls = []
+    export_run(grouped_run, "csv", tmp_path / "out", progress=lambda *a: calls.append(a))
+    assert calls == [
+        (1, 4, "read the run"),
+        (2, 4, "wrote records.csv"),
+        (3, 4, "wrote records_evals.csv"),
+        (4, 4, "wrote records_events.csv"),
+    ]
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert isinstance(bar_on_terminal(Terminal()), ProgressBar)
+    assert bar_on_terminal(Terminal(), enabled=False) is None and bar_on_terminal(io.StringIO()) is None
+    # Under pytest stderr is no terminal: the command prints its paths and nothing else.
+    assert main(["export", str(grouped_run), "-o", str(tmp_path / "again")]) == 0
+    assert capsys.readouterr().err == ""

@@ -14,7 +14,6 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from spectral_edge.cli._format import events_table, number, paragraph, table
 
@@ -69,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    from spectral_edge.progress import bar_on_terminal
     from spectral_edge.store import RunStore
     from spectral_edge.tracking.checkpoint_folder import check_readable, find_checkpoints, trainer_state_lrs
     from spectral_edge.tracking.checkpoints import analyze_checkpoints
@@ -117,7 +117,7 @@ def _analyze(args: argparse.Namespace) -> int:
                 steps=steps,
                 lr=args.lr,
                 lr_by_step=lr_by_step,
-                progress=_progress_bar(args),
+                progress=bar_on_terminal(enabled=not args.no_progress),
                 store=store,
                 config={
                     "source": "checkpoints",
@@ -204,14 +204,3 @@ def _steps(steps: list[int]) -> str:
     if not steps:
         return "none"
     return str(steps[0]) if len(steps) == 1 else f"{steps[0]} … {steps[-1]}"
-
-
-def _progress_bar(args: argparse.Namespace) -> Any:
-    """A bar on stderr while the checkpoints load, on a terminal only: a pipe or a log gets just the table."""
-    import sys
-
-    from spectral_edge.progress import ProgressBar
-
-    if args.no_progress or not sys.stderr.isatty():
-        return None
-    return ProgressBar(sys.stderr)

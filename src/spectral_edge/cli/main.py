@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a folder (existing, ending in /, or without a suffix; created) to write records.<ext> and "
         "the others into, or the records file itself (default: the run directory)",
     )
+    export.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)"
+    )
     export.set_defaults(handler=_export)
 
     for module_name in COMMAND_MODULES:
@@ -186,9 +189,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from spectral_edge.progress import bar_on_terminal
     from spectral_edge.store import export_paths, export_run
 
-    path = export_run(args.run, args.format, args.out)
+    path = export_run(args.run, args.format, args.out, progress=bar_on_terminal(enabled=not args.no_progress))
     for written in export_paths(path):
         print(written)
     return 0
