@@ -17,17 +17,7 @@ from spectral_edge.sinks import Sink, StoreSink
 from spectral_edge.tracking._fanout import FanOut
 from spectral_edge.tracking._guard import Guard
 from spectral_edge.tracking.record import SpectralEvent
-
-
-class BrokenSink(Sink):
-    def write_record(self, record):
-        raise RuntimeError("backend gone")
-
-    def write_event(self, event):
-        raise RuntimeError("backend gone")
-
-    def write_eval(self, step, metrics):
-        raise RuntimeError("backend gone")
+from tests.sinks.test_base import BrokenSink
 
 
 class Log(Sink):
