@@ -65,6 +65,18 @@ def open_trainer_store(
     )
 
 
+def close_trainer_store(store: StoreSink | None, monitor: Any, guard: Callable[..., Any]) -> StoreSink | None:
+    """At the end of training: close the run store the callback opened (a store the user passed stays
+    open) and detach it from the monitor, so later evaluations do not write to a closed store. Returns
+    the sink the callback still holds (None once closed)."""
+    if store is None or not store.owned:
+        return store
+    guard("closing the run store", store.close)
+    if monitor is not None:
+        monitor.detach_store()
+    return None
+
+
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The user's module inside DDP / DataParallel / ``torch.compile`` wrappers (the same parameters)."""
     while True:

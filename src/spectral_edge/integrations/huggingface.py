@@ -28,6 +28,7 @@ import torch
 from spectral_edge._imports import require
 from spectral_edge.integrations._common import (
     block_groups,
+    close_trainer_store,
     monitor_settings,
     numeric_items,
     open_trainer_store,
@@ -382,11 +383,7 @@ class SpectralEdgeCallback(_TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Close the run store the callback opened."""
-        if self._store is not None and self._store.owned:
-            self._guard("closing the run store", self._store.close)
-            if self.monitor is not None:
-                self.monitor.detach_store()  # later evaluations must not write to the closed store
-            self._store = None
+        self._store = close_trainer_store(self._store, self.monitor, self._guard)
 
 
 class _DropScalars(_TrainerCallback):

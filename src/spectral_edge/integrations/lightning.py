@@ -19,6 +19,7 @@ from typing import Any
 
 from spectral_edge._imports import require
 from spectral_edge.integrations._common import (
+    close_trainer_store,
     monitor_settings,
     numeric_items,
     open_trainer_store,
@@ -222,11 +223,7 @@ class SpectralEdgeLightningCallback(_Callback):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         """Close the run store the callback opened."""
-        if self._store is not None and self._store.owned:
-            self._guard("closing the run store", self._store.close)
-            if self.monitor is not None:
-                self.monitor.detach_store()  # later validations must not write to the closed store
-            self._store = None
+        self._store = close_trainer_store(self._store, self.monitor, self._guard)
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -60,11 +60,9 @@ def resolve_lr(
         return None
     if hasattr(source, "param_groups"):
         return _optimizer_lr(source, numel_of, warn or _silent, step)
-    value = source() if callable(source) else source
-    if value is None:  # a callable with no rate yet: no 𝒜 this record
-        return None
-    value = float(value.item() if isinstance(value, torch.Tensor) else value)
-    return value if math.isfinite(value) and value > 0 else None
+    # A callable with no rate yet (None), or NaN/Inf/≤ 0: no 𝒜 this record.
+    rate = group_rate(source() if callable(source) else source)
+    return rate if rate is not None and rate > 0 else None
 
 
 def _silent(key: str, message: str) -> None:
