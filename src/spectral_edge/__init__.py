@@ -8,6 +8,7 @@ opens and collapses. ``import spectral_edge`` needs only torch and numpy.
 from importlib.metadata import PackageNotFoundError, version
 
 from spectral_edge.errors import (
+    DistributedMonitorError,
     MissingExtraError,
     NonFiniteUpdateError,
     NotPositiveSemidefiniteError,
@@ -44,6 +45,7 @@ from spectral_edge.spectrum import (
 )
 from spectral_edge.store import RunStore, StoreBacklog, export_run
 from spectral_edge.tracking import (
+    Distributed,
     EventThresholds,
     GroupSpectrum,
     MonitorConfig,
@@ -94,6 +96,7 @@ __all__ = [
     # online and offline monitoring
     "SpectralMonitor",
     "MonitorConfig",
+    "Distributed",
     "SpectralTracker",
     "TrackResult",
     "build_record",
@@ -114,6 +117,7 @@ __all__ = [
     "SpectralEdgeError",
     "SpectrumWarning",
     "NonFiniteUpdateError",
+    "DistributedMonitorError",
     "ParameterLayoutError",
     "NotPositiveSemidefiniteError",
     "RunStoreError",

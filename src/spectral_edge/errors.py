@@ -56,5 +56,10 @@ class StoreWriteError(RunStoreError):
         self.closed = closed
 
 
+class DistributedMonitorError(SpectralEdgeError, RuntimeError):
+    """A collective of a monitor spread over several processes failed or timed out: a process died or
+    stopped calling the monitor. Raised even without ``strict``: the job cannot go on as one."""
+
+
 class MissingExtraError(SpectralEdgeError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""

@@ -9,6 +9,7 @@ the sinks) and :func:`analyze_checkpoints` (the same tracker over saved checkpoi
 from spectral_edge.tracking.build import PushedWindow, build_record
 from spectral_edge.tracking.checkpoints import analyze_checkpoints, load_state_dict
 from spectral_edge.tracking.config import MonitorConfig
+from spectral_edge.tracking.distributed import Distributed
 from spectral_edge.tracking.events import EventDetector, EventThresholds
 from spectral_edge.tracking.monitor import SpectralMonitor
 from spectral_edge.tracking.record import GroupSpectrum, SpectralEvent, SpectralRecord
@@ -19,6 +20,7 @@ __all__ = [
     # online monitoring
     "SpectralMonitor",
     "MonitorConfig",
+    "Distributed",
     # the tracker and its parts
     "SpectralTracker",
     "TrackResult",

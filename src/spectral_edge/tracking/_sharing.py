@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["CountedOnce", "count_once"]
+__all__ = ["CountedOnce", "count_once", "local_values"]
 
 
 @dataclass(frozen=True)
@@ -93,9 +93,19 @@ def count_once(named: Sequence[tuple[str, torch.Tensor]]) -> CountedOnce:
     )
 
 
+def local_values(t: torch.Tensor) -> torch.Tensor:
+    """The values this process holds of ``t``: a DTensor's local shard (FSDP2 parameters are DTensors whose
+    shape is the whole tensor's), else ``t`` itself."""
+    if hasattr(t, "placements") and hasattr(t, "to_local"):
+        with torch.no_grad():  # then to_local() is the local tensor itself, not a new autograd view
+            return t.to_local()
+    return t
+
+
 def _span(t: torch.Tensor) -> _Span | None:
     """Where ``t``'s bytes lie, or None when it has none (empty) or its memory cannot be read (a tensor
     subclass without storage): such a tensor is never merged."""
+    t = local_values(t)  # a DTensor's data_ptr is its shard's, its shape and strides the whole tensor's
     if t.numel() == 0:
         return None
     try:

@@ -43,7 +43,7 @@ class PushedWindow:
         update_norm: ‖δ_t‖ of the newest update.
         delta_c_fro: ‖ΔC‖_F = ‖a aᵀ − b bᵀ‖_F of the push (Prop 11.1): a the update pushed, b the one
             that left the window (‖a‖² when none left).
-        n_params: P, the number of scalars.
+        n_params: P, the number of scalars (of the whole model, when each process holds a part).
         group_names: the groups' names, in the order of ``eigen.groups``.
         rank_rtol: eigenvalues below ``rank_rtol · λ_1`` are rounding (what the stored rows resolve).
 
@@ -73,7 +73,7 @@ class PushedWindow:
             eigen=window.spectra(half=window.window >= 4),
             update_norm=float(pushed.update_norm),
             delta_c_fro=float(pushed.delta_c_fro or 0.0),
-            n_params=window.layout.n_params,
+            n_params=window.total_params,
             group_names=tuple(window.layout.group_names),
             rank_rtol=window.rank_rtol,
         )

@@ -23,7 +23,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from spectral_edge.errors import NonFiniteUpdateError, ParameterLayoutError, SpectrumWarning
+from spectral_edge.errors import (
+    DistributedMonitorError,
+    NonFiniteUpdateError,
+    ParameterLayoutError,
+    SpectrumWarning,
+)
 from spectral_edge.sinks.base import Sink, as_sink
 from spectral_edge.sinks.store import StoreSink
 from spectral_edge.tracking._fanout import FanOut
@@ -37,6 +42,7 @@ from spectral_edge.tracking.config import (
     group_function,
     resolve_config,
 )
+from spectral_edge.tracking.distributed import Distributed, ProcessGroupReducer, ProcessPart, split_parameters
 from spectral_edge.tracking.events import EventDetector
 from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
 from spectral_edge.tracking.tracker import SpectralTracker
@@ -192,6 +198,14 @@ class SpectralMonitor:
             Each record goes to every sink after the store has it, each event and :meth:`log_eval` too,
             and :meth:`close` closes them. A sink that raises costs one warning and never stops training
             (``strict=True`` raises instead).
+        distributed: ``True`` or a :class:`~spectral_edge.tracking.distributed.Distributed`, on every
+            process of a torch.distributed job (DDP, FSDP1, FSDP2): each process pushes only its part of
+            the parameters (its shards; an equal run of the replicated ones), one all-reduce per step
+            completes the Gram, and every process gets the whole model's records. Only rank 0 writes the
+            ``store`` and the ``sinks`` (the others ignore them). Every process must call :meth:`step` at
+            the same steps; a process that dies makes the others raise
+            :class:`~spectral_edge.errors.DistributedMonitorError` after the timeout. Default ``False``:
+            this process's parameters are the whole model.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -231,6 +245,7 @@ class SpectralMonitor:
         resume: bool = False,
         overwrite: bool = False,
         sinks: Sequence[Sink] = (),
+        distributed: bool | Distributed = False,
         **settings: Any,
     ) -> None:
         # The settings are MonitorConfig's fields, passed through so that one class checks them all.
@@ -252,7 +267,15 @@ class SpectralMonitor:
         notice = _exclusion_notice(selection, {})
         if notice:
             warnings.warn("spectral-edge: " + notice, SpectrumWarning, stacklevel=2)
-        self.tracker = SpectralTracker(named, config=self.settings)
+        self._reducer = _reducer(distributed)
+        self._part: ProcessPart | None = self._split(named)
+        if self._reducer is not None and self._reducer.rank != 0:  # one writer: rank 0
+            store, self.sinks, delivered = None, (), []
+        part = self._part
+        if part is None:
+            self.tracker = SpectralTracker(named, config=self.settings)
+        else:
+            self.tracker = SpectralTracker(part.named, config=self.settings, share=part.share)
         self._adopt(named)
 
         self.step_count = 0  # the step number of the latest call (the caller's, or a count of calls)
@@ -347,11 +370,12 @@ class SpectralMonitor:
         """(name, tensor) of every monitored parameter, in the order of the window's flat coordinates.
 
         Pass it to :class:`~spectral_edge.curvature.HessianOperator` so that H's coordinates line up with
-        :meth:`principal_directions`.
+        :meth:`principal_directions`. With ``distributed``, this process's part: its shards and its run of
+        the replicated parameters, as views.
         """
         if self._paused:
             return []
-        return list(zip(self.tracker.layout.names, self._tensors, strict=True))
+        return list(zip(self.tracker.layout.names, self._observed(), strict=True))
 
     def principal_directions(self, k: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
         """The window's top-k directions v_j = Xᵀu_j/σ_j in parameter space, and σ_j (see
@@ -363,6 +387,8 @@ class SpectralMonitor:
         described = self.tracker.describe()
         if self.settings.lr is None and self._hook_optimizer is not None:
             described["lr"] = f"{type(self._hook_optimizer).__name__} (attach)"
+        if self._part is not None:
+            described["distributed"] = self._part.describe()
         return {
             **described,
             "excluded": dict(self.excluded),  # name -> why it is not monitored
@@ -410,7 +436,7 @@ class SpectralMonitor:
         self._pending_metrics = {}
         try:
             return self._step(merged)
-        except (NonFiniteUpdateError, ParameterLayoutError):
+        except (NonFiniteUpdateError, ParameterLayoutError, DistributedMonitorError):
             raise
         except Exception as exc:
             if self.settings.strict:
@@ -555,17 +581,31 @@ class SpectralMonitor:
         self._calls_since_push = int(state["calls_since_push"])
         self.tracker.load_state_dict(state)
         if state["window"] is None:
-            self.tracker.snapshot(self._tensors)
+            self.tracker.snapshot(self._observed())
             self._calls_since_push = 0  # the new snapshot starts a full interval
 
     # ------------------------------------------------------------------ internals
 
     def _adopt(self, named: list[tuple[str, torch.Tensor]]) -> None:
-        """Hold ``named`` in the tracker's layout order: what each step hands to the tracker."""
-        by_name = dict(named)
-        self._tensors = [by_name[name] for name in self.tracker.layout.names]
-        self._ids = [id(t) for t in self._tensors]
-        self._numel_of = {id(t): t.numel() for t in self._tensors}  # weights of the groups' rates
+        """Hold the monitored ``named`` parameters, and (in the tracker's layout order) what each step
+        hands to the tracker."""
+        self._watched = dict(named)  # name -> parameter, what the parameter-set checks compare against
+        self._shapes = {name: tuple(t.shape) for name, t in named}
+        self._ids = [id(t) for _, t in named]
+        self._numel_of = {id(t): t.numel() for _, t in named}  # weights of the groups' rates
+        if self._part is None:
+            self._tensors = [self._watched[name] for name in self.tracker.layout.names]
+
+    def _observed(self) -> list[torch.Tensor]:
+        """The tensors the tracker takes at a step: the parameters, or this process's part of them."""
+        return self._tensors if self._part is None else self._part.tensors()
+
+    def _split(self, named: list[tuple[str, torch.Tensor]]) -> ProcessPart | None:
+        """This process's part of ``named`` (None without ``distributed``); collective."""
+        if self._reducer is None or not named:
+            return None
+        group_of = group_function(self.settings.groups)
+        return split_parameters(named, self._reducer, group_of=group_of, module=self._module)
 
     def _current_lr(self) -> float | None:
         lr = self.settings.lr
@@ -586,7 +626,7 @@ class SpectralMonitor:
         if self._paused:
             return None
         result = self.tracker.observe(
-            self._tensors, step=self.step_count, lr=self._current_lr, metrics=metrics
+            self._observed(), step=self.step_count, lr=self._current_lr, metrics=metrics
         )
         if result.record is not None:
             self.records.append(result.record)
@@ -601,9 +641,8 @@ class SpectralMonitor:
         selection = self._watch.read()
         sharing = selection.sharing
         named = sharing.named
-        layout = self.tracker.layout
-        old = {} if self._paused else dict(zip(layout.names, self._tensors, strict=True))
-        shapes = {} if self._paused else dict(zip(layout.names, layout.shapes, strict=True))
+        old = {} if self._paused else self._watched
+        shapes = {} if self._paused else self._shapes
         changed = sorted(id(t) for _, t in named) != sorted(self._ids) or any(
             tuple(t.shape) != shapes[n] for n, t in old.items()
         )
@@ -632,7 +671,11 @@ class SpectralMonitor:
         if sharing.partial:
             self._guard.warn_once("partially_merged", sharing.partial_warning())
         if named:
-            self.tracker.relayout(named)
+            self._part = self._split(named)
+            if self._part is None:
+                self.tracker.relayout(named)
+            else:
+                self.tracker.relayout(self._part.named, share=self._part.share)
             self._adopt(named)
             self._paused = False
         else:
@@ -670,6 +713,16 @@ class SpectralMonitor:
             module_mod.register_module_parameter_registration_hook(flag),
             module_mod.register_module_module_registration_hook(flag),
         ]
+
+
+def _reducer(distributed: bool | Distributed) -> ProcessGroupReducer | None:
+    if distributed is False:
+        return None
+    if distributed is True:
+        distributed = Distributed()
+    if not isinstance(distributed, Distributed):
+        raise TypeError(f"distributed must be True, False or a Distributed(...), got {distributed!r}")
+    return ProcessGroupReducer(distributed)
 
 
 def _remove_handles(handles: list[Any]) -> None:

@@ -24,7 +24,7 @@ from spectral_edge.tracking.build import PushedWindow, build_record
 from spectral_edge.tracking.config import MonitorConfig, group_function
 from spectral_edge.tracking.events import EventDetector
 from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
-from spectral_edge.tracking.window import ParameterLayout, PushResult, UpdateWindow
+from spectral_edge.tracking.window import ParameterLayout, PushResult, UpdateWindow, WindowShare
 
 __all__ = ["SpectralTracker", "TrackResult"]
 
@@ -66,6 +66,10 @@ class SpectralTracker:
         config: the settings (window W, grouping, storage, thresholds, ``strict``).
         copy: copy the snapshot (a live model's parameters change in place); ``False`` keeps references
             to tensors that will not change (checkpoints loaded from disk).
+        share: the tensors are this process's part of a model trained on several
+            (:class:`~spectral_edge.tracking.window.WindowShare`, made by
+            :func:`~spectral_edge.tracking.distributed.split_parameters`): every push is summed over the
+            processes, and the records are the whole model's. None: the tensors are the whole model.
 
     Example:
         >>> w = torch.zeros(4)
@@ -77,7 +81,14 @@ class SpectralTracker:
         (2, [1.0, 0.5], 'pushed')
     """
 
-    def __init__(self, named: Named, *, config: MonitorConfig | None = None, copy: bool = True) -> None:
+    def __init__(
+        self,
+        named: Named,
+        *,
+        config: MonitorConfig | None = None,
+        copy: bool = True,
+        share: WindowShare | None = None,
+    ) -> None:
         self.config = config if config is not None else MonitorConfig()
         self.detector = EventDetector(self.config.events, self.config.regimes)
         self._group_of = group_function(self.config.groups)
@@ -93,7 +104,7 @@ class SpectralTracker:
             )
         # Chosen once: a new tensor set (relayout) keeps the window where it was.
         self.storage_device = torch.device(storage) if storage is not None else next(iter(devices))
-        self.relayout(pairs, copy=copy)
+        self.relayout(pairs, copy=copy, share=share)
 
     # ------------------------------------------------------------------ the tensor set
 
@@ -104,20 +115,28 @@ class SpectralTracker:
 
     @property
     def n_params(self) -> int:
-        """P, the number of tracked scalars."""
-        return self.window.layout.n_params
+        """P, the number of tracked scalars (of the whole model, when the tensors are one process's part)."""
+        return self.window.total_params
 
-    def relayout(self, named: Named, *, copy: bool = True) -> None:
+    def relayout(self, named: Named, *, copy: bool = True, share: WindowShare | None = None) -> None:
         """Track another set of tensors: a new, empty window whose snapshot is their current values.
 
         The event detector keeps its state: a stream of records goes on across the change.
+
+        Args:
+            named: the tensors.
+            copy: as for the constructor.
+            share: as for the constructor (the new set's share, when the tensors are one process's part).
 
         Raises:
             ValueError: no tensors.
         """
         pairs = _pairs(named)
         layout, order = ParameterLayout.build(
-            [n for n, _ in pairs], [tuple(t.shape) for _, t in pairs], self._group_of
+            [n for n, _ in pairs],
+            [tuple(t.shape) for _, t in pairs],
+            self._group_of,
+            all_groups=share.group_names if share is not None else None,
         )
         self._snapshot_device = pairs[0][1].device  # where a loaded snapshot goes
         self.window = UpdateWindow(
@@ -127,6 +146,7 @@ class SpectralTracker:
             storage_device=self.storage_device,
             chunk_size=self.config.chunk_size,
             kernel=self.config.kernel,
+            share=share,
         )
         self.window.snapshot([pairs[i][1] for i in order], copy=copy)
 

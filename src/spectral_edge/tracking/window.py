@@ -37,7 +37,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -68,6 +68,36 @@ def check_window(window: object) -> None:
         raise ValueError(f"window must be an int >= 2, got {window!r}")
 
 
+class GramReducer(Protocol):
+    """Sums float64 arrays over the processes that each hold a part of the parameters (in place).
+
+    :class:`~spectral_edge.tracking.distributed.ProcessGroupReducer` is the torch.distributed one.
+    """
+
+    def all_reduce(self, array: np.ndarray, *, what: str) -> None:
+        """Replace ``array`` (C-contiguous float64) by its sum over the processes; ``what`` names it in errors."""
+
+
+@dataclass(frozen=True)
+class WindowShare:
+    """What a window that holds one process's part of the parameters needs to know of the whole.
+
+    The Gram of the model is the sum of the Grams of any partition of its coordinates (a dot product
+    over all parameters is the sum of the dot products over disjoint parts), so each process pushes its
+    own part and one all-reduce of the new Gram row completes it on every process.
+
+    Attributes:
+        reducer: sums each push's Gram row (n_groups·W + 1 float64 numbers) over the processes.
+        total_params: P of the whole model (what d_crit and the record report).
+        group_names: every group of the whole model, in one order on every process: the row summed is
+            indexed by them, so a process holding none of a group's scalars still takes part.
+    """
+
+    reducer: GramReducer
+    total_params: int
+    group_names: tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class ParameterLayout:
     """Names, shapes and groups of the monitored tensors, in storage order (each group contiguous).
@@ -86,15 +116,31 @@ class ParameterLayout:
 
     @classmethod
     def build(
-        cls, names: Sequence[str], shapes: Sequence[Sequence[int]], group_of: Callable[[str], str]
+        cls,
+        names: Sequence[str],
+        shapes: Sequence[Sequence[int]],
+        group_of: Callable[[str], str],
+        *,
+        all_groups: Sequence[str] | None = None,
     ) -> tuple[ParameterLayout, list[int]]:
-        """A layout with each group contiguous, and the permutation from input order to storage order."""
+        """A layout with each group contiguous, and the permutation from input order to storage order.
+
+        Args:
+            names: the tensors' names (unique).
+            shapes: their shapes.
+            group_of: the group of a name.
+            all_groups: the group names in order, including groups with no tensor here (a process's part
+                of a sharded model, see :class:`WindowShare`); default the groups of ``names``, in order.
+        """
         if len(names) != len(shapes):
             raise ValueError(f"got {len(names)} names for {len(shapes)} shapes")
         if len(set(names)) != len(names):
             raise ValueError("tensor names must be unique")
         groups_in = [group_of(n) for n in names]
-        group_names = tuple(dict.fromkeys(groups_in))
+        group_names = tuple(dict.fromkeys(groups_in)) if all_groups is None else tuple(all_groups)
+        missing = set(groups_in) - set(group_names)
+        if missing:
+            raise ValueError(f"groups {sorted(missing)} are not among all_groups={list(group_names)}")
         order = sorted(range(len(names)), key=lambda i: (group_names.index(groups_in[i]), i))
         layout = cls(
             names=tuple(names[i] for i in order),
@@ -163,6 +209,9 @@ class UpdateWindow:
         threads: deprecated and ignored (a FutureWarning when given). It shared a torch-path push among
             host threads, which on the CPU was 2.6–4.7 times slower than the fused kernel, the default
             there (docs/benchmarks.md), so it was removed.
+        share: for one process's part of a model trained on several (:class:`WindowShare`): each push's
+            Gram row is summed over the processes, so the Grams, the record and the push's norms are the
+            whole model's on every process while X holds only this part. None (default): the whole model.
 
     Example:
         >>> win = UpdateWindow(4, window=2, storage_dtype=torch.float64)
@@ -182,6 +231,7 @@ class UpdateWindow:
         chunk_size: int | None = None,
         threads: int | None = None,
         kernel: str = "auto",
+        share: WindowShare | None = None,
     ) -> None:
         if isinstance(layout, int):
             if layout < 1:
@@ -213,7 +263,13 @@ class UpdateWindow:
                 "use kernel='auto' or 'torch'"
             )
 
+        if share is not None and tuple(share.group_names) != tuple(layout.group_names):
+            raise ValueError(
+                f"the layout's groups {list(layout.group_names)} differ from the share's "
+                f"{list(share.group_names)}: build the layout with all_groups=share.group_names"
+            )
         self.layout = layout
+        self.share = share
         self.window = window
         self.storage_dtype = storage_dtype
         self.storage_device = device
@@ -316,6 +372,11 @@ class UpdateWindow:
     def has_snapshot(self) -> bool:
         """True once :meth:`snapshot` has taken θ_prev (until :meth:`reset`)."""
         return self._prev is not None
+
+    @property
+    def total_params(self) -> int:
+        """P of the whole model: this window's own P, or the share's total when it holds one part."""
+        return self.share.total_params if self.share is not None else self.layout.n_params
 
     @property
     def nbytes(self) -> int:
@@ -491,6 +552,8 @@ class UpdateWindow:
             *total, dropped_sq = self._kernel.fused_push(*fused, x, target, self._gram_tensor)
         else:
             total, dropped_sq = self._torch_pass(current, target, from_snapshot, keep_references)
+        if self.share is not None:
+            total = self._sum_row_over_processes(target, total)
         added_sq = total[w]
 
         if not math.isfinite(added_sq) or added_sq == 0.0:
@@ -559,6 +622,30 @@ class UpdateWindow:
         gram[:, target, target] = group_rows[:, w]
         gram[:, :, target] = gram[:, target, :]
         return group_rows.sum(axis=0).tolist(), dropped_sq
+
+    def _sum_row_over_processes(self, target: int, total: list[float]) -> list[float]:
+        """Complete the push's Gram row with the other processes' parts (see :class:`WindowShare`).
+
+        Summed, in one all-reduce of n_groups·W + 1 float64 numbers: each group's new row as the pass
+        wrote it (‖a‖² on the diagonal) and aᵀb, the update's dot with the row it replaces (which the
+        row no longer holds). ‖b‖² needs nothing: the diagonal it was read from was already summed.
+        Returns the W + 1 totals as the pass returns them: the dots with every slot, then ‖a‖².
+        """
+        assert self.share is not None
+        gram = self._gram
+        n_groups, w = gram.shape[0], self.window
+        row = np.empty(n_groups * w + 1)
+        row[:-1] = gram[:, target, :].reshape(-1)
+        row[-1] = total[target]
+        self.share.reducer.all_reduce(row, what="a push's Gram row")
+        groups = row[:-1].reshape(n_groups, w)
+        gram[:, target, :] = groups
+        gram[:, :, target] = groups
+        summed = groups.sum(axis=0)
+        out = summed.tolist()
+        out.append(out[target])  # the diagonal: ‖a‖²
+        out[target] = float(row[-1])  # aᵀb
+        return out
 
     def _wide_dots(self, col: int, stored: torch.Tensor, out: torch.Tensor) -> None:
         """``out`` = (⟨x_0, a⟩, …, ⟨x_{W−1}, a⟩, ‖a‖²) in float64 for the stored values ``a`` of one piece,
@@ -742,6 +829,10 @@ class UpdateWindow:
             for g, (lo, hi) in enumerate(self._group_columns()):
                 block = stored[:, lo:hi]
                 self._gram[g, :n, :n] = (block @ block.T).numpy()
+            if self.share is not None:  # this process's part only: sum the parts
+                grams = np.ascontiguousarray(self._gram[:, :n, :n])
+                self.share.reducer.all_reduce(grams, what="the Grams recomputed from a loaded window")
+                self._gram[:, :n, :n] = grams
         if state["prev"] is not None:
             device = torch.device(snapshot_device) if snapshot_device is not None else self.storage_device
             by_name = dict(zip(saved_names, state["prev"], strict=True))
