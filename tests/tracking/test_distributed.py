@@ -96,6 +96,7 @@ def train(
     stop_at: int | None = None,
     how: str = "die",
     timeout: float = 30.0,
+    sketch_dim: int | None = None,
 ) -> dict[str, Any]:
     """Train Net for ``steps`` steps under ``mode`` with a distributed monitor; rank 1 dies or stalls at
     ``stop_at`` right before the monitor's step."""
@@ -109,6 +110,7 @@ def train(
         storage_dtype=torch.float64,
         distributed=Distributed(timeout=timeout),
         store=folder / "run",
+        sketch_dim=sketch_dim,
     )
     # Each process sees its own data, except plain replicas, which must stay equal.
     gen = torch.Generator().manual_seed(100 + (0 if mode == "replicas" else rank))
@@ -134,11 +136,10 @@ def train(
     return {"records": records, "full": full if rank == 0 else None, "config": config}
 
 
-def _reference(full: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
+def _reference(full: list[dict[str, torch.Tensor]], sketch_dim: int | None = None) -> list[dict[str, Any]]:
     """The records of one process tracking the gathered whole-model trajectory."""
-    tracker = SpectralTracker(
-        list(full[0].items()), config=MonitorConfig(window=WINDOW, storage_dtype=torch.float64)
-    )
+    config = MonitorConfig(window=WINDOW, storage_dtype=torch.float64, sketch_dim=sketch_dim)
+    tracker = SpectralTracker(list(full[0].items()), config=config)
     records = []
     for step, params in enumerate(full[1:], start=1):
         result = tracker.observe(params, step=step, lr=LR)
@@ -166,8 +167,10 @@ def _results(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [out["result"] for out in outcomes]
 
 
-def _check_against_one_process(results: list[dict[str, Any]], folder: Path, world: int) -> None:
-    want = _reference(results[0]["full"])
+def _check_against_one_process(
+    results: list[dict[str, Any]], folder: Path, world: int, sketch_dim: int | None = None
+) -> None:
+    want = _reference(results[0]["full"], sketch_dim)
     assert len(want) == 9 - WINDOW + 1
     for rank, result in enumerate(results):
         got = result["records"]
@@ -214,3 +217,22 @@ def test_a_lost_process_is_a_clear_error_not_a_hang(tmp_path: Path, how: str, ti
     assert time.monotonic() - started < 120
     with RunStore(tmp_path / "run") as store:  # what rank 0 wrote before is kept
         assert [r["step"] for r in store.records()] == [4, 5]
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_sketched_windows_sum_over_processes(tmp_path: Path, mode: str) -> None:
+    # Each process sketches its part with the hashes of the scalars' places in the whole model, and the
+    # sketches of θ are summed: the records are those of one process sketching the whole trajectory.
+    results = _results(run_ranks(train, 2, tmp_path, mode=mode, sketch_dim=64))
+    _check_against_one_process(results, tmp_path, 2, sketch_dim=64)
+    assert results[0]["config"]["kernel"] == "sketch"
+    exact = _reference(results[0]["full"])
+    sketched = results[0]["records"]
+    assert exact[0]["singular_values"] != sketched[0]["singular_values"]  # a sketch of 64 rows is not exact
+
+
+def test_a_sketch_under_fsdp1_says_what_to_use(tmp_path: Path) -> None:
+    outcomes = run_ranks(train, 2, tmp_path, mode="fsdp1", sketch_dim=64)
+    for out in outcomes:
+        assert out.get("type") == "ValueError", out
+        assert "FSDP1 does not tell: use FSDP2 (fully_shard), DDP, or the exact window" in out["error"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from spectral_edge.tracking._spectra import WindowEigen, window_spectra_numpy
 from spectral_edge.tracking.config import MonitorConfig
 from spectral_edge.tracking.record import GroupSpectrum, SpectralRecord
 from spectral_edge.tracking.window import PushResult, UpdateWindow
+
+if TYPE_CHECKING:  # the sketch imports nothing of this module; the annotation is for checkers
+    from spectral_edge.tracking.sketch import SketchedWindow
 
 __all__ = ["PushedWindow", "build_record"]
 
@@ -62,7 +65,7 @@ class PushedWindow:
     rank_rtol: float = DEFAULT_RANK_RTOL
 
     @classmethod
-    def read(cls, window: UpdateWindow, pushed: PushResult) -> PushedWindow:
+    def read(cls, window: UpdateWindow | SketchedWindow, pushed: PushResult) -> PushedWindow:
         """The full ``window`` after the push that returned ``pushed`` (one eigen stage, compiled where built)."""
         if pushed.status != "pushed" or not window.full:
             raise ValueError(

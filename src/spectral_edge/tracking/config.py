@@ -110,6 +110,8 @@ class MonitorConfig:
     chunk_size: int | None = None  # elements per chunk of the push loop; None: chosen by device
     threads: int | None = None  # deprecated and ignored (a FutureWarning): the threaded push was removed
     kernel: str = "auto"  # how a push runs: "auto", "fused" (C++ on the CPU) or "torch"
+    sketch_dim: int | None = None  # m: keep CountSketches S·δ (W × m, float64) instead of X; None: exact
+    sketch_seed: int = 0  # the sketch's seed (the same on every process of one model)
     user: Mapping[str, Any] = field(default_factory=dict)  # extra JSON-able settings saved beside these
 
     def __post_init__(self) -> None:
@@ -194,6 +196,15 @@ class MonitorConfig:
                 f"kernel='fused' needs a float32 window, not {self.storage_dtype}: pass kernel='auto' or "
                 "storage_dtype=torch.float32"
             )
+        if self.sketch_dim is not None:
+            _check_int(
+                "sketch_dim",
+                self.sketch_dim,
+                1,
+                "pass the sketch's rows m (e.g. 16384; tracking/sketch.py gives the error against m), or None "
+                "for the exact window",
+            )
+        _check_int("sketch_seed", self.sketch_seed, 0, "pass a non-negative int seed")
         if not isinstance(self.user, Mapping):
             raise ValueError(
                 f"user must be a mapping of JSON-able settings, got {type(self.user).__name__}: pass a dict"
@@ -242,6 +253,8 @@ class MonitorConfig:
             "history": self.history,
             "chunk_size": self.chunk_size,
             "kernel": self.kernel,
+            "sketch_dim": self.sketch_dim,
+            "sketch_seed": self.sketch_seed,
         }
 
 

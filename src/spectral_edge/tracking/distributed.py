@@ -129,7 +129,7 @@ class _Piece:
 
     name: str
     param: torch.Tensor
-    kind: str  # "dtensor", "local" (this process's own tensor or view) or "slice" (a run of a replicated one)
+    kind: str  # "shard" (this process's shard: a DTensor's local tensor, or FSDP1's view) or "slice" (a run)
     lo: int = 0
     hi: int = 0
 
@@ -238,18 +238,31 @@ def split_parameters(
     bounds = [replicated_total * r // world for r in range(world + 1)]
     start, stop = bounds[rank], bounds[rank + 1]
     pieces: list[_Piece] = []
-    offset = 0
+    # Each piece's first element's index in the whole model's flat parameters, for a sketched window:
+    # known for runs of replicated tensors and for DTensors sharded on their first dimension (a
+    # contiguous run of the flat tensor); not for FSDP1's views.
+    offsets: dict[str, int] | None = {}
+    offset = 0  # among the replicated scalars
+    start_of = 0  # among all scalars, in the monitored order
     for name, param, kind in entries:
         if kind == "sharded":
-            local = local_values(param)
-            if local.numel() > 0:
-                pieces.append(_Piece(name, param, "dtensor" if _is_dtensor(param) else "local"))
+            first = _first_index(param)
+            if first is None:
+                offsets = None
+            if local_values(param).numel() > 0:
+                pieces.append(_Piece(name, param, "shard"))
+                if offsets is not None and first is not None:
+                    offsets[name] = start_of + first
+            start_of += param.numel()  # a DTensor's numel is the whole tensor's
             continue
         n = param.numel()
         lo, hi = max(start, offset) - offset, min(stop, offset + n) - offset
         if lo < hi:
             pieces.append(_Piece(name, param, "slice", lo, hi))
+            if offsets is not None:
+                offsets[name] = start_of + lo
         offset += n
+        start_of += n
 
     process_params = [local + bounds[r + 1] - bounds[r] for r, (_, local) in enumerate(seen)]
     empty = [r for r, p in enumerate(process_params) if p == 0]
@@ -259,7 +272,9 @@ def split_parameters(
             "all): monitor this model in one process (distributed=False), or train it on fewer processes"
         )
     group_names = tuple(dict.fromkeys(group_of(n) for n in names))
-    share = WindowShare(reducer=reducer, total_params=sum(process_params), group_names=group_names)
+    share = WindowShare(
+        reducer=reducer, total_params=sum(process_params), group_names=group_names, offsets=offsets
+    )
     kinds = {"sharded": len(entries) - len(replicated_sizes), "replicated": len(replicated_sizes)}
     return ProcessPart(pieces, share, process_params, kinds)
 
@@ -272,6 +287,25 @@ def _clean(name: str) -> str:
 
 def _is_dtensor(t: torch.Tensor) -> bool:
     return local_values(t) is not t
+
+
+def _first_index(param: torch.Tensor) -> int | None:
+    """Where this process's shard of a sharded DTensor starts in the tensor's flat values (None when the
+    shard is not one run of them, or for FSDP1's views, whose place is FSDP1's private bookkeeping)."""
+    if not _is_dtensor(param):
+        return None
+    placements = tuple(param.placements)  # type: ignore[attr-defined]
+    if any(p.is_shard() and p.dim != 0 for p in placements):
+        return None
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    _, corner = compute_local_shape_and_global_offset(
+        param.shape,
+        param.device_mesh,  # type: ignore[attr-defined]
+        placements,
+    )
+    row = math.prod(param.shape[1:])
+    return int(corner[0]) * row if corner else 0
 
 
 def _placement(name: str, param: torch.Tensor, fsdp1: set[int], world_size: int) -> str:

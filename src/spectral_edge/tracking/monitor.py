@@ -45,6 +45,7 @@ from spectral_edge.tracking.config import (
 from spectral_edge.tracking.distributed import Distributed, ProcessGroupReducer, ProcessPart, split_parameters
 from spectral_edge.tracking.events import EventDetector
 from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
+from spectral_edge.tracking.sketch import SketchedWindow
 from spectral_edge.tracking.tracker import SpectralTracker
 from spectral_edge.tracking.window import UpdateWindow
 
@@ -193,6 +194,11 @@ class SpectralMonitor:
         chunk_size: elements per chunk of the push loop (see :class:`UpdateWindow`).
         threads: deprecated and ignored (a FutureWarning when given): the threaded push was removed.
         kernel: "auto", "fused" or "torch": how a push runs (see :class:`UpdateWindow`).
+        sketch_dim: m, to keep CountSketches of the updates instead of the W × P window: (W + 2)·m float64
+            numbers per group whatever P is, every σ_j within a relative error of about √(2/m) (no noise
+            floor), and no :meth:`principal_directions` (:class:`~spectral_edge.tracking.sketch.SketchedWindow`).
+            None (default): the exact window.
+        sketch_seed: the sketch's seed (the same on every process of one model).
         sinks: loggers fed besides the run store (:mod:`spectral_edge.sinks`: TensorBoard, W&B, MLflow,
             JSONL, or any object with ``write_record``, ``write_event``, ``write_eval`` and ``close``).
             Each record goes to every sink after the store has it, each event and :meth:`log_eval` too,
@@ -235,6 +241,8 @@ class SpectralMonitor:
     chunk_size = _Setting()
     threads = _Setting()
     kernel = _Setting()
+    sketch_dim = _Setting()
+    sketch_seed = _Setting()
 
     def __init__(
         self,
@@ -356,7 +364,7 @@ class SpectralMonitor:
         self.detach_store()
 
     @property
-    def _win(self) -> UpdateWindow:
+    def _win(self) -> UpdateWindow | SketchedWindow:
         # Kept for the window's own tests and benchmarks/, which read the window through it; use
         # mon.tracker.window.
         return self.tracker.window

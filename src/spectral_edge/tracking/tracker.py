@@ -24,6 +24,7 @@ from spectral_edge.tracking.build import PushedWindow, build_record
 from spectral_edge.tracking.config import MonitorConfig, group_function
 from spectral_edge.tracking.events import EventDetector
 from spectral_edge.tracking.record import SpectralEvent, SpectralRecord
+from spectral_edge.tracking.sketch import SketchedWindow
 from spectral_edge.tracking.window import ParameterLayout, PushResult, UpdateWindow, WindowShare
 
 __all__ = ["SpectralTracker", "TrackResult"]
@@ -139,15 +140,26 @@ class SpectralTracker:
             all_groups=share.group_names if share is not None else None,
         )
         self._snapshot_device = pairs[0][1].device  # where a loaded snapshot goes
-        self.window = UpdateWindow(
-            layout,
-            window=self.config.window,
-            storage_dtype=self.config.storage_dtype,
-            storage_device=self.storage_device,
-            chunk_size=self.config.chunk_size,
-            kernel=self.config.kernel,
-            share=share,
-        )
+        self.window: UpdateWindow | SketchedWindow
+        if self.config.sketch_dim is None:
+            self.window = UpdateWindow(
+                layout,
+                window=self.config.window,
+                storage_dtype=self.config.storage_dtype,
+                storage_device=self.storage_device,
+                chunk_size=self.config.chunk_size,
+                kernel=self.config.kernel,
+                share=share,
+            )
+        else:
+            self.window = SketchedWindow(
+                layout,
+                window=self.config.window,
+                sketch_dim=self.config.sketch_dim,
+                seed=self.config.sketch_seed,
+                offsets=_flat_offsets(pairs, layout, share),
+                share=share,
+            )
         self.window.snapshot([pairs[i][1] for i in order], copy=copy)
 
     def snapshot(self, tensors: Tensors, *, copy: bool = True) -> None:
@@ -274,3 +286,22 @@ def _pairs(named: Named) -> list[tuple[str, torch.Tensor]]:
     if not pairs:
         raise ValueError("nothing to track: pass at least one (name, tensor)")
     return pairs
+
+
+def _flat_offsets(
+    pairs: list[tuple[str, torch.Tensor]], layout: ParameterLayout, share: WindowShare | None
+) -> list[int]:
+    """Each layout tensor's first index in the model's flat parameters, in the order the tensors were given
+    (not the layout's group order), so that a sketch hashes the same index on one process or several."""
+    if share is not None:
+        if share.offsets is None:
+            raise ValueError(
+                "a sketched window (sketch_dim=) needs each process to know where its shard lies in the "
+                "model, which FSDP1 does not tell: use FSDP2 (fully_shard), DDP, or the exact window"
+            )
+        return [share.offsets[name] for name in layout.names]
+    starts, offset = {}, 0
+    for name, t in pairs:
+        starts[name] = offset
+        offset += t.numel()
+    return [starts[name] for name in layout.names]

@@ -35,7 +35,7 @@ import functools
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -91,11 +91,15 @@ class WindowShare:
         total_params: P of the whole model (what d_crit and the record report).
         group_names: every group of the whole model, in one order on every process: the row summed is
             indexed by them, so a process holding none of a group's scalars still takes part.
+        offsets: each local tensor's first element's index in the whole model's flat parameters (in the
+            monitored order), by name, which a sketched window hashes
+            (:class:`~spectral_edge.tracking.sketch.SketchedWindow`); None where a process cannot know it.
     """
 
     reducer: GramReducer
     total_params: int
     group_names: tuple[str, ...]
+    offsets: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)
