@@ -17,7 +17,7 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser demo test test-slow bench lint constraints clean
+.PHONY: setup browser demo test test-slow bench bench-storage bench-billion lint constraints clean
 
 $(STAMP): pyproject.toml studies/pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "spectral-edge needs Python >= 3.10"'
@@ -42,6 +42,14 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/python benchmarks/monitor_step.py
+
+# Memory, time per push and error of each window storage (float32, bfloat16, 8-bit, sketches) on real
+# trajectories (docs/scale.md); and a 1.1e9-parameter model monitored at every step with a sketch.
+bench-storage: setup
+	$(BIN)/python benchmarks/storage_options.py
+
+bench-billion: setup
+	$(BIN)/python benchmarks/billion.py
 
 lint: setup
 	$(BIN)/ruff check src tests studies benchmarks

@@ -7,6 +7,7 @@ records, bit for bit, and the same events: both go through ``SpectralTracker.obs
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -141,3 +142,27 @@ def test_relayout_keeps_the_detector_and_describe_reports_the_window():
     assert described["window_bytes"] == tracker.window.nbytes
     with pytest.raises(ValueError, match="nothing to track"):
         tracker.relayout([])
+
+
+def test_readings_under_a_bfloat16_floor_warn_once() -> None:
+    # Planted updates with σ_j over four decades: a bfloat16 window resolves σ_j down to about
+    # u·√W·σ_1 = 1.2e-2·σ_1 at W = 10 (storage_rank_rtol); below it σ_j read as 0, with one warning.
+
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(4000, 10, generator=gen, dtype=torch.float64))
+    rows = (q * torch.logspace(0, -4, 10, dtype=torch.float64)).T  # (W, P) with σ_j = 10^(-4(j-1)/9)
+    for dtype, warns in ((torch.float32, False), (torch.bfloat16, True)):
+        w = torch.zeros(4000)
+        tracker = SpectralTracker([("w", w)], config=MonitorConfig(window=10, storage_dtype=dtype))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for step in range(20):
+                w += rows[step % 10].float()
+                result = tracker.observe([w], step=step + 1)
+        floor = [
+            c for c in caught if issubclass(c.category, SpectrumWarning) and "resolves" in str(c.message)
+        ]
+        assert len(floor) == (1 if warns else 0), [str(c.message) for c in caught]
+        assert result.record is not None and (result.record.rank < 10) == warns
+        if warns:
+            assert "bfloat16 storage resolves (1.2e-02·σ_1)" in str(floor[0].message)

@@ -11,6 +11,7 @@ with the events the :class:`~spectral_edge.tracking.events.EventDetector` draws 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from spectral_edge.errors import NonFiniteUpdateError
+from spectral_edge.spectrum.window import DEFAULT_RANK_RTOL
 from spectral_edge.tracking._guard import WarnOnce
 from spectral_edge.tracking.build import PushedWindow, build_record
 from spectral_edge.tracking.config import MonitorConfig, group_function
@@ -210,7 +212,22 @@ class SpectralTracker:
         record = build_record(
             PushedWindow.read(self.window, pushed), step=step, lr=rate, metrics=metrics, config=self.config
         )
+        if record.rank < self.window.window and self.window.rank_rtol > DEFAULT_RANK_RTOL:
+            self._below_storage_floor(record)
         return TrackResult(record, tuple(self.detector.update(record)), "pushed")
+
+    def _below_storage_floor(self, record: SpectralRecord) -> None:
+        """Warn once that σ_j under the rounding floor of a low-precision window read as 0 (Weyl: rounding
+        each stored value moves every σ_j by up to u·√W·σ_1, see ``storage_rank_rtol``)."""
+        floor = math.sqrt(self.window.rank_rtol)
+        dtype = str(self.window.storage_dtype).removeprefix("torch.")
+        self._warn(
+            "below_storage_floor",
+            f"spectral-edge: at step {record.step}, σ_{record.rank + 1}..σ_{record.window} of the window are "
+            f"below what {dtype} storage resolves ({floor:.1e}·σ_1) and read as 0, so R and k* may be set by "
+            "the rounding floor rather than by the updates. Keep the window in float32 (the default), or use "
+            "a sketch (sketch_dim=), whose error is relative on every σ_j (docs/scale.md).",
+        )
 
     def _skipped(self, pushed: PushResult, step: int) -> tuple[SpectralEvent, ...]:
         kind = pushed.status
