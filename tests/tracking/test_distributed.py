@@ -225,7 +225,7 @@ def test_sketched_windows_sum_over_processes(tmp_path: Path, mode: str) -> None:
     # sketches of θ are summed: the records are those of one process sketching the whole trajectory.
     results = _results(run_ranks(train, 2, tmp_path, mode=mode, sketch_dim=64))
     _check_against_one_process(results, tmp_path, 2, sketch_dim=64)
-    assert results[0]["config"]["kernel"] == "sketch"
+    assert results[0]["config"]["kernel"].startswith("sketch")
     exact = _reference(results[0]["full"])
     sketched = results[0]["records"]
     assert exact[0]["singular_values"] != sketched[0]["singular_values"]  # a sketch of 64 rows is not exact

@@ -1,4 +1,4 @@
-"""What the framework callbacks share: argument checks, unwrapping, sharding checks.
+"""What the framework callbacks share: argument checks, unwrapping, sharding checks, process agreement.
 
 Nothing here imports a training framework; each callback module imports its own. The run store opener
 (:meth:`~spectral_edge.sinks.store.StoreSink.open`), the failure guard (``tracking/_guard.py``) and the
@@ -19,7 +19,11 @@ from spectral_edge.sinks.store import StoreSink
 from spectral_edge.tracking.config import MonitorConfig, resolve_config
 
 #: SpectralMonitor arguments the callbacks set themselves (``store=`` is the callbacks' own argument).
-_OWN_KWARGS = ("model_or_params",)
+_OWN_KWARGS = {
+    "model_or_params": "the model the Trainer trains",
+    "distributed": "on every process of a torch.distributed job; pass distributed_timeout= to change the "
+    "seconds a process waits for the others",
+}
 
 
 def monitor_settings(kwargs: Mapping[str, Any], *, caller: str) -> tuple[MonitorConfig, tuple[Sink, ...]]:
@@ -36,9 +40,9 @@ def monitor_settings(kwargs: Mapping[str, Any], *, caller: str) -> tuple[Monitor
         TypeError: an unknown keyword, one the callback sets itself, or a sink without the sink methods.
         ValueError: a setting with a bad value.
     """
-    for name in _OWN_KWARGS:
+    for name, why in _OWN_KWARGS.items():
         if name in kwargs:
-            raise TypeError(f"{name}= is set by the callback itself (the model the Trainer trains)")
+            raise TypeError(f"{name}= is set by the callback itself ({why})")
     settings = dict(kwargs)
     config, sinks = settings.pop("config", None), tuple(settings.pop("sinks", ()))
     for sink in sinks:
@@ -78,7 +82,10 @@ def close_trainer_store(store: StoreSink | None, monitor: Any, guard: Callable[.
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The user's module inside DDP / DataParallel / ``torch.compile`` wrappers (the same parameters)."""
+    """The user's module inside DDP / DataParallel / ``torch.compile`` wrappers (the same parameters).
+
+    FSDP1's ``FullyShardedDataParallel`` is kept: the distributed monitor needs it to find the shards.
+    """
     while True:
         inner = getattr(model, "_orig_mod", None)  # torch.compile's wrapper
         if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
@@ -89,32 +96,101 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-def sharding_problem(model: torch.nn.Module, hint: str | None = None) -> str | None:
-    """Why the parameters of ``model`` cannot be monitored on one process, or None if they can.
+def monitored_module(model: torch.nn.Module, wrapped: Any = None) -> torch.nn.Module:
+    """The module to hand the monitor: ``wrapped`` (the framework's outermost wrapper of ``model``) when
+    it is or holds an FSDP1 wrapper, else ``model``; DDP, DataParallel and compile wrappers removed.
 
-    The monitor needs each process to hold whole parameters. FSDP, DeepSpeed ZeRO-3 and tensor-parallel
-    DTensors split them across processes; that needs the shard-aware window (one all-reduce of W numbers
-    per step), which is not written yet.
+    FSDP1 wraps the model from outside: the model alone does not show which of its parameters are
+    views of a process's shard, the ``FullyShardedDataParallel`` root does. DDP's wrapper adds nothing
+    (every process holds every parameter) and its ``module.`` prefix would change the groups.
     """
+    if isinstance(wrapped, torch.nn.Module) and _has_fsdp1(unwrap_model(wrapped)):
+        return unwrap_model(wrapped)
+    return unwrap_model(model)
+
+
+def _has_fsdp1(model: torch.nn.Module) -> bool:
+    return any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules())
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds sharded parameters: FSDP2 / tensor-parallel DTensors or FSDP1's wrappers."""
+    if _has_fsdp1(model):
+        return True
+    return any(type(p).__name__ in ("DTensor", "FlatParameter") for p in model.parameters())
+
+
+def distributed_job(model: torch.nn.Module) -> bool:
+    """Whether the callback monitors ``model`` on every process (``SpectralMonitor(distributed=...)``):
+    torch.distributed is initialised, and the job has several processes or ``model`` is sharded (FSDP on
+    one process still shards its parameters into a flat buffer or DTensors)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    return dist.get_world_size() > 1 or is_sharded(model)
+
+
+def process_rank() -> int:
+    """This process's global rank (0 outside a torch.distributed job)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def all_agree(flag: bool) -> bool:
+    """True on every process if ``flag`` is true on every process of the default group (collective).
+
+    The callbacks use it so that every process builds its monitor, or none does, and every process
+    restores its window, or none does: a process whose monitor is off never joins the others'
+    all-reduce, and windows restored on some processes only would give Grams that are not one model's.
+    """
+    import torch.distributed as dist
+
+    flags: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(flags, bool(flag))
+    return all(flags)
+
+
+#: Why DeepSpeed ZeRO-3 is not monitored (yet).
+ZERO3_MESSAGE = (
+    "DeepSpeed ZeRO-3 is not supported yet: its partitioned parameters hold no data outside forward "
+    "(each is an empty placeholder; a process's shard lives in DeepSpeed's flat fp32 partitions), so the "
+    "monitor would have to gather every parameter at each step or read the flat partitions, which it does "
+    "not do yet. Use ZeRO-1/2 (monitored like DDP) or FSDP, or analyse saved checkpoints with "
+    "spectral_edge.analyze_checkpoints."
+)
+
+
+def sharding_problem(model: torch.nn.Module, hint: str | None = None) -> str | None:
+    """Why the parameters of ``model`` cannot be monitored here, or None if they can.
+
+    ``hint`` is what the framework's settings say: ``"zero3"`` (DeepSpeed ZeRO-3) or the name of a
+    sharded setting (an FSDP strategy). DeepSpeed ZeRO-3 is not supported (:data:`ZERO3_MESSAGE`).
+    FSDP1, FSDP2 and 1-D DTensors are, by the distributed monitor, once torch.distributed is initialised
+    (it sums the processes' Grams); without that, sharded parameters are a problem. Tensor parallelism
+    (a DTensor on a 2-D mesh) is refused by the monitor itself, with its own message.
+    """
+    if hint == "zero3" or any(hasattr(p, "ds_id") for p in model.parameters()):
+        return ZERO3_MESSAGE
+    if distributed_job(model):
+        return None
     if hint is not None:
-        return hint
-    for name, p in model.named_parameters():
-        kind = type(p).__name__
-        if kind in ("DTensor", "FlatParameter") or hasattr(p, "ds_id"):
-            what = "a DeepSpeed ZeRO-3 partition" if hasattr(p, "ds_id") else f"a {kind}"
-            return f"parameter {name!r} is {what}"
-    for module in model.modules():
-        if type(module).__name__ == "FullyShardedDataParallel":
-            return "the model is wrapped in FullyShardedDataParallel"
-    return None
+        what = hint
+    elif is_sharded(model):
+        what = "the model's parameters are sharded (FSDP or DTensors)"
+    else:
+        return None
+    return (
+        f"{what}, but torch.distributed is not initialised in this process: monitoring FSDP or other "
+        "sharded parameters needs the process group, to sum the Grams of the processes' shards. Launch "
+        "the job with torchrun / accelerate launch (or let the Trainer initialise it) so that every "
+        "process runs the callback."
+    )
 
 
 def sharding_message(problem: str) -> str:
-    return (
-        f"spectral-edge cannot monitor sharded parameters yet ({problem}): FSDP, DeepSpeed ZeRO-3 and "
-        "tensor parallelism are not supported. Use DDP / ZeRO-1/2, or analyse saved checkpoints with "
-        "spectral_edge.analyze_checkpoints."
-    )
+    return f"spectral-edge cannot monitor this model: {problem}"
 
 
 def numeric_items(metrics: Mapping[str, Any], *, skip_prefix: str) -> dict[str, float]:
@@ -151,7 +227,11 @@ def block_groups(model: torch.nn.Module) -> Callable[[str], str] | None:
         >>> [group(name) for name, _ in model.named_parameters()]
         ['embeddings', 'h.0', 'h.0', 'h.1', 'h.1', 'head', 'head']
     """
-    lists = [name for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
+    # Names without the parts FSDP1 and activation checkpointing insert: the distributed monitor reports
+    # the unwrapped model's names.
+    lists = [
+        _clean(name) for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m)
+    ]
     stacks = [n for n in lists if not any(n.startswith(o + ".") for o in lists if o != n)]
     if not stacks:
         return None
@@ -164,7 +244,7 @@ def block_groups(model: torch.nn.Module) -> Callable[[str], str] | None:
                 return ".".join(name.split(".")[: depth[stack]])
         return None
 
-    names = [name for name, _ in model.named_parameters()]
+    names = [_clean(name) for name, _ in model.named_parameters()]
     in_block = [i for i, name in enumerate(names) if block_of(name) is not None]
     if not in_block:
         return None
@@ -172,6 +252,7 @@ def block_groups(model: torch.nn.Module) -> Callable[[str], str] | None:
     fixed = {name: "embeddings" for name in names[:first]} | {name: "head" for name in names[last + 1 :]}
 
     def group(name: str) -> str:
+        name = _clean(name)
         block = block_of(name)
         if block is not None:
             return block
@@ -180,3 +261,13 @@ def block_groups(model: torch.nn.Module) -> Callable[[str], str] | None:
         return name.rsplit(".", 1)[0]  # between two stacks: its module (an encoder's final norm)
 
     return group
+
+
+#: Name parts that FSDP1, activation checkpointing and torch.compile insert into parameter names.
+_WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def _clean(name: str) -> str:
+    for part in _WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name

@@ -27,18 +27,22 @@ import torch
 
 from spectral_edge._imports import require
 from spectral_edge.integrations._common import (
+    all_agree,
     block_groups,
     close_trainer_store,
+    distributed_job,
     monitor_settings,
+    monitored_module,
     numeric_items,
     open_trainer_store,
+    process_rank,
     sharding_message,
     sharding_problem,
-    unwrap_model,
 )
 from spectral_edge.sinks.store import StoreSink
 from spectral_edge.tracking._guard import Guard
 from spectral_edge.tracking.config import MonitorConfig
+from spectral_edge.tracking.distributed import Distributed
 from spectral_edge.tracking.monitor import SpectralMonitor
 
 transformers = require("transformers", "SpectralEdgeCallback (the Hugging Face Trainer integration)")
@@ -46,7 +50,7 @@ from transformers.integrations import get_reporting_integration_callbacks  # noq
 from transformers.trainer_callback import CallbackHandler  # noqa: E402
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: E402
 
-__all__ = ["STATE_FILE", "SpectralEdgeCallback"]
+__all__ = ["RANK_STATE_FILE", "STATE_FILE", "SpectralEdgeCallback"]
 
 logger = logging.getLogger("spectral_edge")
 _REFILL_NOTE = (
@@ -54,8 +58,10 @@ _REFILL_NOTE = (
     "the spectral window refills over the next %d steps before the first record"
 )
 
-#: File the monitor's state is saved to inside each ``checkpoint-N/`` folder.
+#: File the monitor's state is saved to inside each ``checkpoint-N/`` folder (one process).
 STATE_FILE = "spectral_edge_monitor.pt"
+#: The file of process ``rank`` under torch.distributed: each process saves the part of the window it holds.
+RANK_STATE_FILE = "spectral_edge_monitor.rank{rank}.pt"
 
 # Entries of the Trainer's logs that are not worth a row in the run store's evals table.
 _NOT_METRICS = ("total_flos",)
@@ -91,11 +97,23 @@ class SpectralEdgeCallback(_TrainerCallback):
       before the blocks and ``"head"`` for what comes after (final norm, untied output head); each group
       gets its own k* and R. The monitor's default, one group per top-level module, would put all of a
       Hugging Face model in one group.
-    * **Processes.** Only the world main process (``state.is_world_process_zero``) builds a monitor and
-      writes; with DDP every process holds the same parameters after the step, so one is enough. Sharded
-      parameters (FSDP, DeepSpeed ZeRO-3, tensor parallel) are not supported yet: the callback warns and
-      stays off (raises with ``strict=True``).
-    * **Resume.** ``on_save`` writes the monitor's state to ``checkpoint-N/spectral_edge_monitor.pt``.
+    * **Processes.** Under torch.distributed (DDP, and FSDP through accelerate's FSDP config or a model
+      wrapped by the user: FSDP1 or FSDP2's ``fully_shard``) every process builds a monitor with
+      ``distributed=True``: each pushes its part of the parameters (its shards; an equal run of the
+      replicated ones), one all-reduce per step completes the Gram, and every process gets the whole
+      model's records (see :mod:`spectral_edge.tracking.distributed`). Only the world main process
+      (``state.is_world_process_zero``) opens the run store, feeds the sinks and adds scalars to the
+      Trainer's logs. A process that dies makes the others raise
+      :class:`~spectral_edge.errors.DistributedMonitorError` after ``distributed_timeout`` seconds. If a
+      process cannot start its monitor, every process goes without. Without an initialised process group
+      only the main process monitors. DeepSpeed ZeRO-3 is not supported yet (its partitioned parameters
+      hold no data outside forward; the monitor would have to gather them or read DeepSpeed's flat fp32
+      partitions): the callback warns and stays off (raises with ``strict=True``). Tensor-parallel
+      DTensors (a 2-D mesh) are refused by the monitor with its own message.
+    * **Resume.** ``on_save`` writes the monitor's state to ``checkpoint-N/spectral_edge_monitor.pt``
+      (under torch.distributed, each process its own part to ``spectral_edge_monitor.rank<r>.pt``; a
+      resumed process loads its own file, and the processes restore their windows only if every one of
+      them found its file, else all refill theirs).
       On ``trainer.train(resume_from_checkpoint=...)`` the callback looks for it in
       ``args.resume_from_checkpoint`` and in ``output_dir/checkpoint-<step>`` (a callback is not told the
       folder ``train()`` was given; set ``args.resume_from_checkpoint`` when resuming from elsewhere) and
@@ -109,7 +127,8 @@ class SpectralEdgeCallback(_TrainerCallback):
       (s the storage item size; + P·p with ``interval > 1``), W times a float32 model's weights at the
       defaults (10 × at W = 10), plus W²·8 bytes per group and a few kB of counters and event state.
       ``save_window=False`` saves only the counters and event state (a few kB); the resumed monitor
-      then refills W updates before its next record (and logs so).
+      then refills W updates before its next record (and logs so). Under torch.distributed each
+      process's file holds its own part: P/N of the numbers on each of N processes.
     * **Failures.** A monitoring problem is one :class:`~spectral_edge.SpectrumWarning`; training goes on.
       ``strict=True`` raises instead.
 
@@ -119,13 +138,15 @@ class SpectralEdgeCallback(_TrainerCallback):
         prefix: name prefix of the logged scalars (TensorBoard shows them as ``train/<prefix>...``).
         save_window: save the window with each checkpoint, W·P numbers (exact resume; see Checkpoint
             size), or only a few kB of counters (the resumed monitor refills its window first).
+        distributed_timeout: under torch.distributed, seconds a process's monitor waits for the others
+            before it raises :class:`~spectral_edge.errors.DistributedMonitorError`.
         **monitor_kwargs: any :class:`~spectral_edge.SpectralMonitor` keyword (``window``, ``interval``,
             ``groups``, ``storage_dtype``, ``strict``, ``config``, ``sinks``, ...), checked here at once (the
             settings as a :class:`~spectral_edge.tracking.config.MonitorConfig`).
 
     Attributes:
-        monitor: the :class:`~spectral_edge.SpectralMonitor` once training has begun (None before, and on
-            processes other than the main one).
+        monitor: the :class:`~spectral_edge.SpectralMonitor` once training has begun (None before; on
+            every process under torch.distributed, else on the main process only).
     """
 
     monitor: SpectralMonitor | None
@@ -136,13 +157,16 @@ class SpectralEdgeCallback(_TrainerCallback):
         store: Any = None,
         prefix: str = "spectral/",
         save_window: bool = True,
+        distributed_timeout: float = 600.0,
         **monitor_kwargs: Any,
     ) -> None:
         # Checked now, not when training starts: a MonitorConfig, and sinks with the Sink methods.
         self._config, self._sinks = monitor_settings(monitor_kwargs, caller=type(self).__name__)
+        self._distributed = Distributed(timeout=distributed_timeout)
         self.store = store
         self.prefix = prefix
         self.save_window = save_window
+        self.distributed_timeout = distributed_timeout
         self.monitor_kwargs = monitor_kwargs
         self.monitor: SpectralMonitor | None = None
         self._guard = Guard(strict=self._config.strict)
@@ -152,6 +176,8 @@ class SpectralEdgeCallback(_TrainerCallback):
         self._attached = False  # placed in a Trainer's callbacks (attach, or found when called)
         self._ahead_of_reporting = False  # and ahead of report_to integrations: scalars go into the logs
         self._opened = False
+        self._module: torch.nn.Module | None = None  # what the monitor watches (FSDP1: the wrapper)
+        self._world = 1  # processes monitoring together (1: this one alone)
 
     def __repr__(self) -> str:
         kwargs = ", ".join(f"{k}={v!r}" for k, v in self.monitor_kwargs.items())
@@ -220,20 +246,26 @@ class SpectralEdgeCallback(_TrainerCallback):
             self._place_in_calling_trainer(args)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        """Build the monitor (main process only), open the run store, load the saved state on resume."""
-        if not state.is_world_process_zero:
-            self.monitor = None
+        """Build the monitor (every process under torch.distributed, else the main process), open the
+        run store (main process), load the saved state on resume."""
+        self.monitor, self._module = None, None
+        if model is None:
             return
-        problem = sharding_problem(unwrap_model(model), _sharded_args(args)) if model is not None else None
+        # FSDP1 wraps the model from outside: the Trainer hands callbacks the model inside, and holds
+        # the wrapper the monitor needs to find the shards as model_wrapped.
+        module = monitored_module(model, _calling_trainer_model())
+        distributed = distributed_job(module)
+        if not distributed and not state.is_world_process_zero:
+            return
+        problem = sharding_problem(module, _sharded_args(args))
         if problem is not None:
             if self._guard.strict:
                 raise ValueError(sharding_message(problem))
             self._guard.warn_once("sharded", sharding_message(problem) + " The callback is off for this run.")
-            self.monitor = None
             return
         if not self._attached:  # added with trainer.add_callback() after the Trainer was made
             self._place_in_calling_trainer(args)
-        if args.report_to and not self._attached:
+        if args.report_to and not self._attached and state.is_world_process_zero:
             self._guard.warn_once(
                 "not_attached",
                 f"SpectralEdgeCallback could not find the Trainer calling it to place itself ahead of the "
@@ -242,7 +274,7 @@ class SpectralEdgeCallback(_TrainerCallback):
                 UserWarning,
             )
         resuming = state.global_step > 0
-        if self._store is None and self.store is not None:
+        if self._store is None and self.store is not None and state.is_world_process_zero:
             # A second train() call appends to the store the first one created. If the store cannot be
             # opened (say it already holds another run), the monitor still runs, keeping records in memory.
             self._store = self._guard(
@@ -256,10 +288,28 @@ class SpectralEdgeCallback(_TrainerCallback):
                 ),
             )
             self._opened = True
-        self._guard("starting the monitor", lambda: self._start(args, state, model))
+        self._guard("starting the monitor", lambda: self._start(state, module, distributed))
+        if distributed:
+            import torch.distributed as dist
 
-    def _start(self, args: Any, state: Any, model: Any) -> None:
-        resuming = state.global_step > 0
+            # A process without a monitor would never join the others' all-reduce: all or none.
+            if not all_agree(self.monitor is not None):
+                if self.monitor is not None:
+                    self._guard.warn_once(
+                        "peer_failed",
+                        "another process could not start its spectral-edge monitor (its warning says why), "
+                        "so no process monitors this run",
+                    )
+                self.monitor = None
+                return
+            self._world = dist.get_world_size()
+        else:
+            self._world = 1
+        monitor = self.monitor
+        if resuming and monitor is not None:
+            self._guard("loading the monitor state", lambda: self._resume(args, state, module, monitor))
+
+    def _start(self, state: Any, module: torch.nn.Module, distributed: bool) -> None:
         # A second train() call gets a fresh monitor. The old one is dropped, not closed: close() would close
         # the store and sinks the two share; its torch hooks go when it is freed.
         config = self._config
@@ -272,49 +322,77 @@ class SpectralEdgeCallback(_TrainerCallback):
             self.monitor_kwargs.get("config"), MonitorConfig
         ):
             # One group per block, not the monitor's one group per top-level module (all of the model).
-            groups = block_groups(unwrap_model(model))
+            groups = block_groups(module)
             if groups is not None:
                 config = replace(config, groups=groups)
         store = self._store.store if self._store is not None else None  # the callback closes it
-        monitor = SpectralMonitor(unwrap_model(model), config=config, store=store, sinks=self._sinks)
-        self.monitor = monitor
+        self.monitor = SpectralMonitor(
+            module,
+            config=config,
+            store=store,
+            sinks=self._sinks,
+            distributed=self._distributed if distributed else False,
+        )
+        self._module = module
         self._last_logged_step = None
-        if resuming:
-            self._resume(args, state, unwrap_model(model), monitor)
 
     def _step_lr(self) -> float | None:
         """η of the step just taken, from the optimizer's groups (None when unknown: 𝒜 is left out)."""
         return self.monitor.resolve_lr(self._optimizer) if self.monitor is not None else None
 
-    def _resume(self, args: Any, state: Any, model: Any, monitor: SpectralMonitor) -> None:
+    def _resume(self, args: Any, state: Any, model: torch.nn.Module, monitor: SpectralMonitor) -> None:
+        """Load the state saved at this step (collective under torch.distributed: all load, or none)."""
         step = state.global_step
         candidates = []
         if isinstance(args.resume_from_checkpoint, (str, Path)):
             candidates.append(Path(args.resume_from_checkpoint))
         candidates.append(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}")
-        fingerprint = _fingerprint(model)
-        for folder in candidates:
-            path = folder / STATE_FILE
-            if not path.is_file():
-                continue
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            # Only the state saved with these very parameters: another run's checkpoint-<step> has another
-            # snapshot, and a window continued from it would give wrong updates.
-            if saved.get("step") == step and math.isclose(
-                saved.get("fingerprint"), fingerprint, rel_tol=1e-9
-            ):
-                monitor.load_state_dict(saved["monitor"])
-                if saved["monitor"].get("window") is None:
-                    logger.info(_REFILL_NOTE, path, step, monitor.window * monitor.interval)
-                elif saved.get("snapshot_is_model"):
-                    # θ_prev was left out of the file: it is the parameters the checkpoint restored.
-                    monitor.tracker.snapshot([t for _, t in monitor.monitored_parameters()])
+        name = _state_file(process_rank(), self._world)
+        found: tuple[Path, dict[str, Any]] | None = None
+        problem = None
+        try:
+            fingerprint = _fingerprint(model)
+            for folder in candidates:
+                path = folder / name
+                if not path.is_file():
+                    continue
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+                # Only the state saved with these very parameters, by as many processes: another run's
+                # checkpoint-<step> has another snapshot, and a window continued from it gives wrong updates.
+                if (
+                    saved.get("step") == step
+                    and saved.get("world_size", 1) == self._world
+                    and math.isclose(saved.get("fingerprint"), fingerprint, rel_tol=1e-9)
+                ):
+                    found = (path, saved)
+                    break
+        except Exception as exc:  # reach the agreement below whatever happens: the others wait for it
+            problem = f"{type(exc).__name__}: {exc}"
+        if self._world > 1 and not all_agree(found is not None):
+            if found is not None:
+                self._guard.warn_once(
+                    "peer_no_state",
+                    f"training resumes at step {step} and this process found its {name}, but another "
+                    "process did not find its own; every process refills its spectral window over the next "
+                    f"{monitor.window * monitor.interval} steps before the first record.",
+                )
                 return
+        if found is not None:
+            path, saved = found
+            monitor.load_state_dict(saved["monitor"])
+            if saved["monitor"].get("window") is None:
+                logger.info(_REFILL_NOTE, path, step, monitor.window * monitor.interval)
+            elif saved.get("snapshot_is_model"):
+                # θ_prev was left out of the file: it is the parameters the checkpoint restored.
+                monitor.tracker.snapshot([t for _, t in monitor.monitored_parameters()])
+            return
         self._guard.warn_once(
             "no_state",
-            f"training resumes at step {step} but no {STATE_FILE} saved with these parameters was found in "
+            f"training resumes at step {step} but no {name} saved with these parameters was found in "
             f"{' or '.join(map(str, candidates))} (resuming from a folder outside output_dir? set "
-            "args.resume_from_checkpoint to it); the spectral window refills over the next "
+            "args.resume_from_checkpoint to it"
+            + (f"; reading it failed: {problem}" if problem else "")
+            + "); the spectral window refills over the next "
             f"{monitor.window * monitor.interval} steps before the first record.",
         )
 
@@ -347,8 +425,10 @@ class SpectralEdgeCallback(_TrainerCallback):
         }
         if metrics:
             monitor.log_eval(state.global_step, **metrics)
-        if not self._ahead_of_reporting:
-            return  # behind the reporting integrations, or none: the scalars would reach the printer only
+        if not self._ahead_of_reporting or not state.is_world_process_zero:
+            # Behind the reporting integrations, or none: the scalars would reach the printer only. And
+            # under torch.distributed the main process alone reports.
+            return
         record = monitor.last_record
         # Each record once, at the first log at or after its step (logs also come at evaluation and at the
         # end of training; with interval > 1 records and logging steps need not coincide).
@@ -361,7 +441,8 @@ class SpectralEdgeCallback(_TrainerCallback):
         monitor = self.monitor
         if monitor is None:
             return
-        self._guard("saving the monitor state", lambda: self._save(monitor, args, state, kwargs.get("model")))
+        model = self._module if self._module is not None else kwargs.get("model")
+        self._guard("saving the monitor state", lambda: self._save(monitor, args, state, model))
 
     def _save(self, monitor: SpectralMonitor, args: Any, state: Any, model: Any) -> None:
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
@@ -370,16 +451,18 @@ class SpectralEdgeCallback(_TrainerCallback):
                 f"checkpoint folder {folder} not found (hyperparameter search runs save elsewhere), so the "
                 "monitor state was not saved; a resumed run refills its window first"
             )
-        tmp = folder / (STATE_FILE + ".tmp")
+        name = _state_file(process_rank(), self._world)
+        tmp = folder / (name + ".tmp")
         monitor_state = monitor.state_dict(include_window=self.save_window)
         saved = {
             "step": state.global_step,
-            "fingerprint": _fingerprint(unwrap_model(model)),
+            "world_size": self._world,
+            "fingerprint": _fingerprint(model),
             "monitor": monitor_state,
             "snapshot_is_model": _drop_snapshot_held_by_model(monitor, monitor_state),
         }
         torch.save(saved, tmp)
-        os.replace(tmp, folder / STATE_FILE)  # a killed save never leaves a half-written state file
+        os.replace(tmp, folder / name)  # a killed save never leaves a half-written state file
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Close the run store the callback opened."""
@@ -422,17 +505,40 @@ def _drop_snapshot_held_by_model(monitor: SpectralMonitor, state: dict[str, Any]
 
 
 def _fingerprint(model: torch.nn.Module) -> float:
-    """Σ θ² over the trainable parameters (float64): tells the parameters a state was saved with."""
+    """Σ θ² over this process's values of the trainable parameters (float64): tells the parameters a
+    state was saved with (under FSDP, this process's shards)."""
     with torch.no_grad():
-        return float(
-            sum(p.detach().double().pow(2).sum().item() for p in model.parameters() if p.requires_grad)
-        )
+        total = 0.0
+        for p in model.parameters():
+            if p.requires_grad:
+                local = p.to_local() if hasattr(p, "to_local") else p  # a DTensor's shard
+                total += float(local.detach().double().pow(2).sum().item())
+        return total
+
+
+def _state_file(rank: int, world: int) -> str:
+    return STATE_FILE if world == 1 else RANK_STATE_FILE.format(rank=rank)
+
+
+def _calling_trainer_model() -> Any:
+    """``model_wrapped`` of the ``transformers.Trainer`` whose event is being dispatched (a few frames up
+    the stack), or None if it is not found."""
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(10):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, transformers.Trainer):
+            return getattr(owner, "model_wrapped", None)
+        frame = frame.f_back
+    return None
 
 
 def _sharded_args(args: Any) -> str | None:
-    if getattr(args, "fsdp", None):
-        return "TrainingArguments.fsdp is set"
+    """What the Trainer's settings say of sharding (see :func:`sharding_problem`)."""
     ds = getattr(args, "hf_deepspeed_config", None)
     if ds is not None and getattr(ds, "is_zero3", lambda: False)():
-        return "DeepSpeed ZeRO stage 3 is configured"
+        return "zero3"
+    if getattr(args, "fsdp", None):
+        return "TrainingArguments.fsdp is set (FSDP)"
     return None

@@ -17,18 +17,24 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+import torch
+
 from spectral_edge._imports import require
 from spectral_edge.integrations._common import (
+    all_agree,
     close_trainer_store,
+    distributed_job,
     monitor_settings,
+    monitored_module,
     numeric_items,
     open_trainer_store,
+    process_rank,
     sharding_message,
     sharding_problem,
-    unwrap_model,
 )
 from spectral_edge.sinks.store import StoreSink
 from spectral_edge.tracking._guard import Guard
+from spectral_edge.tracking.distributed import Distributed
 from spectral_edge.tracking.monitor import SpectralMonitor
 
 pl = require("lightning.pytorch", "SpectralEdgeLightningCallback (the Lightning integration)")
@@ -57,13 +63,28 @@ class SpectralEdgeLightningCallback(_Callback):
       ``pl_module.log_dict`` (``on_step=True``, so the Trainer's loggers write them every
       ``log_every_n_steps``), and every record goes to the run store (``store=``). At each validation end
       the module's scalar ``trainer.callback_metrics`` (without the spectral ones) go to the store's evals.
-    * **Processes.** Only global rank zero (``trainer.is_global_zero``) builds a monitor and writes; with
-      DDP every process holds the same parameters after the step. Sharded parameters (FSDP, DeepSpeed
-      ZeRO-3, ``ModelParallelStrategy``) are not supported yet: the callback warns and stays off (raises
-      with ``strict=True``).
+    * **Processes.** Under torch.distributed (strategies ``"ddp"``, ``"fsdp"``, and
+      ``ModelParallelStrategy`` with FSDP2 on a 1-D data-parallel mesh) every process builds a monitor
+      with ``distributed=True``: each pushes its part of the parameters (its shards; an equal run of the
+      replicated ones), one all-reduce per step completes the Gram, and every process gets the whole
+      model's records (see :mod:`spectral_edge.tracking.distributed`). Only global rank zero
+      (``trainer.is_global_zero``) opens the run store and feeds the sinks, and the scalars are logged
+      with ``rank_zero_only=True``. A process that dies makes the others raise
+      :class:`~spectral_edge.errors.DistributedMonitorError` after ``distributed_timeout`` seconds. If a
+      process cannot start its monitor, every process goes without. DeepSpeed ZeRO-3 is not supported
+      yet (its partitioned parameters hold no data outside forward; the monitor would have to gather them
+      or read DeepSpeed's flat fp32 partitions): the callback warns and stays off (raises with
+      ``strict=True``). Tensor-parallel DTensors (a 2-D mesh) are refused by the monitor with its own
+      message.
     * **Resume.** The monitor's state travels in the Lightning checkpoint through the callback's
       ``state_dict``/``load_state_dict``, so ``trainer.fit(..., ckpt_path=...)`` continues with the same
-      records as an uninterrupted run. A ``store=`` path is reopened in append mode.
+      records as an uninterrupted run. A ``store=`` path is reopened in append mode. Under
+      torch.distributed only rank zero's ``state_dict`` reaches the checkpoint, so ``state_dict`` gathers
+      every process's state to rank zero (a collective: Lightning calls it on every process when it
+      saves) and each resumed process takes its own part back; saved by another number of processes,
+      the state is not restored (every process refills its window, with a warning). With
+      ``save_window=True`` rank zero then holds the whole window, W·P numbers, while it saves: under
+      FSDP that is W times the whole model; pass ``save_window=False`` where that does not fit.
     * **Checkpoint size.** The callback's entry in each checkpoint holds the window, W rows of P numbers
       in the ``storage_dtype`` (float32 by default), and the snapshot θ_prev, P numbers in the
       parameters' dtype: about W·P·s + P·p bytes (s, p the two item sizes), (W + 1) times a float32
@@ -79,13 +100,15 @@ class SpectralEdgeLightningCallback(_Callback):
         prefix: name prefix of the logged scalars.
         save_window: save the window in checkpoints, (W + 1)·P numbers (exact resume; see Checkpoint
             size), or only a few kB of counters (the resumed monitor refills its window first).
+        distributed_timeout: under torch.distributed, seconds a process's monitor waits for the others
+            before it raises :class:`~spectral_edge.errors.DistributedMonitorError`.
         **monitor_kwargs: any :class:`~spectral_edge.SpectralMonitor` keyword (``window``, ``interval``,
             ``groups``, ``storage_dtype``, ``strict``, ``config``, ``sinks``, ...), checked here at once (the
             settings as a :class:`~spectral_edge.tracking.config.MonitorConfig`).
 
     Attributes:
-        monitor: the :class:`~spectral_edge.SpectralMonitor` once training has started (None before, and
-            on ranks other than zero).
+        monitor: the :class:`~spectral_edge.SpectralMonitor` once training has started (None before; on
+            every process under torch.distributed, else on rank zero only).
 
     Only the ``lightning`` package is supported; with the older ``pytorch_lightning`` import name,
     Lightning rejects this callback (its Trainer checks for its own ``Callback`` class).
@@ -97,13 +120,16 @@ class SpectralEdgeLightningCallback(_Callback):
         store: Any = None,
         prefix: str = "spectral/",
         save_window: bool = True,
+        distributed_timeout: float = 600.0,
         **monitor_kwargs: Any,
     ) -> None:
         # Checked now, not when training starts: a MonitorConfig, and sinks with the Sink methods.
         self._config, self._sinks = monitor_settings(monitor_kwargs, caller=type(self).__name__)
+        self._distributed = Distributed(timeout=distributed_timeout)
         self.store = store
         self.prefix = prefix
         self.save_window = save_window
+        self.distributed_timeout = distributed_timeout
         self.monitor_kwargs = monitor_kwargs
         self.monitor: SpectralMonitor | None = None
         self._guard = Guard(strict=self._config.strict)
@@ -112,6 +138,7 @@ class SpectralEdgeLightningCallback(_Callback):
         self._loaded_state: dict[str, Any] | None = None
         self._last_global_step = 0
         self._step_lr: float | None = None
+        self._world = 1  # processes monitoring together (1: this one alone)
 
     def __repr__(self) -> str:
         kwargs = ", ".join(f"{k}={v!r}" for k, v in self.monitor_kwargs.items())
@@ -120,21 +147,25 @@ class SpectralEdgeLightningCallback(_Callback):
     # ------------------------------------------------------------------ set-up
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        """Build the monitor (rank zero only), open the run store, load the restored state on resume."""
+        """Build the monitor (every process under torch.distributed, else rank zero), open the run store
+        (rank zero), load the restored state on resume."""
         # Here the model weights and this callback's state are restored from a checkpoint, if any.
         self._last_global_step = trainer.global_step
-        if not trainer.is_global_zero:
-            self.monitor = None
+        self.monitor = None
+        saved, self._loaded_state = self._loaded_state, None
+        # FSDP1 wraps the LightningModule from outside: the monitor needs the strategy's wrapper.
+        module = monitored_module(pl_module, getattr(trainer.strategy, "model", None))
+        distributed = distributed_job(module)
+        if not distributed and not trainer.is_global_zero:
             return
-        problem = sharding_problem(unwrap_model(pl_module), _sharded_strategy(trainer.strategy))
+        problem = sharding_problem(module, _sharded_strategy(trainer.strategy))
         if problem is not None:
             if self._guard.strict:
                 raise ValueError(sharding_message(problem))
             self._guard.warn_once("sharded", sharding_message(problem) + " The callback is off for this run.")
-            self.monitor = None
             return
         resuming = trainer.global_step > 0
-        if self._store is None and self.store is not None:
+        if self._store is None and self.store is not None and trainer.is_global_zero:
             # A second fit() call appends to the store the first one created. If the store cannot be
             # opened (say it already holds another run), the monitor still runs, keeping records in memory.
             self._store = self._guard(
@@ -148,10 +179,28 @@ class SpectralEdgeLightningCallback(_Callback):
                 ),
             )
             self._opened = True
-        self._guard("starting the monitor", lambda: self._start(trainer, pl_module))
+        self._guard("starting the monitor", lambda: self._start(module, distributed))
+        self._world = 1
+        if distributed:
+            import torch.distributed as dist
 
-    def _start(self, trainer: Any, pl_module: Any) -> None:
-        resuming = trainer.global_step > 0
+            # A process without a monitor would never join the others' all-reduce: all or none.
+            if not all_agree(self.monitor is not None):
+                if self.monitor is not None:
+                    self._guard.warn_once(
+                        "peer_failed",
+                        "another process could not start its spectral-edge monitor (its warning says why), "
+                        "so no process monitors this run",
+                    )
+                self.monitor = None
+                return
+            self._world = dist.get_world_size()
+        monitor = self.monitor
+        if resuming and monitor is not None:
+            # Every process holds the same checkpoint, so each decides alike: all restore, or none.
+            self._guard("loading the monitor state", lambda: self._resume(trainer, monitor, saved))
+
+    def _start(self, module: Any, distributed: bool) -> None:
         # A second fit() call gets a fresh monitor. The old one is dropped, not closed: close() would close
         # the store and sinks the two share; its torch hooks go when it is freed.
         config = self._config
@@ -160,26 +209,42 @@ class SpectralEdgeLightningCallback(_Callback):
             config = replace(config, lr=lambda: self._step_lr)
         config = replace(config, user={"integration": "lightning", **config.user})
         store = self._store.store if self._store is not None else None  # the callback closes it
-        self.monitor = SpectralMonitor(unwrap_model(pl_module), config=config, store=store, sinks=self._sinks)
-        saved, self._loaded_state = self._loaded_state, None
-        if not resuming:
-            return
-        if saved is not None and saved.get("step_count") == trainer.global_step:
-            self.monitor.load_state_dict(saved)
+        self.monitor = SpectralMonitor(
+            module,
+            config=config,
+            store=store,
+            sinks=self._sinks,
+            distributed=self._distributed if distributed else False,
+        )
+
+    def _resume(self, trainer: Any, monitor: SpectralMonitor, saved: dict[str, Any] | None) -> None:
+        step = trainer.global_step
+        found = "no spectral-edge state" if saved is None else f"the state of step {saved.get('step_count')}"
+        if saved is not None and "ranks" in saved:  # saved under torch.distributed: one state per process
+            parts = saved["ranks"]
+            if len(parts) != self._world:
+                found = f"the states of {len(parts)} processes, not {self._world}"
+                saved = None
+            else:
+                saved = parts[process_rank()] if self._world > 1 else parts[0]
+        elif saved is not None and self._world > 1:
+            found = "the state of one process (the whole model's window), not one per process"
+            saved = None
+        if saved is not None and saved.get("step_count") == step:
+            monitor.load_state_dict(saved)
             if saved.get("window") is None:
                 logger.info(
                     "spectral-edge: the checkpoint was saved without the window (save_window=False): "
                     "training resumes at step %d and the spectral window refills over the next %d steps "
                     "before the first record",
-                    trainer.global_step,
-                    self.monitor.window * self.monitor.interval,
+                    step,
+                    monitor.window * monitor.interval,
                 )
             return
-        found = "no spectral-edge state" if saved is None else f"the state of step {saved.get('step_count')}"
         self._guard.warn_once(
             "no_state",
-            f"training resumes at step {trainer.global_step} but the checkpoint holds {found}; the spectral "
-            f"window refills over the next {self.monitor.window * self.monitor.interval} steps before the "
+            f"training resumes at step {step} but the checkpoint holds {found}; the spectral "
+            f"window refills over the next {monitor.window * monitor.interval} steps before the "
             "first record.",
         )
 
@@ -228,14 +293,30 @@ class SpectralEdgeLightningCallback(_Callback):
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """The monitor's state for the Lightning checkpoint (``save_window`` decides about the window)."""
+        """The monitor's state for the Lightning checkpoint (``save_window`` decides about the window).
+
+        Under torch.distributed a collective: every process's state is gathered to rank zero, whose
+        state_dict alone Lightning writes, as ``{"ranks": [state of rank 0, state of rank 1, ...]}``.
+        """
         monitor = self.monitor
         if monitor is None:
             return {}
         state = self._guard(
             "saving the monitor state", lambda: monitor.state_dict(include_window=self.save_window)
         )
-        return state or {}
+        if self._world == 1:
+            return state or {}
+        import torch.distributed as dist
+
+        # Every process joins the gather, even one whose state failed (None): the others wait for it. On
+        # the host: a pickled GPU tensor would come back on the sender's device number.
+        parts: list[Any] | None = [None] * self._world if dist.get_rank() == 0 else None
+        dist.gather_object(_to_cpu(state), parts, dst=0)
+        if parts is None:
+            return {}
+        if any(part is None for part in parts):
+            return {}  # a process could not save its part: a resumed run refills every window
+        return {"ranks": parts}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep the restored state for ``on_train_start``, which builds the monitor."""
@@ -244,9 +325,21 @@ class SpectralEdgeLightningCallback(_Callback):
 
 
 def _sharded_strategy(strategy: Any) -> str | None:
+    """What the strategy says of sharding (see :func:`sharding_problem`)."""
+    if getattr(strategy, "zero_stage_3", False):
+        return "zero3"
     name = type(strategy).__name__
     if name in ("FSDPStrategy", "ModelParallelStrategy"):
         return f"the Trainer uses {name}"
-    if getattr(strategy, "zero_stage_3", False):
-        return "DeepSpeed ZeRO stage 3 is configured"
     return None
+
+
+def _to_cpu(value: Any) -> Any:
+    """``value`` with every tensor in its dicts, lists and tuples moved to the host."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
