@@ -98,7 +98,13 @@ def main() -> None:
     copy_dst = torch.empty_like(x)
     copy = timed(lambda: copy_dst.copy_(x))
     params = [p for _, p in mon.monitored_parameters()]
-    push = timed(lambda: window.push(params))
+
+    def push_one() -> None:
+        with torch.no_grad():
+            params[0].add_(1e-6)  # a non-zero update: a zero one would be rejected and empty the window
+        window.push(params)
+
+    push = timed(push_one)
     figures = {
         "card": card,
         "n_params": n_params,

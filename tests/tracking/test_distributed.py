@@ -54,15 +54,17 @@ def _wrap(model: Net, mode: str) -> nn.Module:
         for part in (model.embed, model.body, model.head):
             fully_shard(part)
         return fully_shard(model)
-    if mode in ("fsdp1", "fsdp1_flat"):
-        from torch.distributed.fsdp import FullyShardedDataParallel
+    if mode in ("fsdp1", "fsdp1_flat", "fsdp1_noshard"):
+        from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
+        no_shard = mode == "fsdp1_noshard"
         return FullyShardedDataParallel(
             model,
-            use_orig_params=mode == "fsdp1",
+            use_orig_params=mode != "fsdp1_flat",
             device_id=torch.device("cpu"),
             auto_wrap_policy=ModuleWrapPolicy({nn.Linear}),
+            sharding_strategy=ShardingStrategy.NO_SHARD if no_shard else ShardingStrategy.FULL_SHARD,
         )
     assert mode == "replicas"  # every process trains the same model on the same data, no collectives
     return model
@@ -74,7 +76,7 @@ def _full_parameters(model: nn.Module, mode: str) -> dict[str, torch.Tensor]:
         return {n: p.detach().double().clone() for n, p in model.module.named_parameters()}
     if mode == "fsdp2":
         return {n: p.full_tensor().detach().double().clone() for n, p in model.named_parameters()}
-    if mode in ("fsdp1", "fsdp1_flat"):
+    if mode in ("fsdp1", "fsdp1_flat", "fsdp1_noshard"):
         from torch.distributed.fsdp import FullyShardedDataParallel
 
         with FullyShardedDataParallel.summon_full_params(model):
@@ -189,12 +191,12 @@ def _check_against_one_process(
         assert [r["step"] for r in store.records()] == [r["step"] for r in want]
 
 
-@pytest.mark.parametrize("mode", ["replicas", "ddp", "fsdp2", "fsdp1", "fsdp1_flat"])
+@pytest.mark.parametrize("mode", ["replicas", "ddp", "fsdp2", "fsdp1", "fsdp1_flat", "fsdp1_noshard"])
 def test_two_processes_equal_one(tmp_path: Path, mode: str) -> None:
     results = _results(run_ranks(train, 2, tmp_path, mode=mode))
     _check_against_one_process(results, tmp_path, 2)
     split = results[0]["config"]["distributed"]
-    if mode in ("replicas", "ddp"):  # replicated scalars are cut into equal runs (± 1)
+    if mode in ("replicas", "ddp", "fsdp1_noshard"):  # replicated scalars are cut into equal runs (± 1)
         assert max(split["process_params"]) - min(split["process_params"]) <= 1
         assert split["parameters"] == {"sharded": 0, "replicated": 6}
     else:
@@ -235,4 +237,110 @@ def test_a_sketch_under_fsdp1_says_what_to_use(tmp_path: Path) -> None:
     outcomes = run_ranks(train, 2, tmp_path, mode="fsdp1", sketch_dim=64)
     for out in outcomes:
         assert out.get("type") == "ValueError", out
-        assert "FSDP1 does not tell: use FSDP2 (fully_shard), DDP, or the exact window" in out["error"]
+        assert "which FSDP1 does not tell" in out["error"]
+
+
+# ------------------------------------------------------------------ what one process alone sees or does
+
+
+class ConvNet(nn.Module):
+    """A channels_last convolution: its weight is not contiguous, so a run of it is a copy, not a view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).mean(dim=(2, 3)))
+
+
+def lone_events(rank: int, world: int, folder: Path) -> dict[str, Any]:
+    """Plain replicas of ConvNet (SGD, same data) through what one process meets alone: rank 0 asks for
+    a re-read of the parameters (step 3); rank 1's push fails (step 6); every process freezes the head
+    (step 9). Returns the records, the warnings and the full parameters after each step."""
+    import warnings
+
+    from spectral_edge.tracking.window import UpdateWindow
+
+    torch.manual_seed(0)
+    model = ConvNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mon = SpectralMonitor(
+        model, window=WINDOW, storage_dtype=torch.float64, kernel="torch", distributed=Distributed(timeout=30)
+    )
+    gen = torch.Generator().manual_seed(7)
+    full = [{n: p.detach().double().clone() for n, p in model.named_parameters()}]
+    records, messages = [], []
+    original = UpdateWindow._torch_pass
+    for step in range(1, 16):
+        x, y = torch.randn(8, 3, 6, 6, generator=gen), torch.randn(8, 2, generator=gen)
+        opt.zero_grad()
+        (model(x) - y).pow(2).mean().backward()
+        opt.step()
+        if step == 3 and rank == 0:
+            mon.recheck_parameters()
+        if step == 9:
+            model.head.requires_grad_(False)
+        if step == 6 and rank == 1:
+
+            def broken(self: Any, *args: Any) -> Any:
+                raise RuntimeError("out of memory (simulated)")
+
+            UpdateWindow._torch_pass = broken  # type: ignore[method-assign]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            record = mon.step()
+        UpdateWindow._torch_pass = original  # type: ignore[method-assign]
+        messages += [str(w.message) for w in caught]
+        full.append({n: p.detach().double().clone() for n, p in model.named_parameters()})
+        if record is not None:
+            records.append(record.to_dict())
+    return {"records": records, "full": full, "warnings": messages, "n_params": mon.n_params}
+
+
+def test_what_one_process_meets_alone_keeps_every_process_in_step(tmp_path: Path) -> None:
+    results = _results(run_ranks(lone_events, 2, tmp_path))
+    # Identical records on both processes, whatever each met alone, and no hang.
+    assert [{**r, "metrics": {}} for r in results[0]["records"]] == [
+        {**r, "metrics": {}} for r in results[1]["records"]
+    ]
+    steps = [r["step"] for r in results[0]["records"]]
+    # Step 6's update was skipped by both (rank 1's push failed) and the windows restarted.
+    assert 6 not in steps and steps[0] == 4, steps
+    assert any("push failed" in w for w in results[1]["warnings"]), results[1]["warnings"]
+    # The head froze at step 9 on every process: they re-read the parameters together and went on with
+    # the conv alone (a run of its channels_last weight is a copy made at every step).
+    conv = {n: t for n, t in results[0]["full"][0].items() if n.startswith("conv")}
+    assert results[0]["n_params"] == sum(t.numel() for t in conv.values())
+    last = results[0]["records"][-1]
+    trajectory = [{n: t for n, t in params.items() if n.startswith("conv")} for params in results[0]["full"]]
+    start = last["step"] - WINDOW  # the conv's parameters WINDOW steps before the last record
+    config = MonitorConfig(window=WINDOW, storage_dtype=torch.float64)
+    tracker = SpectralTracker(list(trajectory[start].items()), config=config)
+    for i in range(start + 1, last["step"] + 1):
+        want = tracker.observe(trajectory[i], step=i).record
+    assert want is not None
+    np.testing.assert_allclose(last["singular_values"], want.singular_values, rtol=1e-9)
+
+
+def load_wrong_state(rank: int, world: int, folder: Path) -> dict[str, Any]:
+    """Every process loads a saved window; rank 1's state is for another W."""
+    torch.manual_seed(0)
+    mon = SpectralMonitor(
+        Net(), window=WINDOW, storage_dtype=torch.float64, distributed=Distributed(timeout=30)
+    )
+    state = mon.state_dict()
+    if rank == 1:
+        state["window"] = {**state["window"], "window": WINDOW + 1}
+    try:
+        mon.load_state_dict(state)
+    except ValueError as exc:
+        return {"raised": str(exc)}
+    return {"raised": None}
+
+
+def test_a_window_one_process_cannot_load_is_loaded_by_none(tmp_path: Path) -> None:
+    results = _results(run_ranks(load_wrong_state, 2, tmp_path))
+    assert "another process could not load" in results[0]["raised"]
+    assert "state is for W=5" in results[1]["raised"]

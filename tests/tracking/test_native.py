@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from spectral_edge.tracking._native import READY, build_dir, build_name, native_kernel
+import spectral_edge.tracking._native as native
+from spectral_edge.tracking._native import READY, build_dir, build_name, native_kernel, native_op
 
 pytestmark = pytest.mark.skipif(native_kernel() is None, reason="the C++ kernel cannot be built here")
 
@@ -34,6 +35,8 @@ CHILD = textwrap.dedent(
     t = time.perf_counter()
     mon = se.SpectralMonitor([torch.nn.Parameter(torch.zeros(100))], window=3, lr=0.1, groups=None)
     print("KERNEL", mon._win.kernel, round(time.perf_counter() - t, 3), flush=True)
+    from spectral_edge.tracking.sketch import SketchedWindow
+    print("SKETCH", SketchedWindow(100, window=2, sketch_dim=8).kernel, flush=True)
     """
 )
 
@@ -65,6 +68,7 @@ def test_a_built_kernel_is_imported_without_any_lock(built_copy):
     done = run_child(built_copy.parent, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "KERNEL fused" in done.stdout
+    assert "SKETCH sketch-compiled" in done.stdout  # the CountSketch operator is in the same build
 
 
 def test_a_stale_lock_of_a_build_killed_midway_is_removed_and_the_build_finishes(built_copy):
@@ -91,6 +95,7 @@ def test_a_build_that_never_ends_elsewhere_gives_the_torch_path_after_the_timeou
         os.close(fd)
     assert done.returncode == 0, done.stderr
     assert "KERNEL torch" in done.stdout
+    assert "SKETCH sketch\n" in done.stdout
     assert "another process has been building the kernel" in done.stderr
     assert "SPECTRAL_EDGE_BUILD_TIMEOUT" in done.stderr
     assert took < 60
@@ -100,7 +105,22 @@ def test_switched_off_it_is_never_loaded(tmp_path):
     done = run_child(tmp_path, timeout=120, SPECTRAL_EDGE_KERNEL="torch")
     assert done.returncode == 0, done.stderr
     assert "KERNEL torch" in done.stdout
+    assert "SKETCH sketch\n" in done.stdout
     assert not any(tmp_path.iterdir())  # nothing was built or locked
+
+
+def test_the_count_sketch_operator_is_registered_under_the_modules_name():
+    """count_sketch.cpp registers a torch operator (not a pybind11 function) in a namespace named after the
+    build, so that the loader's module and the operator come from one library."""
+    op = native_op("count_sketch")
+    assert op is not None and str(op).startswith(native_kernel().__name__)
+    assert build_name() == native_kernel().__name__ and "count_sketch.cpp" in native.SOURCES
+
+
+def test_a_failed_build_gives_no_operator(monkeypatch):
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "_failed", "RuntimeError: no compiler")
+    assert native_op("count_sketch") is None
 
 
 @pytest.mark.slow

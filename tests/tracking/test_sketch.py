@@ -17,6 +17,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import spectral_edge.tracking.sketch as sketch_module
+from spectral_edge.tracking._native import native_op
 from spectral_edge.tracking.build import PushedWindow, build_record
 from spectral_edge.tracking.config import MonitorConfig
 from spectral_edge.tracking.sketch import SketchedWindow, count_sketch, count_sketch_hash, sketch_error_bound
@@ -262,7 +264,7 @@ def test_shards_with_global_offsets_sum_to_the_whole_window() -> None:
         theta = [t + s for t, s in zip(theta, step, strict=True)]
         rank0.push(shard0(theta))
         whole.push(theta)
-    assert rec.sent[0].shape == (2, 2, 512)  # (hi, lo) × groups × m
+    assert rec.sent[0].shape == (2 * 2 * 512 + 1,)  # (hi, lo) × groups × m, and the flags
     np.testing.assert_allclose(rank0.stacked_group_grams(), whole.stacked_group_grams(), rtol=1e-13)
     np.testing.assert_allclose(rank0.updates().numpy(), whole.updates().numpy(), rtol=1e-13, atol=1e-300)
 
@@ -380,7 +382,7 @@ def test_a_record_builds_from_a_sketched_window() -> None:
     assert rec.step == 11 and rec.window == 6
     np.testing.assert_allclose(rec.singular_values**2, lam, rtol=0.15)  # measured 0.049
     assert (win.kernel, win.eigen, win.storage_dtype, win.rank_rtol) == (
-        "sketch",
+        "sketch-compiled" if native_op("count_sketch") is not None else "sketch",
         "numpy",
         torch.float64,
         1e-13,
@@ -453,7 +455,8 @@ def _monitored_run(sketch_dim: int | None) -> list[Any]:
         record = mon.step()
         if record is not None:
             records.append(record)
-    assert mon.config()["kernel"] == ("sketch" if sketch_dim else mon.config()["kernel"])
+    if sketch_dim:
+        assert mon.config()["kernel"] in ("sketch", "sketch-compiled")
     return records
 
 
@@ -467,11 +470,169 @@ def test_a_sketched_monitor_reads_a_real_trajectory_like_the_exact_one() -> None
         sketched = _monitored_run(m)
         assert len(sketched) == len(exact) == 31
         errors[m] = max(
-            float(np.max(np.abs(a.singular_values / b.singular_values - 1))) for a, b in zip(sketched, exact)
+            float(np.max(np.abs(a.singular_values / b.singular_values - 1)))
+            for a, b in zip(sketched, exact, strict=True)
         )
-        gap = max(abs(a.gap_ratio / b.gap_ratio - 1) for a, b in zip(sketched, exact))
-        matched = sum(a.k_star == b.k_star for a, b in zip(sketched, exact))
+        gap = max(abs(a.gap_ratio / b.gap_ratio - 1) for a, b in zip(sketched, exact, strict=True))
+        matched = sum(a.k_star == b.k_star for a, b in zip(sketched, exact, strict=True))
         assert gap < 3 * errors[m] + 1e-3
         assert matched >= (27 if m == 1024 else 29)
     assert errors[1024] < 0.15 and errors[16384] < 0.035
     assert errors[16384] < errors[1024]
+
+
+# ------------------------------------------------------------------ the compiled sketch against the torch path
+
+needs_compiled = pytest.mark.skipif(
+    native_op("count_sketch") is None, reason="the C++ kernel cannot be built here"
+)
+DTYPES = [torch.float32, torch.bfloat16, torch.float64, torch.float16]
+
+
+def straddling_layout() -> tuple[ParameterLayout, list[int]]:
+    """Tensors whose sizes straddle the kernel's blocks (512), the hash's segments (2¹⁶) and the pieces
+    (chunk_size 5000 below), with small ones packed together, in two groups at offsets near 2⁴⁰."""
+    names = ["a.w", "a.b", "a.g", "b.w", "b.b", "a.v", "b.x"]
+    shapes = [(70_001,), (511,), (513,), (99, 101), (1,), (5000,), (65_537,)]
+    layout, _ = ParameterLayout.build(names, shapes, lambda n: n[0])
+    base = {"a.w": 2**40 - 70_000, "a.b": 2**40 + 1, "a.g": 2**40 + 512, "b.w": 2**40 + 2**16 - 77}
+    base |= {"b.b": 2**40 + 2**16 - 77 + 9999, "a.v": 2**41 + 3, "b.x": 2**40 + 3 * 2**16 - 1}
+    return layout, [base[n] for n in layout.names]
+
+
+def both_windows(layout: ParameterLayout, offsets: list[int], **kwargs: Any) -> tuple[SketchedWindow, ...]:
+    common = {"window": 3, "sketch_dim": 257, "seed": 11, "offsets": offsets, "chunk_size": 5000}
+    common |= kwargs
+    compiled = SketchedWindow(layout, kernel="compiled", **common)
+    reference = SketchedWindow(layout, kernel="torch", **common)
+    assert (compiled.kernel, reference.kernel) == ("sketch-compiled", "sketch")
+    return compiled, reference
+
+
+def random_tensors(layout: ParameterLayout, dtype: torch.dtype, gen: torch.Generator) -> list[torch.Tensor]:
+    """Values over eight decades, some exact zeros, one all-zero tensor: every grid of the split occurs."""
+    out = []
+    for k, shape in enumerate(layout.shapes):
+        scale = 10.0 ** torch.randint(-6, 3, shape, generator=gen, dtype=torch.float64)
+        t = torch.randn(shape, generator=gen, dtype=torch.float64) * scale
+        t[torch.rand(shape, generator=gen) < 0.05] = 0.0
+        out.append((t if k != 1 else torch.zeros(shape, dtype=torch.float64)).to(dtype))
+    return out
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sketch_dim", [1, 257, 4096])
+def test_compiled_sums_are_the_torch_paths_bit_for_bit(dtype: torch.dtype, sketch_dim: int) -> None:
+    gen = torch.Generator().manual_seed(sketch_dim)
+    layout, offsets = straddling_layout()
+    compiled, reference = both_windows(layout, offsets, sketch_dim=sketch_dim)
+    for _ in range(2):
+        values = random_tensors(layout, dtype, gen)
+        a = compiled._local_sketch(compiled._flatten(values))
+        b = reference._local_sketch(reference._flatten(values))
+        assert a.shape == b.shape == (2, 2, sketch_dim)
+        assert np.array_equal(a.view(np.int64), b.view(np.int64))  # every bit, signed zeros included
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compiled_pushes_give_the_torch_paths_records(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(5)
+    layout, offsets = straddling_layout()
+    compiled, reference = both_windows(layout, offsets)
+    theta = random_tensors(layout, dtype, gen)
+    compiled.snapshot(theta)
+    reference.snapshot(theta)
+    for step in range(5):
+        theta = [
+            (t.double() + 1e-3 * torch.randn(t.shape, generator=gen, dtype=t.dtype)).to(dtype) for t in theta
+        ]
+        a, b = compiled.push(theta), reference.push(theta)
+        assert (a.status, a.update_norm, a.delta_c_fro, a.added_dot_dropped) == (
+            b.status,
+            b.update_norm,
+            b.delta_c_fro,
+            b.added_dot_dropped,
+        )
+        assert step == 0 or np.array_equal(a.window_dots, b.window_dots)
+    assert torch.equal(compiled.updates(), reference.updates())
+    assert np.array_equal(compiled.stacked_group_grams(), reference.stacked_group_grams())
+    assert torch.equal(compiled.state_dict()["prev"], reference.state_dict()["prev"])
+    records = [
+        build_record(PushedWindow.read(w, r), step=5, lr=0.1) for w, r in ((compiled, a), (reference, b))
+    ]
+    assert records[0].to_dict() == records[1].to_dict()  # every number of the record, to the bit
+
+
+@needs_compiled
+def test_compiled_sums_do_not_depend_on_the_thread_count() -> None:
+    gen = torch.Generator().manual_seed(6)
+    layout, offsets = straddling_layout()
+    compiled, reference = both_windows(layout, offsets, chunk_size=3000)  # 60 pieces: many waves
+    values = random_tensors(layout, torch.float32, gen)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(compiled._local_sketch(compiled._flatten(values)))
+    finally:
+        torch.set_num_threads(threads)
+    expected = reference._local_sketch(reference._flatten(values))
+    for r in results:
+        assert np.array_equal(r.view(np.int64), expected.view(np.int64))
+
+
+@needs_compiled
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_compiled_nonfinite_values_are_handled_as_the_torch_path_does(bad: float) -> None:
+    gen = torch.Generator().manual_seed(7)
+    layout, offsets = straddling_layout()
+    compiled, reference = both_windows(layout, offsets)
+    theta = random_tensors(layout, torch.float32, gen)
+    compiled.snapshot(theta)
+    reference.snapshot(theta)
+    broken = [t.clone() for t in theta]
+    broken[layout.names.index("b.w")].view(-1)[4321] = bad  # group "b" only
+    a = compiled._local_sketch(compiled._flatten(broken))
+    b = reference._local_sketch(reference._flatten(broken))
+    assert (
+        np.array_equal(np.isnan(a), np.isnan(b)) and np.isnan(a[:, 1]).all() and not np.isnan(a[:, 0]).any()
+    )
+    assert np.array_equal(a[:, 0].view(np.int64), b[:, 0].view(np.int64))
+    ra, rb = compiled.push(broken), reference.push(broken)
+    assert ra.status == rb.status == "nonfinite" and math.isnan(ra.update_norm) and math.isnan(rb.update_norm)
+    assert compiled.count == reference.count == 0
+    theta[0] = theta[0] + 1.0
+    ra, rb = compiled.push(theta), reference.push(theta)  # the snapshot was refreshed: z is NaN again
+    assert ra.status == rb.status
+    assert torch.equal(compiled.updates(), reference.updates())
+
+
+@needs_compiled
+def test_other_dtypes_and_non_contiguous_tensors_are_sketched_alike() -> None:
+    layout, offsets = straddling_layout()
+    compiled, reference = both_windows(layout, offsets)
+    gen = torch.Generator().manual_seed(8)
+    strided = [
+        torch.randn(2 * t.numel(), generator=gen)[::2] for t in random_tensors(layout, torch.float32, gen)
+    ]
+    ints = [torch.randint(-5, 5, s, generator=gen) for s in layout.shapes]  # the torch path's, as a fallback
+    for values in (strided, ints):
+        a = compiled._local_sketch(compiled._flatten(values))
+        b = reference._local_sketch(reference._flatten(values))
+        assert np.array_equal(a.view(np.int64), b.view(np.int64))
+
+
+def test_without_the_extension_the_torch_path_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sketch_module, "native_op", lambda name: None)
+    win = SketchedWindow(100, window=2, sketch_dim=16)
+    assert win.kernel == "sketch"
+    win.snapshot([torch.zeros(100)])
+    assert win.push([torch.ones(100)]).status == "pushed"
+    with pytest.raises(RuntimeError, match="kernel='compiled'"):
+        SketchedWindow(100, window=2, sketch_dim=16, kernel="compiled")
+    with pytest.raises(ValueError, match="kernel must be"):
+        SketchedWindow(100, window=2, sketch_dim=16, kernel="fused")
+    assert SketchedWindow(100, window=2, sketch_dim=16, kernel="torch").kernel == "sketch"

@@ -16,7 +16,9 @@ import torch
 
 from spectral_edge.sinks.base import Sink, as_sink
 from spectral_edge.sinks.store import StoreSink
+from spectral_edge.tracking._guard import Guard
 from spectral_edge.tracking.config import MonitorConfig, resolve_config
+from spectral_edge.tracking.distributed import unwrapped_name
 
 #: SpectralMonitor arguments the callbacks set themselves (``store=`` is the callbacks' own argument).
 _OWN_KWARGS = {
@@ -152,6 +154,23 @@ def all_agree(flag: bool) -> bool:
     return all(flags)
 
 
+def started_everywhere(monitor: Any, guard: Guard) -> tuple[bool, int]:
+    """After each process tried to build its monitor under torch.distributed (collective): whether every
+    one has one, and the number of processes. A process without a monitor would never join the others'
+    all-reduce, so if any failed, the ones that did not warn and drop theirs: all monitor, or none."""
+    import torch.distributed as dist
+
+    if all_agree(monitor is not None):
+        return True, dist.get_world_size()
+    if monitor is not None:
+        guard.warn_once(
+            "peer_failed",
+            "another process could not start its spectral-edge monitor (its warning says why), so no "
+            "process monitors this run",
+        )
+    return False, dist.get_world_size()
+
+
 #: Why DeepSpeed ZeRO-3 is not monitored (yet).
 ZERO3_MESSAGE = (
     "DeepSpeed ZeRO-3 is not supported yet: its partitioned parameters hold no data outside forward "
@@ -230,7 +249,9 @@ def block_groups(model: torch.nn.Module) -> Callable[[str], str] | None:
     # Names without the parts FSDP1 and activation checkpointing insert: the distributed monitor reports
     # the unwrapped model's names.
     lists = [
-        _clean(name) for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m)
+        unwrapped_name(name)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.ModuleList) and len(m)
     ]
     stacks = [n for n in lists if not any(n.startswith(o + ".") for o in lists if o != n)]
     if not stacks:
@@ -244,7 +265,7 @@ def block_groups(model: torch.nn.Module) -> Callable[[str], str] | None:
                 return ".".join(name.split(".")[: depth[stack]])
         return None
 
-    names = [_clean(name) for name, _ in model.named_parameters()]
+    names = [unwrapped_name(name) for name, _ in model.named_parameters()]
     in_block = [i for i, name in enumerate(names) if block_of(name) is not None]
     if not in_block:
         return None
@@ -252,7 +273,7 @@ def block_groups(model: torch.nn.Module) -> Callable[[str], str] | None:
     fixed = {name: "embeddings" for name in names[:first]} | {name: "head" for name in names[last + 1 :]}
 
     def group(name: str) -> str:
-        name = _clean(name)
+        name = unwrapped_name(name)
         block = block_of(name)
         if block is not None:
             return block
@@ -261,13 +282,3 @@ def block_groups(model: torch.nn.Module) -> Callable[[str], str] | None:
         return name.rsplit(".", 1)[0]  # between two stacks: its module (an encoder's final norm)
 
     return group
-
-
-#: Name parts that FSDP1, activation checkpointing and torch.compile insert into parameter names.
-_WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-
-
-def _clean(name: str) -> str:
-    for part in _WRAPPER_PARTS:
-        name = name.replace(part, "")
-    return name

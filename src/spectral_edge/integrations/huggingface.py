@@ -38,11 +38,12 @@ from spectral_edge.integrations._common import (
     process_rank,
     sharding_message,
     sharding_problem,
+    started_everywhere,
 )
 from spectral_edge.sinks.store import StoreSink
 from spectral_edge.tracking._guard import Guard
 from spectral_edge.tracking.config import MonitorConfig
-from spectral_edge.tracking.distributed import Distributed
+from spectral_edge.tracking.distributed import Distributed, local_values
 from spectral_edge.tracking.monitor import SpectralMonitor
 
 transformers = require("transformers", "SpectralEdgeCallback (the Hugging Face Trainer integration)")
@@ -289,22 +290,12 @@ class SpectralEdgeCallback(_TrainerCallback):
             )
             self._opened = True
         self._guard("starting the monitor", lambda: self._start(state, module, distributed))
+        self._world = 1
         if distributed:
-            import torch.distributed as dist
-
-            # A process without a monitor would never join the others' all-reduce: all or none.
-            if not all_agree(self.monitor is not None):
-                if self.monitor is not None:
-                    self._guard.warn_once(
-                        "peer_failed",
-                        "another process could not start its spectral-edge monitor (its warning says why), "
-                        "so no process monitors this run",
-                    )
+            everywhere, self._world = started_everywhere(self.monitor, self._guard)
+            if not everywhere:
                 self.monitor = None
                 return
-            self._world = dist.get_world_size()
-        else:
-            self._world = 1
         monitor = self.monitor
         if resuming and monitor is not None:
             self._guard("loading the monitor state", lambda: self._resume(args, state, module, monitor))
@@ -511,8 +502,7 @@ def _fingerprint(model: torch.nn.Module) -> float:
         total = 0.0
         for p in model.parameters():
             if p.requires_grad:
-                local = p.to_local() if hasattr(p, "to_local") else p  # a DTensor's shard
-                total += float(local.detach().double().pow(2).sum().item())
+                total += float(local_values(p).detach().double().pow(2).sum().item())  # a DTensor's shard
         return total
 
 

@@ -21,7 +21,6 @@ import torch
 
 from spectral_edge._imports import require
 from spectral_edge.integrations._common import (
-    all_agree,
     close_trainer_store,
     distributed_job,
     monitor_settings,
@@ -31,6 +30,7 @@ from spectral_edge.integrations._common import (
     process_rank,
     sharding_message,
     sharding_problem,
+    started_everywhere,
 )
 from spectral_edge.sinks.store import StoreSink
 from spectral_edge.tracking._guard import Guard
@@ -182,19 +182,10 @@ class SpectralEdgeLightningCallback(_Callback):
         self._guard("starting the monitor", lambda: self._start(module, distributed))
         self._world = 1
         if distributed:
-            import torch.distributed as dist
-
-            # A process without a monitor would never join the others' all-reduce: all or none.
-            if not all_agree(self.monitor is not None):
-                if self.monitor is not None:
-                    self._guard.warn_once(
-                        "peer_failed",
-                        "another process could not start its spectral-edge monitor (its warning says why), "
-                        "so no process monitors this run",
-                    )
+            everywhere, self._world = started_everywhere(self.monitor, self._guard)
+            if not everywhere:
                 self.monitor = None
                 return
-            self._world = dist.get_world_size()
         monitor = self.monitor
         if resuming and monitor is not None:
             # Every process holds the same checkpoint, so each decides alike: all restore, or none.
@@ -311,7 +302,8 @@ class SpectralEdgeLightningCallback(_Callback):
         # Every process joins the gather, even one whose state failed (None): the others wait for it. On
         # the host: a pickled GPU tensor would come back on the sender's device number.
         parts: list[Any] | None = [None] * self._world if dist.get_rank() == 0 else None
-        dist.gather_object(_to_cpu(state), parts, dst=0)
+        # On the monitor's gloo group: the training group may be NCCL, which would stage every state on GPU 0.
+        dist.gather_object(_to_cpu(state), parts, dst=0, group=monitor.process_group)
         if parts is None:
             return {}
         if any(part is None for part in parts):

@@ -1,10 +1,11 @@
 """The monitor's C++ extension: found, or built once, without ever blocking a training process.
 
-The extension holds the fused push of float32 CPU windows (``csrc/fused_push.cpp``) and the record's
-eigen stage (``csrc/window_spectra.cpp``). It is compiled with torch's extension builder the first time
-a machine needs it (30–60 s; it needs a C++ compiler and ninja, the ``fast`` extra) into a folder of
-torch's extension root named after a hash of the sources, torch's version and the flags, so a changed
-source is a new folder and never a stale module.
+The extension holds the fused push of float32 CPU windows (``csrc/fused_push.cpp``), the record's
+eigen stage (``csrc/window_spectra.cpp``) and the CountSketch of a sketched window
+(``csrc/count_sketch.cpp``, a torch operator: :func:`native_op`). It is compiled with torch's extension
+builder the first time a machine needs it (30–90 s; it needs a C++ compiler and ninja, the ``fast``
+extra) into a folder of torch's extension root named after a hash of the sources, torch's version and
+the flags, so a changed source is a new folder and never a stale module.
 
 Why not ``torch.utils.cpp_extension.load`` on every start: it takes a lock *file* in the build folder
 (created with O_EXCL, removed at the end) at every process start, and a process killed while holding it
@@ -39,7 +40,7 @@ from typing import Any
 
 logger = logging.getLogger("spectral_edge")
 
-SOURCES = ("fused_push.cpp", "window_spectra.cpp")
+SOURCES = ("fused_push.cpp", "window_spectra.cpp", "count_sketch.cpp")
 CFLAGS = ("-O3", "-fopenmp", "-fopenmp-simd")
 LDFLAGS = ("-fopenmp",)
 #: Written into the build folder after a build has loaded: a folder without it is not trusted.
@@ -73,6 +74,19 @@ def native_kernel() -> Any:
                 _failed.splitlines()[0][:300],
             )
         return _module
+
+
+def native_op(name: str) -> Any:
+    """A torch operator of the compiled module (``count_sketch``), or None where the module cannot be had.
+
+    Such operators are registered with torch (``TORCH_LIBRARY``) in a namespace named after the module,
+    rather than bound with pybind11, so that each source file registers its own."""
+    module = native_kernel()
+    if module is None:
+        return None
+    import torch
+
+    return getattr(getattr(torch.ops, module.__name__), name)
 
 
 def build_name() -> str:

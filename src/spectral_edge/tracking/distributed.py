@@ -40,11 +40,18 @@ from spectral_edge.errors import DistributedMonitorError
 from spectral_edge.tracking._sharing import local_values
 from spectral_edge.tracking.window import WindowShare
 
-__all__ = ["Distributed", "ProcessGroupReducer", "ProcessPart", "split_parameters"]
+__all__ = [
+    "Distributed",
+    "ProcessGroupReducer",
+    "ProcessPart",
+    "local_values",
+    "split_parameters",
+    "unwrapped_name",
+]
 
-#: Name parts FSDP1 and activation checkpointing insert into parameter names; left out of the names the
-#: monitor reports, so that groups and names match the unwrapped model's.
-_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+#: Name parts FSDP1, activation checkpointing and torch.compile insert into parameter names; left out of
+#: the names the monitor reports, so that groups and names match the unwrapped model's.
+WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
 
 @dataclass(frozen=True)
@@ -93,11 +100,24 @@ class ProcessGroupReducer:
         ranks = dist.get_process_group_ranks(spec.group) if spec.group is not None else None
         # A group of its own: gloo reduces host arrays whatever backend trains the model, and its
         # timeout bounds every wait of the monitor's.
+        # With a subgroup, only its members call new_group (they may be one of several shard groups).
         self.group = dist.new_group(
-            ranks=ranks, backend="gloo", timeout=datetime.timedelta(seconds=float(spec.timeout))
+            ranks=ranks,
+            backend="gloo",
+            timeout=datetime.timedelta(seconds=float(spec.timeout)),
+            use_local_synchronization=ranks is not None,
         )
         self.rank = dist.get_rank(self.group)
         self.world_size = dist.get_world_size(self.group)
+
+    def close(self) -> None:
+        """Destroy the monitor's process group (its sockets); the reducer cannot be used after."""
+        group, self.group = self.group, None
+        if group is not None and self._dist.is_initialized():
+            try:
+                self._dist.destroy_process_group(group)
+            except (RuntimeError, ValueError):  # the default group went first: nothing left to free
+                pass
 
     def all_reduce(self, array: np.ndarray, *, what: str) -> None:
         """Replace ``array`` (C-contiguous float64) by its sum over the processes, in place."""
@@ -112,6 +132,8 @@ class ProcessGroupReducer:
         return out
 
     def _collective(self, what: str, call: Any) -> None:
+        if self.group is None:  # without this, torch would run the call on the default group
+            raise DistributedMonitorError(f"the monitor was closed; it cannot sum {what} any more")
         try:
             call()
         except Exception as exc:
@@ -145,6 +167,9 @@ class ProcessPart:
         share: the :class:`WindowShare` of the window that holds the part.
         process_params: each process's number of scalars, in rank order.
         kinds: how many monitored parameters are "sharded" and how many "replicated".
+        sizes: each monitored parameter's number of scalars in the whole model (by its given name), the
+            same on every process (an FSDP1 view holds only this process's share).
+        group_sizes: each group's number of scalars in the whole model.
     """
 
     def __init__(
@@ -153,13 +178,19 @@ class ProcessPart:
         share: WindowShare,
         process_params: list[int],
         kinds: dict[str, int],
+        sizes: dict[str, int],
+        group_sizes: dict[str, int],
     ) -> None:
         self._pieces = pieces
         self.share = share
         self.process_params = process_params
         self.kinds = kinds
+        self.sizes = sizes
+        self.group_sizes = group_sizes
         self._key: list[tuple[int, int]] | None = None
         self._views: list[torch.Tensor] = []
+        # A slice of a non-contiguous tensor (channels_last) is a copy, not a view: make it at every step.
+        self._copied = any(p.kind == "slice" and not local_values(p.param).is_contiguous() for p in pieces)
         self.named = list(zip([p.name for p in pieces], self.tensors(), strict=True))
 
     def tensors(self) -> list[torch.Tensor]:
@@ -171,7 +202,7 @@ class ProcessPart:
         with torch.no_grad():  # a DTensor's to_local() is then its local tensor itself, not a new one
             current = [local_values(p.param) for p in self._pieces]
             key = [(id(t), t.data_ptr()) for t in current]
-            if key != self._key:
+            if key != self._key or self._copied:
                 self._views = [
                     t.detach().reshape(-1)[p.lo : p.hi] if p.kind == "slice" else t
                     for p, t in zip(self._pieces, current, strict=True)
@@ -183,6 +214,7 @@ class ProcessPart:
         """What the run store's config says of the split."""
         return {
             "world_size": len(self.process_params),
+            "groups": dict(self.group_sizes),
             "process_params": list(self.process_params),
             "parameters": dict(self.kinds),
         }
@@ -213,7 +245,7 @@ def split_parameters(
     ddp = isinstance(module, torch.nn.parallel.DistributedDataParallel)
     entries: list[tuple[str, torch.Tensor, str]] = []  # (name, parameter, "sharded" / "replicated")
     for name, param in named:
-        clean = _clean(name.removeprefix("module.") if ddp else name)
+        clean = unwrapped_name(name.removeprefix("module.") if ddp else name)
         entries.append((clean, param, _placement(name, param, fsdp1, reducer.world_size)))
     names = [n for n, _, _ in entries]
     if len(set(names)) != len(names):
@@ -221,17 +253,21 @@ def split_parameters(
     replicated_sizes = [p.numel() for _, p, kind in entries if kind == "replicated"]
     # FSDP1's flat parameters (without use_orig_params) pad their shards with zeros that never move:
     # they add nothing to the Gram, but P (in d_crit and the noise level) counts the model's scalars only.
-    sharded_local = sum(
-        local_values(p).numel() - int(getattr(p, "_shard_numel_padded", 0))
+    held = [
+        local_values(p).numel() - int(getattr(p, "_shard_numel_padded", 0)) if kind == "sharded" else 0
         for _, p, kind in entries
-        if kind == "sharded"
-    )
+    ]
     signature = [(n, kind, p.numel() if kind == "replicated" else -1) for n, p, kind in entries]
     replicated_total = sum(replicated_sizes)
-    seen = reducer.gather((signature, sharded_local), what="agreeing on the monitored parameters")
+    seen = reducer.gather((signature, held), what="agreeing on the monitored parameters")
     for rank, (other, _) in enumerate(seen):
         if other != signature:
             raise ValueError(_disagreement(reducer.rank, signature, rank, other))
+    # Each parameter's size in the whole model: a replicated one's own, a sharded one's shards summed.
+    sizes = [
+        p.numel() if kind == "replicated" else sum(h[i] for _, h in seen)
+        for i, (_, p, kind) in enumerate(entries)
+    ]
 
     # Replicated scalars, concatenated in order, are cut into world_size runs of equal length (± 1).
     world, rank = reducer.world_size, reducer.rank
@@ -264,7 +300,7 @@ def split_parameters(
         offset += n
         start_of += n
 
-    process_params = [local + bounds[r + 1] - bounds[r] for r, (_, local) in enumerate(seen)]
+    process_params = [sum(h) + bounds[r + 1] - bounds[r] for r, (_, h) in enumerate(seen)]
     empty = [r for r, p in enumerate(process_params) if p == 0]
     if empty:
         raise ValueError(
@@ -272,16 +308,26 @@ def split_parameters(
             "all): monitor this model in one process (distributed=False), or train it on fewer processes"
         )
     group_names = tuple(dict.fromkeys(group_of(n) for n in names))
+    group_sizes = dict.fromkeys(group_names, 0)
+    for clean, size in zip(names, sizes, strict=True):
+        group_sizes[group_of(clean)] += size
     share = WindowShare(
         reducer=reducer, total_params=sum(process_params), group_names=group_names, offsets=offsets
     )
     kinds = {"sharded": len(entries) - len(replicated_sizes), "replicated": len(replicated_sizes)}
-    return ProcessPart(pieces, share, process_params, kinds)
+    by_name = {given: size for (given, _), size in zip(named, sizes, strict=True)}
+    return ProcessPart(pieces, share, process_params, kinds, by_name, group_sizes)
 
 
-def _clean(name: str) -> str:
-    for prefix in _WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
+def unwrapped_name(name: str) -> str:
+    """``name`` without the parts wrappers insert (:data:`WRAPPER_PARTS`): the unwrapped model's name.
+
+    Example:
+        >>> unwrapped_name("_fsdp_wrapped_module.layers.0._checkpoint_wrapped_module.attn.weight")
+        'layers.0.attn.weight'
+    """
+    for part in WRAPPER_PARTS:
+        name = name.replace(part, "")
     return name
 
 
@@ -322,8 +368,8 @@ def _placement(name: str, param: torch.Tensor, fsdp1: set[int], world_size: int)
         raise ValueError(
             f"parameter {name!r} is a DTensor with placements {placements} on a mesh of shape "
             f"{tuple(mesh.shape)}: the monitor supports parameters sharded over all {world_size} processes of "
-            "its group on a 1-D mesh (FSDP2's fully_shard), or replicated ones; for a 2-D mesh (HSDP, tensor "
-            "parallel) pass Distributed(group=...) with the processes of one shard group"
+            "its group on a 1-D mesh (FSDP2's fully_shard), or replicated ones; 2-D meshes (HSDP, tensor "
+            "parallelism) are not supported yet"
         )
     if any(p.is_partial() for p in placements):
         raise ValueError(
@@ -341,11 +387,21 @@ def _fsdp1_parameters(module: torch.nn.Module | None) -> set[int]:
         from torch.distributed.fsdp import FullyShardedDataParallel
     except ImportError:  # a torch built without distributed support
         return set()
-    roots = [m for m in module.modules() if isinstance(m, FullyShardedDataParallel)]
+    from torch.distributed.fsdp import ShardingStrategy
+
     ids: set[int] = set()
-    for root in roots:
-        ignored = {id(p) for p in getattr(root, "_ignored_params", ())}
-        ids.update(id(p) for p in root.parameters() if id(p) not in ignored)
+    for wrapper in (m for m in module.modules() if isinstance(m, FullyShardedDataParallel)):
+        strategy = getattr(wrapper, "sharding_strategy", ShardingStrategy.FULL_SHARD)
+        if strategy == ShardingStrategy.NO_SHARD:  # every process holds every parameter: replicated
+            continue
+        if strategy not in (ShardingStrategy.FULL_SHARD, ShardingStrategy.SHARD_GRAD_OP):
+            raise ValueError(
+                f"FSDP1 with sharding_strategy={strategy.name} shards within groups of processes and "
+                "replicates across them, which the monitor does not split yet: use FULL_SHARD, "
+                "SHARD_GRAD_OP or NO_SHARD, or FSDP2 (fully_shard) on a 1-D mesh"
+            )
+        ignored = {id(p) for p in getattr(wrapper, "_ignored_params", ())}
+        ids.update(id(p) for p in wrapper.parameters() if id(p) not in ignored)
     return ids
 
 

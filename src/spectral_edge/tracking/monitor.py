@@ -290,6 +290,8 @@ class SpectralMonitor:
         self._calls_since_push = 0  # interval counts calls, so that any step numbering works
         self._pushes_since_check = 0
         self._registry_changed = False
+        self._recheck_wanted = False  # distributed: this process asks every process to re-read the parameters
+        self._recheck_agreed = False  # distributed: some process asked, with the last push
         self._pending_metrics: dict[str, float] = {}
         self.records: deque[SpectralRecord] = deque(maxlen=self.settings.history)
         self._hook_handle: Any = None
@@ -370,6 +372,12 @@ class SpectralMonitor:
         return self.tracker.window
 
     @property
+    def process_group(self) -> Any:
+        """The monitor's own gloo process group with ``distributed``, where its collectives run (None
+        without); closed by :meth:`close`."""
+        return self._reducer.group if self._reducer is not None else None
+
+    @property
     def last_record(self) -> SpectralRecord | None:
         """The newest record kept in memory, or None before the window first fills."""
         return self.records[-1] if self.records else None
@@ -395,8 +403,9 @@ class SpectralMonitor:
         described = self.tracker.describe()
         if self.settings.lr is None and self._hook_optimizer is not None:
             described["lr"] = f"{type(self._hook_optimizer).__name__} (attach)"
-        if self._part is not None:
+        if self._part is not None:  # the whole model's group sizes, not this process's
             described["distributed"] = self._part.describe()
+            described["groups"] = dict(self._part.group_sizes)
         return {
             **described,
             "excluded": dict(self.excluded),  # name -> why it is not monitored
@@ -558,6 +567,8 @@ class SpectralMonitor:
             self._out.close()
         finally:
             self.unwritten = self._store_sink.backlog() if self._store_sink is not None else None
+            if self._reducer is not None:
+                self._reducer.close()
         return self.unwritten
 
     def __enter__(self) -> SpectralMonitor:
@@ -600,7 +611,9 @@ class SpectralMonitor:
         self._watched = dict(named)  # name -> parameter, what the parameter-set checks compare against
         self._shapes = {name: tuple(t.shape) for name, t in named}
         self._ids = [id(t) for _, t in named]
-        self._numel_of = {id(t): t.numel() for _, t in named}  # weights of the groups' rates
+        # The weights of the optimizer groups' rates: the whole model's sizes, the same on every process.
+        sizes = self._part.sizes if self._part is not None else {name: t.numel() for name, t in named}
+        self._numel_of = {id(t): sizes[name] for name, t in named}
         if self._part is None:
             self._tensors = [self._watched[name] for name in self.tracker.layout.names]
 
@@ -626,21 +639,53 @@ class SpectralMonitor:
         # out of up to 49 records. It, torch's registration hooks (additions, replacements:
         # _registry_changed) and every LAYOUT_CHECK_EVERY-th push (a .data of another shape) trigger it.
         self._pushes_since_check += 1
-        if self._registry_changed or self._pushes_since_check >= LAYOUT_CHECK_EVERY or self._watch.stale():
-            self._registry_changed = False
-            self._pushes_since_check = 0
-            if self._layout_changed():
+        if self._part is None:
+            due = (
+                self._registry_changed
+                or self._pushes_since_check >= LAYOUT_CHECK_EVERY
+                or self._watch.stale()
+            )
+        else:
+            due = self._due_across_processes()
+        try:
+            if due:
+                self._registry_changed = self._recheck_agreed = False
+                self._pushes_since_check = 0
+                if self._layout_changed():
+                    return None
+            if self._paused:
                 return None
-        if self._paused:
-            return None
+            observed = self._observed()
+        except (NonFiniteUpdateError, ParameterLayoutError, DistributedMonitorError):
+            raise
+        except Exception as exc:
+            if self._part is None:
+                raise
+            # The other processes are on their way to this step's all-reduce: carrying on without it would
+            # pair their rows with another step's. Stop, with what happened.
+            raise DistributedMonitorError(
+                f"spectral-edge failed on this process before its all-reduce at step {self.step_count} "
+                f"({exc!r}); the other processes would wait for it, so the monitor stops here"
+            ) from exc
         result = self.tracker.observe(
-            self._observed(), step=self.step_count, lr=self._current_lr, metrics=metrics
+            observed, step=self.step_count, lr=self._current_lr, metrics=metrics, flag=self._recheck_wanted
         )
+        if result.status != "snapshot":  # the flag went out with the push
+            self._recheck_wanted, self._recheck_agreed = False, result.flagged
         if result.record is not None:
             self.records.append(result.record)
             self._out.record(result.record)
         self._out.emit(result.events)
         return result.record
+
+    def _due_across_processes(self) -> bool:
+        """Whether every process re-reads its parameter set now (distributed): a re-read that finds a
+        change calls a collective, so the processes must decide together. What one process notices
+        (a hook, a changed flag) goes out with its next push; all re-read at the step after it, and all at
+        every LAYOUT_CHECK_EVERY-th step, which they count alike."""
+        self._recheck_wanted = self._recheck_wanted or self._registry_changed or self._watch.stale()
+        self._registry_changed = False
+        return self._recheck_agreed or self._pushes_since_check >= LAYOUT_CHECK_EVERY
 
     def _layout_changed(self) -> bool:
         """Re-read the parameter set; if it changed, restart the window on the new set (one warning, one

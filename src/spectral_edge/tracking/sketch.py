@@ -57,6 +57,17 @@ round-off, however small δ is. That is why the kept sketch of θ is two m-vecto
 (W + 2)·m float64 numbers per group whatever P is (:attr:`SketchedWindow.nbytes`), plus the W × W Grams and
 two 2¹⁶-entry hash tables shared by every window of a seed.
 
+The compiled path. On the CPU the sketch is computed by the extension's ``count_sketch`` operator
+(``csrc/count_sketch.cpp``, built by ``tracking/_native.py``), which reads each piece twice (its peak,
+then the hash and the sums in registers), where the torch path (:class:`_Accumulator`) makes about fifteen
+torch calls over 8-byte scratch buffers per piece. The torch path is the reference and serves other
+devices and machines without a compiler: the compiled one performs the same float64 operations in the same
+order (the same pieces, the same grid, each slot's sums in element order, the pieces folded in plan
+order), so the two give the same (hi, lo) sums bit for bit, whatever the thread count, not merely to the
+last ulp.
+``kernel="torch"`` (or ``SPECTRAL_EDGE_KERNEL=torch``) keeps the torch path; :attr:`SketchedWindow.kernel`
+says which runs.
+
 What a sketch cannot give: directions in parameter space (:meth:`SketchedWindow.principal_directions`
 raises); the exact window is needed for them.
 """
@@ -65,16 +76,19 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from spectral_edge.errors import SpectrumWarning
 from spectral_edge.spectrum.perturbation import delta_c_frobenius
 from spectral_edge.spectrum.window import storage_rank_rtol
+from spectral_edge.tracking._native import native_op
 from spectral_edge.tracking._spectra import WindowEigen, window_spectra
-from spectral_edge.tracking.window import ParameterLayout, PushResult, WindowShare, check_window
+from spectral_edge.tracking.window import ParameterLayout, PushResult, WindowShare, check_share, check_window
 
 __all__ = ["SketchedWindow", "count_sketch", "count_sketch_hash", "sketch_error_bound"]
 
@@ -91,6 +105,8 @@ _GOLDEN = 0x9E3779B97F4A7C15
 #: Elements sketched at once. Measured at P = 10⁶, m = 10⁴ on one CPU thread: 8.4 ms a push with 2¹⁶
 #: (more torch calls), 6.9 ms with 2¹⁸, 9.3 ms with 2²⁰ (the five scratch buffers, 40 MiB, leave the cache).
 DEFAULT_CHUNK = 1 << 18
+#: Parameter dtypes the compiled sketch reads in their own precision (others take the torch path).
+COMPILED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def sketch_error_bound(sketch_dim: int, window: int, failure_probability: float) -> float:
@@ -192,6 +208,16 @@ def _slots(start: int, count: int, sketch_dim: int, seed: int, work: _Workspace)
     h.bitwise_xor_(e)  # b = a XOR D[a >> 47]
     h.bitwise_and_(_MASK32).mul_(2 * sketch_dim).bitwise_right_shift_(32)  # ⌊u · 2m⌋, u = b mod 2³² / 2³²
     return h
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_tables(seed: int) -> torch.Tensor:
+    """(3, 2¹⁶) int32: the bits of the tables the compiled hash reads, T mod 2³², T >> 47 and D mod 2³²
+    (as int32 bit patterns): b mod 2³² and a >> 47 need no others (``csrc/count_sketch.cpp``)."""
+    table, derived, _ = _tables(seed)
+    low = [t.bitwise_and(_MASK32) for t in (table, derived)]
+    bits = torch.stack([low[0], table.bitwise_right_shift(_DERIVED_SHIFT), low[1]])
+    return torch.where(bits >= 1 << 31, bits - (1 << 32), bits).to(torch.int32)  # the same 32 bits
 
 
 @functools.lru_cache(maxsize=8)
@@ -367,22 +393,31 @@ class SketchedWindow:
         offsets: the global index of each layout tensor's first element (its elements follow in row-major
             order); default the cumulative sizes in layout order. Under sharded training each process
             gives its shard's global positions, so that the processes' sketches sum to the model's.
-        chunk_size: elements hashed at once: the scratch memory is 40 bytes per element of this.
+        chunk_size: elements hashed at once (a piece; the pieces fix the rounding of the sums). The torch
+            path's scratch memory is 40 bytes per element of this; the compiled path's is 32·m bytes per
+            piece in flight (one per intra-op thread).
         share: for one process's part of a model trained on several
             (:class:`~spectral_edge.tracking.window.WindowShare`): its reducer sums each new sketch of θ
             (or of an explicit update) over the processes, a C-contiguous (2, n_groups, m) array holding
             S·θ as the double-double pair (hi, lo), and its ``total_params`` is the P the record reports.
             None (default): the tensors are the whole model.
+        kernel: "auto" (default) computes the sketch with the compiled operator when it builds and the
+            tensors are CPU tensors of a float dtype it reads, else with torch; "compiled" requires the
+            operator (RuntimeError if it cannot be built); "torch" always uses the torch path, the
+            reference. Both give the same sums bit for bit.
+
+    Attributes:
+        kernel: "sketch-compiled" where the compiled operator is used for CPU tensors, "sketch" for the
+            torch path (the string the run store's config keeps).
 
     Example:
         >>> win = SketchedWindow(1000, window=2, sketch_dim=64, seed=1)
         >>> win.snapshot([torch.zeros(1000)])
         >>> _ = win.push([torch.ones(1000)]); _ = win.push([2 * torch.ones(1000)])
-        >>> win.full, win.kernel, win.nbytes == (2 + 2) * 64 * 8
-        (True, 'sketch', True)
+        >>> win.full, win.kernel in ("sketch", "sketch-compiled"), win.nbytes == (2 + 2) * 64 * 8
+        (True, True, True)
     """
 
-    kernel = "sketch"
     eigen = "numpy"
     storage_dtype = torch.float64
     storage_device = torch.device("cpu")
@@ -397,6 +432,7 @@ class SketchedWindow:
         offsets: Sequence[int] | None = None,
         chunk_size: int = DEFAULT_CHUNK,
         share: WindowShare | None = None,
+        kernel: str = "auto",
     ) -> None:
         if isinstance(layout, int):
             if layout < 1:
@@ -409,6 +445,8 @@ class SketchedWindow:
         _check_seed(seed)
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if kernel not in ("auto", "compiled", "torch"):
+            raise ValueError(f"kernel must be 'auto', 'compiled' or 'torch', got {kernel!r}")
         if offsets is None:
             offsets = list(np.cumsum((0,) + layout.numels[:-1]).tolist())
         offsets = [int(o) for o in offsets]
@@ -424,11 +462,7 @@ class SketchedWindow:
                 raise ValueError(
                     f"tensors {a!r} and {b!r} overlap at global indices [{o2}, {o1 + n1}): fix offsets"
                 )
-        if share is not None and tuple(share.group_names) != tuple(layout.group_names):
-            raise ValueError(
-                f"the layout's groups {list(layout.group_names)} differ from the share's "
-                f"{list(share.group_names)}: build the layout with all_groups=share.group_names"
-            )
+        check_share(layout, share)
 
         self.layout = layout
         self.window = window
@@ -449,6 +483,15 @@ class SketchedWindow:
         self._max_piece = max(hi - lo for _, lo, hi, _, _ in self._plan)
         self._work: dict[torch.device, _Workspace] = {}
         _tables(seed)  # build the tables now, not at the first push
+        self._op: Any = None if kernel == "torch" else native_op("count_sketch")
+        if self._op is None and kernel == "compiled":
+            raise RuntimeError(
+                "kernel='compiled' was asked for but the C++ kernel could not be built (see the warning "
+                "logged by spectral_edge); install a C++ compiler and ninja, or use kernel='auto'"
+            )
+        self.kernel = "sketch-compiled" if self._op is not None else "sketch"
+        self._native_plan = self._make_native_plan() if self._op is not None else None
+        self._scratch: torch.Tensor | None = None  # (K, 4m) float64, all zero between calls
 
     def __repr__(self) -> str:
         return (
@@ -489,6 +532,33 @@ class SketchedWindow:
                 plan.append(((t,), lo, min(lo + size, numel), self.offsets[t] + lo, group))
         close()
         return plan
+
+    def _make_native_plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The plan as the compiled operator reads it: segments (tensor, first element, count), pieces
+        (first segment, end segment, global start, group, index of the piece's first key), and the segment
+        keys K[q] of every piece (:func:`count_sketch_hash`), computed here once."""
+        _, _, segment_key = _tables(self.seed)
+        numels = self.layout.numels
+        segments: list[tuple[int, int, int]] = []
+        pieces: list[tuple[int, int, int, int, int]] = []
+        keys: list[np.ndarray] = []
+        n_keys = 0
+        for idx, lo, hi, start, group in self._plan:
+            first = len(segments)
+            if len(idx) == 1:
+                segments.append((idx[0], lo, hi - lo))
+            else:  # a pack of whole tensors at consecutive global indices
+                segments.extend((t, 0, numels[t]) for t in idx)
+            pieces.append((first, len(segments), start, group, n_keys))
+            if hi > lo:
+                q0, q1 = start >> CHAR_BITS, (start + hi - lo - 1) >> CHAR_BITS
+                keys.append(_stream(segment_key, q0, q1 - q0 + 1))
+                n_keys += q1 - q0 + 1
+        return (
+            torch.tensor(segments, dtype=torch.int64).reshape(-1, 3),
+            torch.tensor(pieces, dtype=torch.int64).reshape(-1, 5),
+            torch.from_numpy(np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)),
+        )
 
     # ------------------------------------------------------------------ state
 
@@ -584,23 +654,24 @@ class SketchedWindow:
             tensors: current values in layout order (this process's shard under sharding).
             copy: accepted for :class:`UpdateWindow`'s interface; nothing is kept by reference here.
         """
-        self._prev = self._sketch_of(self._flatten(tensors))
+        self._prev, _ = self._sketch_of(self._flatten(tensors))
 
-    def push(self, tensors: Sequence[torch.Tensor], *, copy: bool = True) -> PushResult:
+    def push(self, tensors: Sequence[torch.Tensor], *, copy: bool = True, flag: bool = False) -> PushResult:
         """Push z = S θ − S θ_prev = S δ and keep S θ as the new snapshot (one read of θ).
 
         Args:
             tensors: current values θ in layout order.
             copy: as for :meth:`snapshot`.
+            flag: as for :meth:`UpdateWindow.push` (sent with the sketch of θ).
         """
         if self._prev is None:
             raise RuntimeError("push() needs a snapshot first: call snapshot(tensors) at the start")
-        y = self._sketch_of(self._flatten(tensors))
+        y, flagged = self._sketch_of(self._flatten(tensors), flag)
         # (hi − hi') is exact or rounded once relative to z, and the lo parts are ~2⁻⁵³ of the hi parts.
         with np.errstate(over="ignore", invalid="ignore"):
             z = (y[0] - self._prev[0]) + (y[1] - self._prev[1])
         self._prev = y  # refreshed whatever the status, as the exact window's snapshot is
-        return self._push_row(z)
+        return self._push_row(z, flagged)
 
     def push_update(self, update: Any) -> PushResult:
         """Push an explicit update δ (a flat (P,) array-like or tensors in layout order), sketched directly.
@@ -624,21 +695,60 @@ class SketchedWindow:
                     f"update has {vector.numel()} elements, the layout has P={self.layout.n_params}"
                 )
             flat = list(torch.split(vector, list(self.layout.numels)))
-        y = self._sketch_of(flat)
-        return self._push_row(y[0] + y[1])
+        y, flagged = self._sketch_of(flat)
+        return self._push_row(y[0] + y[1], flagged)
 
-    def _sketch_of(self, flat: list[torch.Tensor]) -> np.ndarray:
-        """(2, n_groups, m) S·v as (hi, lo) for the flat tensors, summed over the processes sharing the model."""
+    def _sketch_of(self, flat: list[torch.Tensor], flag: bool = False) -> tuple[np.ndarray, bool]:
+        """(2, n_groups, m) S·v as (hi, lo) for the flat tensors, summed over the processes sharing the
+        model, and whether any of them raised ``flag`` (sent as one more number with the sum)."""
+        try:
+            y = self._local_sketch(flat)
+        except Exception as exc:
+            if self.share is None:
+                raise
+            # The others wait in the all-reduce: take part with NaN, so every process rejects this update.
+            warnings.warn(
+                f"spectral-edge: this process's part of a sketched push failed ({exc!r}); every process "
+                "skips the update and restarts its window",
+                SpectrumWarning,
+                stacklevel=4,
+            )
+            y = np.full((2, len(self.layout.group_names), self.sketch_dim), math.nan)
+        if self.share is None:
+            return y, flag
+        summed = np.empty(y.size + 1)
+        summed[:-1] = y.reshape(-1)
+        summed[-1] = 1.0 if flag else 0.0
+        self.share.reducer.all_reduce(summed, what="the sketch S·θ of the parameters")
+        y = summed[:-1].reshape(y.shape)
+        with np.errstate(over="ignore", invalid="ignore"):
+            y = np.stack(_two_sum(y[0], y[1]))
+        return y, bool(summed[-1] > 0)
+
+    def _local_sketch(self, flat: list[torch.Tensor]) -> np.ndarray:
+        """(2, n_groups, m) S·v as (hi, lo) of this process's tensors: compiled where it applies."""
+        if self._op is not None and all(t.device.type == "cpu" and t.dtype in COMPILED_DTYPES for t in flat):
+            return self._compiled_sketch(flat)
         acc = _Accumulator(len(self.layout.group_names), self.sketch_dim)
         for idx, lo, hi, start, group in self._plan:
             values = flat[idx[0]][lo:hi] if len(idx) == 1 else torch.cat([flat[t] for t in idx])
             acc.add(group, values, start, self.sketch_dim, self.seed, self._workspace(values.device))
-        y = acc.result()
-        if self.share is not None:
-            self.share.reducer.all_reduce(y, what="the sketch S·θ of the parameters")
-            with np.errstate(over="ignore", invalid="ignore"):
-                y = np.stack(_two_sum(y[0], y[1]))
-        return y
+        return acc.result()
+
+    def _compiled_sketch(self, flat: list[torch.Tensor]) -> np.ndarray:
+        """:class:`_Accumulator`'s (hi, lo) result for CPU tensors, bit for bit, from the compiled operator."""
+        assert self._native_plan is not None
+        segments, pieces, keys = self._native_plan
+        m = self.sketch_dim
+        # One scratch of 4m sums per piece in flight: as many as threads, since a piece is one thread's.
+        k = max(1, min(len(self._plan), torch.get_num_threads()))
+        if self._scratch is None or self._scratch.shape[0] < k:
+            self._scratch = torch.zeros(k, 4 * m, dtype=torch.float64)
+        out = np.empty((2, len(self.layout.group_names), m))
+        values = [t if t.is_contiguous() else t.contiguous() for t in flat]
+        tables = _compiled_tables(self.seed)
+        self._op(values, segments, pieces, tables, keys, m, torch.from_numpy(out), self._scratch[:k])
+        return out
 
     def _workspace(self, device: torch.device) -> _Workspace:
         work = self._work.get(device)
@@ -646,13 +756,17 @@ class SketchedWindow:
             work = self._work[device] = _Workspace(self._max_piece, device)
         return work
 
-    def _push_row(self, z: np.ndarray) -> PushResult:
+    def _push_row(self, z: np.ndarray, flagged: bool = False) -> PushResult:
         """Push the sketched update z (n_groups, m): the Gram row as the exact window writes it."""
         w = self.window
         dropping = len(self._order) == w
         target = self._order[0] if dropping else next(s for s in range(w) if s not in self._order)
         with np.errstate(invalid="ignore", over="ignore"):
-            group_dots = np.matmul(self._rows, z[:, :, None])[..., 0]  # (n_groups, W), slot-indexed
+            # torch's matmul, on torch's intra-op threads: NumPy's BLAS starts its own threads for m ≳ 10⁴,
+            # which fight torch's (still spinning after the sketch) for the cores: measured 7.5 ms against
+            # 2.2 ms a push at P = 10⁶, m = 65536 on two cores.
+            rows, column = torch.from_numpy(self._rows), torch.from_numpy(z)[:, :, None]
+            group_dots = torch.matmul(rows, column)[..., 0].numpy()  # (n_groups, W), slot-indexed
             group_sq = np.einsum("gm,gm->g", z, z)
         dots = group_dots.sum(axis=0)
         added_sq = float(group_sq.sum())
@@ -667,7 +781,7 @@ class SketchedWindow:
             if dropping:
                 self._order.pop(0)
             norm = math.sqrt(added_sq) if added_sq >= 0.0 else float("nan")
-            return PushResult(status=status, update_norm=norm, dropped=dropping)
+            return PushResult(status=status, update_norm=norm, dropped=dropping, flagged=flagged)
 
         window_dots = dots[np.asarray(self._order, dtype=np.intp)]  # time order, before the push
         self._rows[:, target] = z
@@ -690,6 +804,7 @@ class SketchedWindow:
             delta_c_fro=dc,
             added_dot_dropped=a_dot_b,
             window_dots=window_dots,
+            flagged=flagged,
         )
 
     def _flatten(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -45,11 +45,14 @@ class TrackResult:
             regime change), or one ``nonfinite_update`` / ``zero_update`` when a run of such updates starts.
         status: "pushed", "snapshot" (the values became θ_prev; nothing pushed), "nonfinite" or "zero"
             (the update was skipped).
+        flagged: some process raised ``flag=`` with this update (see :meth:`SpectralTracker.observe`);
+            False after a snapshot, which pushes nothing.
     """
 
     record: SpectralRecord | None
     events: tuple[SpectralEvent, ...] = ()
     status: Literal["pushed", "snapshot", "nonfinite", "zero"] = "pushed"
+    flagged: bool = False
 
 
 class SpectralTracker:
@@ -185,6 +188,7 @@ class SpectralTracker:
         lr: float | Callable[[], float | None] | None = None,
         metrics: Mapping[str, float] | None = None,
         copy: bool = True,
+        flag: bool = False,
     ) -> TrackResult:
         """Push the update since the last snapshot; return the record once the window is full.
 
@@ -194,6 +198,8 @@ class SpectralTracker:
             lr: η for 𝒜, or a zero-argument callable giving it, called only when a record is made.
             metrics: scalars to keep with the record.
             copy: as for the constructor (``False``: keep the tensors as the next snapshot).
+            flag: a yes/no question put to every process sharing the model with this push:
+                :attr:`TrackResult.flagged` is whether any of them raised it.
 
         Raises:
             NonFiniteUpdateError: a NaN/Inf update with ``config.strict``.
@@ -202,19 +208,19 @@ class SpectralTracker:
         if not self.window.has_snapshot:  # after a reset: these values are θ_prev
             self.window.snapshot(values, copy=copy)
             return TrackResult(None, (), "snapshot")
-        pushed = self.window.push(values, copy=copy)
+        pushed = self.window.push(values, copy=copy, flag=flag)
         if pushed.status != "pushed":
-            return TrackResult(None, self._skipped(pushed, step), pushed.status)
+            return TrackResult(None, self._skipped(pushed, step), pushed.status, pushed.flagged)
         self._bad_streak = None
         if not self.window.full:
-            return TrackResult(None, (), "pushed")
+            return TrackResult(None, (), "pushed", pushed.flagged)
         rate = lr() if callable(lr) else lr
         record = build_record(
             PushedWindow.read(self.window, pushed), step=step, lr=rate, metrics=metrics, config=self.config
         )
         if record.rank < self.window.window and self.window.rank_rtol > DEFAULT_RANK_RTOL:
             self._below_storage_floor(record)
-        return TrackResult(record, tuple(self.detector.update(record)), "pushed")
+        return TrackResult(record, tuple(self.detector.update(record)), "pushed", pushed.flagged)
 
     def _below_storage_floor(self, record: SpectralRecord) -> None:
         """Warn once that σ_j under the rounding floor of a low-precision window read as 0 (Weyl: rounding
@@ -314,7 +320,8 @@ def _flat_offsets(
         if share.offsets is None:
             raise ValueError(
                 "a sketched window (sketch_dim=) needs each process to know where its shard lies in the "
-                "model, which FSDP1 does not tell: use FSDP2 (fully_shard), DDP, or the exact window"
+                "model, which FSDP1 does not tell (nor FSDP2 sharding on a dimension other than the first): "
+                "use FSDP2 (fully_shard, sharded on dim 0), DDP, or the exact window"
             )
         return [share.offsets[name] for name in layout.names]
     starts, offset = {}, 0

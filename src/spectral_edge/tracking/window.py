@@ -42,6 +42,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
+from spectral_edge.errors import SpectrumWarning
 from spectral_edge.spectrum.perturbation import delta_c_frobenius
 from spectral_edge.spectrum.window import storage_rank_rtol
 from spectral_edge.tracking._native import native_kernel
@@ -100,6 +101,16 @@ class WindowShare:
     total_params: int
     group_names: tuple[str, ...]
     offsets: Mapping[str, int] | None = None
+
+
+def check_share(layout: ParameterLayout, share: WindowShare | None) -> None:
+    """Raise a clear ValueError unless ``layout`` has the share's groups, in its order (the summed rows
+    are indexed by them on every process)."""
+    if share is not None and tuple(share.group_names) != tuple(layout.group_names):
+        raise ValueError(
+            f"the layout's groups {list(layout.group_names)} differ from the share's "
+            f"{list(share.group_names)}: build the layout with all_groups=share.group_names"
+        )
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,8 @@ class PushResult:
         delta_c_fro: ‖ΔC‖_F = ‖a aᵀ − b bᵀ‖_F of this push (‖a‖² when nothing was dropped); None unless pushed.
         added_dot_dropped: aᵀb, None unless pushed and dropped.
         window_dots: (W,) float64 ⟨x_i, a⟩ with the rows x_i of the window *before* the push, in time order.
+        flagged: some process passed ``flag=True`` to this push (one process alone: its own flag). The
+            processes sharing a model agree through it on what each would otherwise decide alone.
     """
 
     status: Literal["pushed", "nonfinite", "zero"]
@@ -191,6 +204,7 @@ class PushResult:
     delta_c_fro: float | None = None
     added_dot_dropped: float | None = None
     window_dots: np.ndarray | None = None
+    flagged: bool = False
 
 
 class UpdateWindow:
@@ -267,11 +281,7 @@ class UpdateWindow:
                 "use kernel='auto' or 'torch'"
             )
 
-        if share is not None and tuple(share.group_names) != tuple(layout.group_names):
-            raise ValueError(
-                f"the layout's groups {list(layout.group_names)} differ from the share's "
-                f"{list(share.group_names)}: build the layout with all_groups=share.group_names"
-            )
+        check_share(layout, share)
         self.layout = layout
         self.share = share
         self.window = window
@@ -511,16 +521,18 @@ class UpdateWindow:
                 spare.append(None)
         self._prev, self._spare = prev, spare
 
-    def push(self, tensors: Sequence[torch.Tensor], *, copy: bool = True) -> PushResult:
+    def push(self, tensors: Sequence[torch.Tensor], *, copy: bool = True, flag: bool = False) -> PushResult:
         """Push the update δ = θ − θ_prev and make θ the new snapshot (one pass over the window).
 
         Args:
             tensors: current values θ in layout order.
             copy: as for :meth:`snapshot`.
+            flag: raised with this push; :attr:`PushResult.flagged` says whether any process sharing the
+                model raised it (summed with the Gram row, at no extra collective).
         """
         if self._prev is None:
             raise RuntimeError("push() needs a snapshot first: call snapshot(tensors) at the start")
-        return self._push(self._flatten(tensors), from_snapshot=True, keep_references=not copy)
+        return self._push(self._flatten(tensors), from_snapshot=True, keep_references=not copy, flag=flag)
 
     def push_update(self, update: Any) -> PushResult:
         """Push an explicit update δ: a flat (P,) array-like, or a sequence of tensors in layout order.
@@ -542,7 +554,9 @@ class UpdateWindow:
             flat = list(torch.split(vector, list(self.layout.numels)))
         return self._push(flat, from_snapshot=False, keep_references=False)
 
-    def _push(self, current: list[torch.Tensor], *, from_snapshot: bool, keep_references: bool) -> PushResult:
+    def _push(
+        self, current: list[torch.Tensor], *, from_snapshot: bool, keep_references: bool, flag: bool = False
+    ) -> PushResult:
         w = self.window
         dropping = len(self._order) == w
         target = self._order[0] if dropping else self._free_slot()
@@ -550,14 +564,29 @@ class UpdateWindow:
         # Row and column `target` of each group's Gram become the update's dots with the other slots and
         # ‖a‖² on the diagonal (an empty slot's row of X is zero, so its dot with a finite update is exactly
         # 0: no mask is needed); ‖b‖² of the leaving update is read off the old diagonal first.
-        fused = self._fused_segments(current) if from_snapshot and not keep_references else None
-        if fused is not None:
-            # The kernel also sums the groups and writes the Gram rows: the W + 1 totals and ‖b‖² as floats.
-            *total, dropped_sq = self._kernel.fused_push(*fused, x, target, self._gram_tensor)
-        else:
-            total, dropped_sq = self._torch_pass(current, target, from_snapshot, keep_references)
+        try:
+            fused = self._fused_segments(current) if from_snapshot and not keep_references else None
+            if fused is not None:
+                # The kernel also sums the groups and writes the Gram rows: the W + 1 totals and ‖b‖².
+                *total, dropped_sq = self._kernel.fused_push(*fused, x, target, self._gram_tensor)
+            else:
+                total, dropped_sq = self._torch_pass(current, target, from_snapshot, keep_references)
+        except Exception as exc:
+            if self.share is None:
+                raise
+            # The other processes wait in the all-reduce below: take part with a NaN row, so that every
+            # process rejects this update alike (as non-finite) and the windows stay one model's.
+            warnings.warn(
+                f"spectral-edge: this process's part of a push failed ({exc!r}); every process skips the "
+                "update and restarts its window",
+                SpectrumWarning,
+                stacklevel=3,
+            )
+            self._gram[:, target, :] = math.nan
+            total = [math.nan] * (w + 1)
+        flagged = flag
         if self.share is not None:
-            total = self._sum_row_over_processes(target, total)
+            total, flagged = self._sum_row_over_processes(target, total, flag)
         added_sq = total[w]
 
         if not math.isfinite(added_sq) or added_sq == 0.0:
@@ -569,7 +598,7 @@ class UpdateWindow:
             if dropping:
                 self._order.pop(0)
             norm = math.sqrt(added_sq) if added_sq >= 0.0 else float("nan")
-            return PushResult(status=status, update_norm=norm, dropped=dropping)
+            return PushResult(status=status, update_norm=norm, dropped=dropping, flagged=flagged)
 
         window_dots = np.array([total[i] for i in self._order])  # ⟨x_i, a⟩ in time order, before the push
         if dropping:
@@ -588,6 +617,7 @@ class UpdateWindow:
             delta_c_fro=dc,
             added_dot_dropped=a_dot_b,
             window_dots=window_dots,
+            flagged=flagged,
         )
 
     def _torch_pass(
@@ -627,29 +657,33 @@ class UpdateWindow:
         gram[:, :, target] = gram[:, target, :]
         return group_rows.sum(axis=0).tolist(), dropped_sq
 
-    def _sum_row_over_processes(self, target: int, total: list[float]) -> list[float]:
+    def _sum_row_over_processes(
+        self, target: int, total: list[float], flag: bool
+    ) -> tuple[list[float], bool]:
         """Complete the push's Gram row with the other processes' parts (see :class:`WindowShare`).
 
-        Summed, in one all-reduce of n_groups·W + 1 float64 numbers: each group's new row as the pass
-        wrote it (‖a‖² on the diagonal) and aᵀb, the update's dot with the row it replaces (which the
-        row no longer holds). ‖b‖² needs nothing: the diagonal it was read from was already summed.
-        Returns the W + 1 totals as the pass returns them: the dots with every slot, then ‖a‖².
+        Summed, in one all-reduce of n_groups·W + 2 float64 numbers: each group's new row as the pass
+        wrote it (‖a‖² on the diagonal), aᵀb, the update's dot with the row it replaces (which the row
+        no longer holds), and the processes' flags. ‖b‖² needs nothing: the diagonal it was read from was
+        already summed. Returns the W + 1 totals as the pass returns them (the dots with every slot, then
+        ‖a‖²) and whether any process raised its flag.
         """
         assert self.share is not None
         gram = self._gram
         n_groups, w = gram.shape[0], self.window
-        row = np.empty(n_groups * w + 1)
-        row[:-1] = gram[:, target, :].reshape(-1)
-        row[-1] = total[target]
+        row = np.empty(n_groups * w + 2)
+        row[:-2] = gram[:, target, :].reshape(-1)
+        row[-2] = total[target]
+        row[-1] = 1.0 if flag else 0.0
         self.share.reducer.all_reduce(row, what="a push's Gram row")
-        groups = row[:-1].reshape(n_groups, w)
+        groups = row[:-2].reshape(n_groups, w)
         gram[:, target, :] = groups
         gram[:, :, target] = groups
         summed = groups.sum(axis=0)
         out = summed.tolist()
         out.append(out[target])  # the diagonal: ‖a‖²
-        out[target] = float(row[-1])  # aᵀb
-        return out
+        out[target] = float(row[-2])  # aᵀb
+        return out, bool(row[-1] > 0)
 
     def _wide_dots(self, col: int, stored: torch.Tensor, out: torch.Tensor) -> None:
         """``out`` = (⟨x_0, a⟩, …, ⟨x_{W−1}, a⟩, ‖a‖²) in float64 for the stored values ``a`` of one piece,
@@ -785,6 +819,7 @@ class UpdateWindow:
             "groups": list(self.layout.groups),
             "storage_dtype": str(self.storage_dtype),
             "grams": torch.from_numpy(self._gram[:, idx][:, :, idx].copy()),
+            "group_names": list(self.layout.group_names),
             "rows": self._x[self._order].to("cpu").clone(),
             "prev": None
             if self._prev is None
@@ -806,27 +841,34 @@ class UpdateWindow:
             state: the saved state.
             snapshot_device: where the snapshot θ_prev goes (the parameters' device); default the storage device.
         """
-        if state["window"] != self.window or state["n_params"] != self.layout.n_params:
-            raise ValueError(
-                f"state is for W={state['window']}, P={state['n_params']}; this window has "
-                f"W={self.window}, P={self.layout.n_params}"
-            )
-        saved_names = list(state["names"])
-        if sorted(saved_names) != sorted(self.layout.names):
-            raise ValueError("state was saved for a different set of tensors")
-        # The saved rows follow the saved tensor order; permute their columns into this layout's order.
-        saved_cols = dict(zip(saved_names, _column_ranges(state_numels(state, self.layout)), strict=True))
-        rows = state["rows"]
-        if saved_names != list(self.layout.names):
-            rows = torch.cat([rows[:, slice(*saved_cols[n])] for n in self.layout.names], dim=1)
+        problem: Exception | None = None
+        try:
+            rows, saved_names = self._rows_in_layout_order(state)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            problem = exc
+        same_layout = problem is None and (
+            saved_names == list(self.layout.names)
+            and list(state.get("groups", [])) == list(self.layout.groups)
+            and list(state.get("group_names", self.layout.group_names)) == list(self.layout.group_names)
+        )
+        reuse = same_layout and state.get("storage_dtype") == str(self.storage_dtype) and "grams" in state
+        if self.share is not None:
+            # Every process loads, or none does (a process that cannot would leave the others' windows
+            # holding rows it lacks); and every process recomputes and sums its Grams, or none does.
+            votes = np.array([0.0 if reuse else 1.0, 0.0 if problem is None else 1.0])
+            self.share.reducer.all_reduce(votes, what="agreeing on loading the window")
+            if votes[1] > 0 and problem is None:
+                problem = ValueError(
+                    "another process could not load its part of the window (its error says why)"
+                )
+            reuse = bool(votes[0] == 0.0)
+        if problem is not None:
+            raise problem
         n = rows.shape[0]
         self.reset()
         self._x[:n].copy_(rows.to(self.storage_device, self.storage_dtype))
         self._order = list(range(n))
-        same_layout = saved_names == list(self.layout.names) and list(state.get("groups", [])) == list(
-            self.layout.groups
-        )
-        if same_layout and state.get("storage_dtype") == str(self.storage_dtype) and "grams" in state:
+        if reuse:
             self._gram[:, :n, :n] = state["grams"].numpy()
         else:
             stored = self._x[:n].to(device="cpu", dtype=torch.float64)
@@ -845,6 +887,23 @@ class UpdateWindow:
         self.pushes = int(state["pushes"])
 
     # ------------------------------------------------------------------ helpers
+
+    def _rows_in_layout_order(self, state: dict[str, Any]) -> tuple[torch.Tensor, list[str]]:
+        """The saved rows with their columns in this layout's order, and the saved tensor order; a
+        ValueError when the state was saved for another W, P or set of tensors."""
+        if state["window"] != self.window or state["n_params"] != self.layout.n_params:
+            raise ValueError(
+                f"state is for W={state['window']}, P={state['n_params']}; this window has "
+                f"W={self.window}, P={self.layout.n_params}"
+            )
+        saved_names = list(state["names"])
+        if sorted(saved_names) != sorted(self.layout.names):
+            raise ValueError("state was saved for a different set of tensors")
+        rows = state["rows"]
+        if saved_names != list(self.layout.names):
+            saved_cols = dict(zip(saved_names, _column_ranges(state_numels(state, self.layout)), strict=True))
+            rows = torch.cat([rows[:, slice(*saved_cols[n])] for n in self.layout.names], dim=1)
+        return rows, saved_names
 
     def _flatten(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Flat views of ``tensors``; the views of a live model's parameters are made once and reused
