@@ -88,7 +88,14 @@ from spectral_edge.spectrum.perturbation import delta_c_frobenius
 from spectral_edge.spectrum.window import storage_rank_rtol
 from spectral_edge.tracking._native import native_op
 from spectral_edge.tracking._spectra import WindowEigen, window_spectra
-from spectral_edge.tracking.window import ParameterLayout, PushResult, WindowShare, check_share, check_window
+from spectral_edge.tracking.window import (
+    GramSlots,
+    ParameterLayout,
+    PushResult,
+    WindowShare,
+    check_share,
+    check_window,
+)
 
 __all__ = ["SketchedWindow", "count_sketch", "count_sketch_hash", "sketch_error_bound"]
 
@@ -375,7 +382,7 @@ def count_sketch(
     return out
 
 
-class SketchedWindow:
+class SketchedWindow(GramSlots):
     """The last W CountSketched updates and their Gram matrices: :class:`UpdateWindow`'s read and push
     interface in (W + 2)·m float64 numbers per group, whatever P is.
 
@@ -563,51 +570,11 @@ class SketchedWindow:
     # ------------------------------------------------------------------ state
 
     @property
-    def count(self) -> int:
-        """Number of updates in the window now (≤ W)."""
-        return len(self._order)
-
-    @property
-    def full(self) -> bool:
-        """True once the window holds W updates (a record needs a full window)."""
-        return len(self._order) == self.window
-
-    @property
-    def has_snapshot(self) -> bool:
-        """True once :meth:`snapshot` has taken S θ_prev (until :meth:`reset`)."""
-        return self._prev is not None
-
-    @property
-    def total_params(self) -> int:
-        """P of the whole model: this window's own P, or the share's total when it holds one part."""
-        return self.share.total_params if self.share is not None else self.layout.n_params
-
-    @property
     def nbytes(self) -> int:
         """Bytes of the sketched state: the W sketched rows and the (hi, lo) sketch of θ_prev, that is
         (W + 2)·m·8 per group, independent of P (the W × W Grams and the shared hash tables aside)."""
         n_groups = len(self.layout.group_names)
         return self._rows.nbytes + 2 * n_groups * self.sketch_dim * 8
-
-    def gram(self, group: str | None = None) -> np.ndarray:
-        """The (count, count) sketched Gram Z Zᵀ in time order, oldest first (a float64 copy).
-
-        Args:
-            group: a group name for that group's Gram; None for the total (sum over groups).
-        """
-        idx = np.asarray(self._order, dtype=np.intp)
-        g = self._gram.sum(axis=0) if group is None else self._gram[self.layout.group_names.index(group)]
-        return g[np.ix_(idx, idx)].copy()
-
-    def group_grams(self) -> dict[str, np.ndarray]:
-        """Every group's sketched Gram in time order."""
-        return dict(zip(self.layout.group_names, self.stacked_group_grams(), strict=True))
-
-    def stacked_group_grams(self) -> np.ndarray:
-        """The groups' sketched Grams in time order, (n_groups, count, count) float64, in the order of
-        ``layout.group_names`` (a copy)."""
-        idx = np.asarray(self._order, dtype=np.intp)
-        return self._gram[:, idx[:, None], idx[None, :]]
 
     def spectra(self, *, half: bool) -> WindowEigen:
         """The eigen stage of a record (``tracking/_spectra.py``, with NumPy) for the sketched Grams.

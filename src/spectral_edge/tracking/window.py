@@ -207,7 +207,63 @@ class PushResult:
     flagged: bool = False
 
 
-class UpdateWindow:
+class GramSlots:
+    """What every window shares: the groups' W × W Grams indexed by slot, and the slots in time order.
+
+    :class:`UpdateWindow` (the exact rows of X) and
+    :class:`~spectral_edge.tracking.sketch.SketchedWindow` (their sketches) fill ``_gram`` (n_groups, W, W)
+    and ``_order`` (the slots holding updates, oldest first) their own way; these reads are the same.
+    """
+
+    window: int
+    layout: ParameterLayout
+    share: WindowShare | None
+    _gram: np.ndarray
+    _order: list[int]
+    _prev: Any
+
+    @property
+    def count(self) -> int:
+        """Number of updates in the window now (≤ W)."""
+        return len(self._order)
+
+    @property
+    def full(self) -> bool:
+        """True once the window holds W updates (a record needs a full window)."""
+        return len(self._order) == self.window
+
+    @property
+    def has_snapshot(self) -> bool:
+        """True once ``snapshot`` has taken the reference of the next update (until ``reset``)."""
+        return self._prev is not None
+
+    @property
+    def total_params(self) -> int:
+        """P of the whole model: this window's own P, or the share's total when it holds one part."""
+        return self.share.total_params if self.share is not None else self.layout.n_params
+
+    def gram(self, group: str | None = None) -> np.ndarray:
+        """The (count, count) Gram matrix of the window in time order, oldest first (a float64 copy).
+
+        Args:
+            group: a group name for that group's Gram; None for the total (sum over groups).
+        """
+        idx = np.asarray(self._order, dtype=np.intp)
+        g = self._gram.sum(axis=0) if group is None else self._gram[self.layout.group_names.index(group)]
+        return g[np.ix_(idx, idx)].copy()
+
+    def group_grams(self) -> dict[str, np.ndarray]:
+        """Every group's Gram matrix in time order (one gather for all of them)."""
+        return dict(zip(self.layout.group_names, self.stacked_group_grams(), strict=True))
+
+    def stacked_group_grams(self) -> np.ndarray:
+        """The groups' Gram matrices in time order as one (n_groups, count, count) float64 array, in the
+        order of ``layout.group_names`` (a copy)."""
+        idx = np.asarray(self._order, dtype=np.intp)
+        return self._gram[:, idx[:, None], idx[None, :]]
+
+
+class UpdateWindow(GramSlots):
     """Ring buffer of the last W updates with an incrementally maintained float64 Gram matrix.
 
     Args:
@@ -373,52 +429,9 @@ class UpdateWindow:
     # ------------------------------------------------------------------ state
 
     @property
-    def count(self) -> int:
-        """Number of updates in the window now (≤ W)."""
-        return len(self._order)
-
-    @property
-    def full(self) -> bool:
-        """True once the window holds W updates (a record needs a full window)."""
-        return len(self._order) == self.window
-
-    @property
-    def has_snapshot(self) -> bool:
-        """True once :meth:`snapshot` has taken θ_prev (until :meth:`reset`)."""
-        return self._prev is not None
-
-    @property
-    def total_params(self) -> int:
-        """P of the whole model: this window's own P, or the share's total when it holds one part."""
-        return self.share.total_params if self.share is not None else self.layout.n_params
-
-    @property
     def nbytes(self) -> int:
         """Bytes held on the storage device by the window rows."""
         return self._x.element_size() * self._x.nelement()
-
-    def gram(self, group: str | None = None) -> np.ndarray:
-        """The (count, count) Gram matrix of the window in time order, oldest first (a float64 copy).
-
-        Args:
-            group: a group name for that group's Gram; None for the total (sum over groups).
-        """
-        idx = np.asarray(self._order, dtype=np.intp)
-        if group is None:
-            g = self._gram.sum(axis=0)
-        else:
-            g = self._gram[self.layout.group_names.index(group)]
-        return g[np.ix_(idx, idx)].copy()
-
-    def group_grams(self) -> dict[str, np.ndarray]:
-        """Every group's Gram matrix in time order (one gather for all of them)."""
-        return dict(zip(self.layout.group_names, self.stacked_group_grams(), strict=True))
-
-    def stacked_group_grams(self) -> np.ndarray:
-        """The groups' Gram matrices in time order as one (n_groups, count, count) float64 array, in the
-        order of ``layout.group_names`` (a copy)."""
-        idx = np.asarray(self._order, dtype=np.intp)
-        return self._gram[:, idx[:, None], idx[None, :]]
 
     @property
     def eigen(self) -> str:
