@@ -78,13 +78,12 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from spectral_edge.errors import SpectrumWarning
-from spectral_edge.spectrum.perturbation import delta_c_frobenius
 from spectral_edge.spectrum.window import storage_rank_rtol
 from spectral_edge.tracking._native import native_op
 from spectral_edge.tracking._spectra import WindowEigen, window_spectra
@@ -441,12 +440,7 @@ class SketchedWindow(GramSlots):
         share: WindowShare | None = None,
         kernel: str = "auto",
     ) -> None:
-        if isinstance(layout, int):
-            if layout < 1:
-                raise ValueError(f"the number of parameters must be >= 1, got {layout}")
-            layout = ParameterLayout(
-                names=("all",), shapes=((layout,),), groups=("all",), group_names=("all",)
-            )
+        layout = ParameterLayout.of(layout)
         check_window(window)
         _check_sketch_dim(sketch_dim)
         _check_seed(seed)
@@ -744,34 +738,14 @@ class SketchedWindow(GramSlots):
         self._gram[:, target, :] = 0.0
         self._gram[:, :, target] = 0.0
         if not math.isfinite(added_sq) or added_sq == 0.0:
-            status: Literal["zero", "nonfinite"] = "zero" if added_sq == 0.0 else "nonfinite"
-            if dropping:
-                self._order.pop(0)
-            norm = math.sqrt(added_sq) if added_sq >= 0.0 else float("nan")
-            return PushResult(status=status, update_norm=norm, dropped=dropping, flagged=flagged)
-
+            return self._refused(added_sq, dropping=dropping, flagged=flagged)
         window_dots = dots[np.asarray(self._order, dtype=np.intp)]  # time order, before the push
         self._rows[:, target] = z
         self._gram[:, target, :] = group_dots
         self._gram[:, target, target] = group_sq
         self._gram[:, :, target] = self._gram[:, target, :]
-        if dropping:
-            ab = float(dots[target])
-            a_dot_b: float | None = ab
-            dc = delta_c_frobenius(added_sq, dropped_sq, ab)
-            self._order.pop(0)
-        else:
-            a_dot_b, dc = None, added_sq  # ΔC = a aᵀ: ‖ΔC‖_F = ‖a‖²
-        self._order.append(target)
-        self.pushes += 1
-        return PushResult(
-            status="pushed",
-            update_norm=math.sqrt(added_sq),
-            dropped=dropping,
-            delta_c_fro=dc,
-            added_dot_dropped=a_dot_b,
-            window_dots=window_dots,
-            flagged=flagged,
+        return self._admitted(
+            target, added_sq, dropped_sq, float(dots[target]), window_dots, dropping=dropping, flagged=flagged
         )
 
     def _flatten(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:

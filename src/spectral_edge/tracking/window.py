@@ -165,6 +165,15 @@ class ParameterLayout:
         )
         return layout, order
 
+    @classmethod
+    def of(cls, layout: ParameterLayout | int) -> ParameterLayout:
+        """``layout`` itself, or for an int P a single flat vector of P scalars in one group "all"."""
+        if isinstance(layout, ParameterLayout):
+            return layout
+        if layout < 1:
+            raise ValueError(f"the number of parameters must be >= 1, got {layout}")
+        return cls(names=("all",), shapes=((layout,),), groups=("all",), group_names=("all",))
+
     @functools.cached_property  # read at every push and record; the layout is frozen
     def numels(self) -> tuple[int, ...]:
         """Number of scalars of each tensor, in storage order."""
@@ -221,6 +230,7 @@ class GramSlots:
     _gram: np.ndarray
     _order: list[int]
     _prev: Any
+    pushes: int
 
     @property
     def count(self) -> int:
@@ -261,6 +271,46 @@ class GramSlots:
         order of ``layout.group_names`` (a copy)."""
         idx = np.asarray(self._order, dtype=np.intp)
         return self._gram[:, idx[:, None], idx[None, :]]
+
+    def _refused(self, added_sq: float, *, dropping: bool, flagged: bool) -> PushResult:
+        """The outcome of an update not pushed (‖a‖² zero or not finite), its slot already cleared: the
+        oldest update left the window if it was full."""
+        status: Literal["zero", "nonfinite"] = "zero" if added_sq == 0.0 else "nonfinite"
+        if dropping:
+            self._order.pop(0)
+        norm = math.sqrt(added_sq) if added_sq >= 0.0 else float("nan")
+        return PushResult(status=status, update_norm=norm, dropped=dropping, flagged=flagged)
+
+    def _admitted(
+        self,
+        target: int,
+        added_sq: float,
+        dropped_sq: float,
+        a_dot_b: float,
+        window_dots: np.ndarray,
+        *,
+        dropping: bool,
+        flagged: bool,
+    ) -> PushResult:
+        """Slot ``target`` holds the pushed update a: it becomes the newest, the oldest b leaves if the
+        window was full, and ‖ΔC‖_F = ‖a aᵀ − b bᵀ‖_F (Prop 11.1) comes from ‖a‖², ‖b‖² and aᵀb."""
+        dropped: float | None = None
+        if dropping:
+            dropped, dc = a_dot_b, delta_c_frobenius(added_sq, dropped_sq, a_dot_b)
+            self._order.pop(0)
+        else:
+            dc = added_sq  # ΔC = a aᵀ: ‖ΔC‖_F = ‖a‖²
+        self._order.append(target)
+        self.pushes += 1
+        return PushResult(
+            status="pushed",
+            update_norm=math.sqrt(added_sq),
+            dropped=dropping,
+            delta_c_fro=dc,
+            added_dot_dropped=dropped,
+            window_dots=window_dots,
+            flagged=flagged,
+        )
 
 
 class UpdateWindow(GramSlots):
@@ -307,12 +357,7 @@ class UpdateWindow(GramSlots):
         kernel: str = "auto",
         share: WindowShare | None = None,
     ) -> None:
-        if isinstance(layout, int):
-            if layout < 1:
-                raise ValueError(f"the number of parameters must be >= 1, got {layout}")
-            layout = ParameterLayout(
-                names=("all",), shapes=((layout,),), groups=("all",), group_names=("all",)
-            )
+        layout = ParameterLayout.of(layout)
         check_window(window)
         if storage_dtype not in STORAGE_DTYPES:
             raise ValueError(f"storage_dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
@@ -603,34 +648,14 @@ class UpdateWindow(GramSlots):
         added_sq = total[w]
 
         if not math.isfinite(added_sq) or added_sq == 0.0:
-            status: Literal["zero", "nonfinite"] = "zero" if added_sq == 0.0 else "nonfinite"
             # The target slot now holds the rejected update (and b is gone if it was the oldest): clear it.
             x[target].zero_()
             self._gram[:, target, :] = 0.0
             self._gram[:, :, target] = 0.0
-            if dropping:
-                self._order.pop(0)
-            norm = math.sqrt(added_sq) if added_sq >= 0.0 else float("nan")
-            return PushResult(status=status, update_norm=norm, dropped=dropping, flagged=flagged)
-
+            return self._refused(added_sq, dropping=dropping, flagged=flagged)
         window_dots = np.array([total[i] for i in self._order])  # ⟨x_i, a⟩ in time order, before the push
-        if dropping:
-            a_dot_b = total[target]
-            dc = delta_c_frobenius(added_sq, dropped_sq, a_dot_b)
-            self._order.pop(0)
-        else:
-            a_dot_b, dc = None, added_sq  # ΔC = a aᵀ: ‖ΔC‖_F = ‖a‖²
-
-        self._order.append(target)
-        self.pushes += 1
-        return PushResult(
-            status="pushed",
-            update_norm=math.sqrt(added_sq),
-            dropped=dropping,
-            delta_c_fro=dc,
-            added_dot_dropped=a_dot_b,
-            window_dots=window_dots,
-            flagged=flagged,
+        return self._admitted(
+            target, added_sq, dropped_sq, total[target], window_dots, dropping=dropping, flagged=flagged
         )
 
     def _torch_pass(
