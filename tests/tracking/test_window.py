@@ -684,3 +684,21 @@ def test_principal_directions_leave_out_zero_singular_values():
         win.principal_directions(k=0)
     with pytest.raises(ValueError, match="empty"):
         UpdateWindow(5, window=3).principal_directions()
+
+
+def test_an_int_p_is_one_flat_vector_for_both_windows() -> None:
+    # UpdateWindow and SketchedWindow take an int P through ParameterLayout.of: one tensor "all" in one group.
+    from spectral_edge.tracking.sketch import SketchedWindow
+
+    layout = ParameterLayout.of(7)
+    assert (layout.names, layout.shapes, layout.group_names, layout.n_params) == (
+        ("all",),
+        ((7,),),
+        ("all",),
+        7,
+    )
+    assert ParameterLayout.of(layout) is layout
+    for make in (lambda p: UpdateWindow(p, window=2), lambda p: SketchedWindow(p, window=2, sketch_dim=4)):
+        assert make(7).layout == layout
+        with pytest.raises(ValueError, match="the number of parameters must be >= 1, got 0"):
+            make(0)

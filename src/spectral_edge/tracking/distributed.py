@@ -307,12 +307,12 @@ def split_parameters(
             f"processes {empty} of {world} hold none of the monitored scalars ({sum(process_params):,} in "
             "all): monitor this model in one process (distributed=False), or train it on fewer processes"
         )
-    group_names = tuple(dict.fromkeys(group_of(n) for n in names))
-    group_sizes = dict.fromkeys(group_names, 0)
+    group_sizes: dict[str, int] = {}  # in order of first appearance: the layout's group order
     for clean, size in zip(names, sizes, strict=True):
-        group_sizes[group_of(clean)] += size
+        group = group_of(clean)
+        group_sizes[group] = group_sizes.get(group, 0) + size
     share = WindowShare(
-        reducer=reducer, total_params=sum(process_params), group_names=group_names, offsets=offsets
+        reducer=reducer, total_params=sum(process_params), group_names=tuple(group_sizes), offsets=offsets
     )
     kinds = {"sharded": len(entries) - len(replicated_sizes), "replicated": len(replicated_sizes)}
     by_name = {given: size for (given, _), size in zip(named, sizes, strict=True)}
